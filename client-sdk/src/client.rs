@@ -1,0 +1,697 @@
+//! The typed client: login, app login, ticket mint and the WebSocket connect, with
+//! request signing (protocol §2) built in.
+//!
+//! A [`Client`] knows the server's base URL and this install's device id. Logging in
+//! gives a [`Session`], which holds the tokens and the per-session signing key; every
+//! later call takes the session it acts for, so one client can serve several sessions.
+//!
+//! ```text
+//! login / app_login ──► Session ──► mint_ticket ──► Ticket ──► connect ──► (WsStream, Welcome)
+//! ```
+//!
+//! Automatic renewal of the access token (refresh, `X-New-Token`, the `refresh` frame)
+//! and reconnect with backoff are coming in a later version. Until then the caller
+//! renews by logging in again and reconnects by minting a fresh ticket.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use rand::distributions::Alphanumeric;
+use rand::rngs::OsRng;
+use rand::Rng as _;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::protocol::{
+    ClientType, ErrorBody, ErrorCode, LoginRequest, LoginResponse, MintRequest, MintResponse,
+    ServerFrame, HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+    SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX,
+};
+use crate::signing::{sign, SignedParts};
+
+/// Length of the nonces this client sends: 32 chars of `[A-Za-z0-9]`, about 190 bits.
+const NONCE_LEN: usize = 32;
+/// How long an HTTP call may take in total.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long opening a TCP connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the `welcome` frame after the upgrade; the server sends it at
+/// once, so a longer wait means something is wrong.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest body text quoted in an error when the answer is not the protocol's JSON.
+const MAX_QUOTED_BODY: usize = 200;
+
+/// The WebSocket returned by [`Client::connect`].
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A ticketgate client: the server's base URL, this install's device id and an HTTP
+/// connection pool.
+///
+/// Cloning is cheap (the pool is shared), so clone it into every task that needs it.
+///
+/// ```
+/// # fn main() -> Result<(), ticketgate_sdk::ClientError> {
+/// use ticketgate_sdk::Client;
+///
+/// let client = Client::new("http://127.0.0.1:8080")?
+///     .with_device_id("3f1c2a9e-6b7d-4e0f-9a51-2c8d7e4b1f60");
+/// assert_eq!(client.device_id(), "3f1c2a9e-6b7d-4e0f-9a51-2c8d7e4b1f60");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_url: Url,
+    device_id: String,
+}
+
+/// A logged-in session: what login, app login (and later refresh) answer.
+///
+/// The fields are public so that an application can persist a session and build it
+/// again. `Debug` prints no secret: tokens and the signing key are redacted.
+#[derive(Clone)]
+pub struct Session {
+    /// The JWT access token, sent as `Authorization: Bearer`. Lives 15 minutes by default.
+    pub access_token: String,
+    /// The single-use refresh token; `None` in web cookie mode.
+    pub refresh_token: Option<String>,
+    /// The session's HMAC-SHA256 key, already decoded from base64url. Signs every call
+    /// of this session.
+    pub signing_key: Vec<u8>,
+    /// The session id (`sid` of the access token).
+    pub session_id: String,
+    /// The device the session is bound to; sent as `X-TG-Device` on its calls.
+    pub device_id: String,
+    /// When the access token expires, unix seconds, computed from `access_expires_in`
+    /// when the answer arrived.
+    pub access_expires_at: u64,
+    /// When the refresh token (and so the session) expires, unix seconds.
+    pub refresh_expires_at: u64,
+}
+
+/// A one-time connection ticket from [`Client::mint_ticket`].
+///
+/// It is a single-use bearer credential that lives about 30 seconds and only opens a
+/// socket for the device it was minted for. `Debug` does not print it.
+#[derive(Clone)]
+pub struct Ticket {
+    /// The ticket itself; only `[A-Za-z0-9_.-]`.
+    pub ticket: String,
+    /// Seconds until the ticket expires, counted from the mint answer.
+    pub expires_in: u64,
+    /// Where to connect, e.g. `ws://host:8080/v1/connect`; empty means "the base URL's
+    /// `/v1/connect`".
+    pub ws_url: String,
+    /// A renewed access token of the same session, when the mint answer carried
+    /// `X-New-Token` (the presented token was inside its renewal window). Store it in
+    /// [`Session::access_token`] to keep the session's calls working.
+    pub new_access_token: Option<String>,
+}
+
+/// The first frame of every connection, as returned by [`Client::connect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The session the connection belongs to.
+    pub session_id: String,
+    /// This connection's id, as shown in the server's logs and connection list.
+    pub conn_id: String,
+    /// The user id (the username; `app:<app_id>` for an API app).
+    pub user_id: String,
+    /// The device id the ticket was bound to.
+    pub device_id: String,
+    /// Unix seconds when the server closes the connection with 4004 unless it is
+    /// refreshed with a newer access token.
+    pub expires_at: i64,
+}
+
+/// Everything that can go wrong in a [`Client`] call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the call with a protocol error answer
+    /// (`{"error": "<code>", "message": "..."}`).
+    #[error("server answered {status} {raw_code}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The parsed error code; `None` when the code is unknown to this SDK or the
+        /// body was not the protocol's JSON.
+        code: Option<ErrorCode>,
+        /// The `error` field as sent; empty when the body was not the protocol's JSON.
+        raw_code: String,
+        /// The `message` field, or the status text when the body was not JSON.
+        message: String,
+        /// The `Retry-After` header in seconds, when present (429 answers carry it).
+        retry_after: Option<u64>,
+    },
+    /// The HTTP request failed before an answer arrived (connect, timeout, I/O).
+    #[error("HTTP request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The WebSocket connection failed, other than by an HTTP error answer.
+    #[error("WebSocket failed: {0}")]
+    WebSocket(#[source] tungstenite::Error),
+    /// The server answered something the protocol does not allow.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+    /// A URL (the base URL or the ticket's `ws_url`) is not usable.
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+}
+
+impl ClientError {
+    /// The protocol error code, when the server sent a known one.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ticketgate_sdk::Client) {
+    /// use ticketgate_sdk::{ClientType, ErrorCode};
+    ///
+    /// match client.login("alice", "wrong", ClientType::Web).await {
+    ///     Err(e) if e.code() == Some(ErrorCode::BadCredentials) => eprintln!("wrong password"),
+    ///     Err(e) => eprintln!("login failed: {e}"),
+    ///     Ok(_) => {}
+    /// }
+    /// # }
+    /// ```
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+impl From<tungstenite::Error> for ClientError {
+    /// An HTTP answer to the upgrade request is the server refusing admission; it
+    /// becomes [`ClientError::Api`]. Everything else is a transport failure.
+    fn from(err: tungstenite::Error) -> Self {
+        match err {
+            tungstenite::Error::Http(response) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                api_error(response.status().as_u16(), response.headers(), body)
+            }
+            other => ClientError::WebSocket(other),
+        }
+    }
+}
+
+impl Client {
+    /// A client for the server at `base_url` (`http://host:port`, optionally with a
+    /// path prefix), with a fresh random device id (UUID v4).
+    ///
+    /// A device id should outlive the process: store [`Client::device_id`] and pass it
+    /// to [`Client::with_device_id`] next time.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidUrl`] when `base_url` is not an `http://` URL without a
+    /// query (this build has no TLS), [`ClientError::Http`] when the HTTP client cannot
+    /// be built.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), ticketgate_sdk::ClientError> {
+    /// let client = ticketgate_sdk::Client::new("http://127.0.0.1:8080")?;
+    /// assert_eq!(client.device_id().len(), 36);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(base_url: &str) -> Result<Client, ClientError> {
+        let base_url = Url::parse(base_url)
+            .map_err(|e| ClientError::InvalidUrl(format!("{base_url:?}: {e}")))?;
+        if base_url.scheme() != "http" {
+            return Err(ClientError::InvalidUrl(format!(
+                "{base_url}: only http:// base URLs are supported"
+            )));
+        }
+        if base_url.query().is_some() || base_url.fragment().is_some() {
+            return Err(ClientError::InvalidUrl(format!(
+                "{base_url}: a base URL has no query or fragment"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("ticketgate-sdk/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Client {
+            http,
+            base_url,
+            device_id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    /// The same client with another device id, e.g. one stored by an earlier run.
+    ///
+    /// The server expects a UUID and binds sessions and tickets to it.
+    pub fn with_device_id(self, device_id: impl Into<String>) -> Self {
+        Client {
+            device_id: device_id.into(),
+            ..self
+        }
+    }
+
+    /// This client's device id, sent as `X-TG-Device` and in login bodies.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// Logs a user in: `POST /v1/login`.
+    ///
+    /// A new login on the same client type ends the user's older `web` or `mobile`
+    /// session (its sockets close with 4509).
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `bad_credentials` (also for a blocked user) or
+    /// `rate_limited`; [`ClientError::Http`] when the server is unreachable.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ticketgate_sdk::ClientError> {
+    /// use ticketgate_sdk::{Client, ClientType};
+    ///
+    /// let client = Client::new("http://127.0.0.1:8080")?;
+    /// let session = client.login("alice", "secret", ClientType::Mobile).await?;
+    /// println!("session {} until {}", session.session_id, session.refresh_expires_at);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client_type: ClientType,
+    ) -> Result<Session, ClientError> {
+        let body = LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_id: self.device_id.clone(),
+            client_type,
+            refresh_in_cookie: false,
+        };
+        let response = self
+            .http
+            .post(self.endpoint("/v1/login"))
+            .json(&body)
+            .send()
+            .await?;
+        let answer: LoginResponse = read_answer(response).await?;
+        self.session_from(answer)
+    }
+
+    /// Logs an API app in: `POST /v1/app/login`, signed with the app secret's UTF-8
+    /// bytes. The session's later calls are signed with its own signing key.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `bad_credentials` (unknown app), `bad_signature` (wrong
+    /// secret), `stale_request` (clock skew), `rate_limited`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), ticketgate_sdk::ClientError> {
+    /// let client = ticketgate_sdk::Client::new("http://127.0.0.1:8080")?;
+    /// let session = client.app_login("billing-service", "s3cr3t-app-secret").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn app_login(&self, app_id: &str, app_secret: &str) -> Result<Session, ClientError> {
+        #[derive(Serialize)]
+        struct AppLoginRequest<'a> {
+            app_id: &'a str,
+        }
+        let request = self.signed_post(
+            None,
+            app_secret.as_bytes(),
+            "/v1/app/login",
+            &AppLoginRequest { app_id },
+        )?;
+        let answer: LoginResponse = read_answer(request.send().await?).await?;
+        self.session_from(answer)
+    }
+
+    /// Mints a one-time connection ticket: `POST /v1/tickets` with Bearer + signature.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `token_expired` (log in again), `token_revoked`,
+    /// `device_mismatch`, `bad_signature`, `rate_limited`, among others.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ticketgate_sdk::Client, mut session: ticketgate_sdk::Session)
+    /// # -> Result<(), ticketgate_sdk::ClientError> {
+    /// let ticket = client.mint_ticket(&session).await?;
+    /// if let Some(token) = ticket.new_access_token.clone() {
+    ///     session.access_token = token;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn mint_ticket(&self, session: &Session) -> Result<Ticket, ClientError> {
+        let request = self.signed_post(
+            Some(session),
+            &session.signing_key,
+            "/v1/tickets",
+            &MintRequest::default(),
+        )?;
+        let response = request.send().await?;
+        let new_access_token = response
+            .headers()
+            .get(HEADER_NEW_TOKEN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let answer: MintResponse = read_answer(response).await?;
+        Ok(Ticket {
+            ticket: answer.ticket,
+            expires_in: answer.expires_in,
+            ws_url: answer.ws_url,
+            new_access_token,
+        })
+    }
+
+    /// Opens the WebSocket with a ticket and waits for the `welcome` frame.
+    ///
+    /// Connects to `ticket.ws_url` (or the base URL's `/v1/connect` when it is empty)
+    /// with `?device_id=<session's device>` and the ticket in the subprotocol list
+    /// (`Sec-WebSocket-Protocol: ticketgate.v1, ticket.<ticket>`), so the ticket never
+    /// appears in a URL. A ticket opens at most one socket: mint a fresh one for every
+    /// attempt.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] when the server refuses admission (`ticket_invalid`,
+    /// `device_mismatch`, `rate_limited`, `origin_forbidden`, `store_unavailable`);
+    /// [`ClientError::Protocol`] when the first frame is not `welcome` or does not come
+    /// within 10 seconds; [`ClientError::WebSocket`] on transport failures.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ticketgate_sdk::Client, session: ticketgate_sdk::Session)
+    /// # -> Result<(), ticketgate_sdk::ClientError> {
+    /// use futures_util::StreamExt;
+    ///
+    /// let ticket = client.mint_ticket(&session).await?;
+    /// let (mut socket, welcome) = client.connect(&session, &ticket).await?;
+    /// println!("connected as {} until {}", welcome.conn_id, welcome.expires_at);
+    /// while let Some(message) = socket.next().await {
+    ///     println!("{:?}", message);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(
+        &self,
+        session: &Session,
+        ticket: &Ticket,
+    ) -> Result<(WsStream, Welcome), ClientError> {
+        if !ticket_is_well_formed(&ticket.ticket) {
+            return Err(ClientError::Protocol(
+                "the ticket has characters outside [A-Za-z0-9_.-]".to_owned(),
+            ));
+        }
+        let mut url = self.ws_url(&ticket.ws_url)?;
+        url.query_pairs_mut()
+            .append_pair("device_id", &session.device_id);
+
+        let mut request = url.as_str().into_client_request()?;
+        let protocols = format!(
+            "{SUBPROTOCOL}, {TICKET_SUBPROTOCOL_PREFIX}{}",
+            ticket.ticket
+        );
+        let protocols = HeaderValue::from_str(&protocols)
+            .map_err(|_| ClientError::Protocol("the ticket is not a valid header value".into()))?;
+        request
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, protocols);
+
+        let (mut socket, response) =
+            tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+        let chosen = response.headers().get(SEC_WEBSOCKET_PROTOCOL);
+        if chosen.map(HeaderValue::as_bytes) != Some(SUBPROTOCOL.as_bytes()) {
+            return Err(ClientError::Protocol(format!(
+                "the server chose subprotocol {chosen:?}, expected {SUBPROTOCOL}"
+            )));
+        }
+
+        let welcome = tokio::time::timeout(WELCOME_TIMEOUT, read_welcome(&mut socket))
+            .await
+            .map_err(|_| ClientError::Protocol("no welcome frame within 10 s".to_owned()))??;
+        tracing::debug!(
+            session_id = %welcome.session_id,
+            conn_id = %welcome.conn_id,
+            "connected"
+        );
+        Ok((socket, welcome))
+    }
+
+    /// Builds a signed `POST` of `body` to `path` (protocol §2).
+    ///
+    /// The body is serialized once and exactly those bytes are both signed and sent.
+    /// With a session, the device is the session's and `Authorization: Bearer` is set;
+    /// without one (app login) the device is this client's.
+    fn signed_post<T: Serialize>(
+        &self,
+        session: Option<&Session>,
+        key: &[u8],
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Protocol(format!("cannot encode the request body: {e}")))?;
+        let url = self.endpoint(path);
+        let device_id = session.map_or(self.device_id.as_str(), |s| s.device_id.as_str());
+        let timestamp = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        let nonce = new_nonce();
+        let signature = sign(
+            key,
+            &SignedParts {
+                method: "POST",
+                path: url.path(),
+                device_id,
+                timestamp,
+                nonce: &nonce,
+                body: &body,
+            },
+        );
+
+        let mut request = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(HEADER_DEVICE, device_id)
+            .header(HEADER_TIMESTAMP, timestamp.to_string())
+            .header(HEADER_NONCE, nonce)
+            .header(HEADER_SIGNATURE, signature);
+        if let Some(session) = session {
+            request = request.bearer_auth(&session.access_token);
+        }
+        Ok(request.body(body))
+    }
+
+    /// The HTTP URL of an API path, below the base URL's own path.
+    fn endpoint(&self, path: &str) -> Url {
+        let mut url = self.base_url.clone();
+        let joined = format!("{}{path}", self.base_url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
+    /// The WebSocket URL: the mint answer's `ws_url`, or the base URL's `/v1/connect`
+    /// with `http` turned into `ws`.
+    fn ws_url(&self, ws_url: &str) -> Result<Url, ClientError> {
+        if !ws_url.is_empty() {
+            return Url::parse(ws_url)
+                .map_err(|e| ClientError::InvalidUrl(format!("ws_url {ws_url:?}: {e}")));
+        }
+        let mut url = self.endpoint("/v1/connect");
+        url.set_scheme("ws")
+            .map_err(|()| ClientError::InvalidUrl(format!("{url}: cannot use as ws://")))?;
+        Ok(url)
+    }
+
+    fn session_from(&self, answer: LoginResponse) -> Result<Session, ClientError> {
+        let signing_key = URL_SAFE_NO_PAD
+            .decode(answer.signing_key.trim_end_matches('='))
+            .map_err(|_| ClientError::Protocol("signing_key is not base64url".to_owned()))?;
+        if signing_key.is_empty() {
+            return Err(ClientError::Protocol("signing_key is empty".to_owned()));
+        }
+        let now = unix_now();
+        tracing::debug!(session_id = %answer.session_id, "logged in");
+        Ok(Session {
+            access_token: answer.access_token,
+            refresh_token: answer.refresh_token,
+            signing_key,
+            session_id: answer.session_id,
+            device_id: self.device_id.clone(),
+            access_expires_at: now.saturating_add(answer.access_expires_in),
+            refresh_expires_at: now.saturating_add(answer.refresh_expires_in),
+        })
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("access_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("signing_key", &"<redacted>")
+            .field("session_id", &self.session_id)
+            .field("device_id", &self.device_id)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("ticket", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("ws_url", &self.ws_url)
+            .field(
+                "new_access_token",
+                &self.new_access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Reads a success answer as `T`, or turns an error answer into [`ClientError::Api`].
+async fn read_answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        return Err(api_error(status.as_u16(), &headers, &body));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ClientError::Protocol(format!("{status} answer is not the expected JSON: {e}"))
+    })
+}
+
+/// Builds [`ClientError::Api`] from an error answer's status, headers and body.
+fn api_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ClientError {
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    // The WebSocket handshake hands over whatever was read after the headers; keep
+    // only the announced body.
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let body = match announced {
+        Some(len) if len < body.len() => &body[..len],
+        _ => body,
+    };
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) => ClientError::Api {
+            status,
+            code: ErrorCode::parse(&parsed.error),
+            raw_code: parsed.error,
+            message: parsed.message,
+            retry_after,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: None,
+            raw_code: String::new(),
+            message: quoted_body(status, body),
+            retry_after,
+        },
+    }
+}
+
+/// A short, printable stand-in for a body that is not the protocol's JSON.
+fn quoted_body(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        let reason = reqwest::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason());
+        return reason.unwrap_or("error").to_owned();
+    }
+    text.chars()
+        .take(MAX_QUOTED_BODY)
+        .filter(|c| !c.is_control())
+        .collect()
+}
+
+/// Waits for the first data frame and requires it to be `welcome`.
+async fn read_welcome(socket: &mut WsStream) -> Result<Welcome, ClientError> {
+    while let Some(message) = socket.next().await {
+        let text = match message? {
+            Message::Text(text) => text,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return Err(ClientError::Protocol(format!(
+                    "closed before the welcome frame: {code} {reason}"
+                )));
+            }
+            Message::Binary(_) | Message::Frame(_) => {
+                return Err(ClientError::Protocol(
+                    "a binary frame came before the welcome frame".to_owned(),
+                ))
+            }
+        };
+        return match serde_json::from_str::<ServerFrame>(text.as_str()) {
+            Ok(ServerFrame::Welcome {
+                session_id,
+                conn_id,
+                user_id,
+                device_id,
+                expires_at,
+            }) => Ok(Welcome {
+                session_id,
+                conn_id,
+                user_id,
+                device_id,
+                expires_at,
+            }),
+            // Not quoted: a `resume` frame carries a ticket.
+            Ok(_) => Err(ClientError::Protocol(
+                "the first frame is not welcome".to_owned(),
+            )),
+            Err(e) => Err(ClientError::Protocol(format!(
+                "the first frame is not a server frame: {e}"
+            ))),
+        };
+    }
+    Err(ClientError::Protocol(
+        "the connection ended before the welcome frame".to_owned(),
+    ))
+}
+
+/// Tickets use only `[A-Za-z0-9_.-]`, so they fit in a subprotocol token.
+fn ticket_is_well_formed(ticket: &str) -> bool {
+    !ticket.is_empty()
+        && ticket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A fresh nonce from the OS RNG: [`NONCE_LEN`] chars of `[A-Za-z0-9]`.
+fn new_nonce() -> String {
+    OsRng
+        .sample_iter(&Alphanumeric)
+        .take(NONCE_LEN)
+        .map(char::from)
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,40 @@
+//! Authentication: the credential, session, access and connection layers.
+//!
+//! - [`secrets`]: the data dir, the server secret and its per-purpose subkeys.
+//! - [`tokens`]: access tokens (JWT, EdDSA, `kid`), issued and verified statelessly.
+//! - [`signing`]: verification of signed requests (`X-TG-*` headers).
+//! - [`ticket`]: the self-authenticating one-time ticket format.
+//! - [`users`]: the users file (argon2id hashes) and password checks.
+//! - [`session`]: login, building a session and its answer.
+
+pub mod secrets;
+pub mod session;
+pub mod signing;
+pub mod ticket;
+pub mod tokens;
+pub mod users;
+
+/// Current unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Current unix time in milliseconds.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `n` random bytes from the OS, base64url without padding.
+pub fn random_b64(n: usize) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut buf = vec![0u8; n];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}

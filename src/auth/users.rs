@@ -1,0 +1,263 @@
+//! The users file: TOML, one table per user, argon2id password hashes.
+//!
+//! ```text
+//! [users.alice]
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! blocked = false
+//! ```
+//!
+//! The server re-reads the file when its modification time changes, so
+//! `ticketgate user add/block` take effect on a running node at its next login.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or writing the users file.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// File system error.
+    #[error("users file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("users file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A user name outside the allowed characters.
+    #[error("user name must be 1-64 characters of [A-Za-z0-9_.@-]")]
+    BadName,
+    /// No such user.
+    #[error("no user named {0}")]
+    NoSuchUser(String),
+    /// Hashing failed.
+    #[error("password hashing failed")]
+    Hash,
+}
+
+/// One user's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The argon2id PHC string.
+    pub password: String,
+    /// Blocked users cannot log in.
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, UserRecord>,
+}
+
+/// True for a valid user name.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| UsersError::Hash)
+}
+
+fn read(path: &Path) -> Result<UsersFile, UsersError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| UsersError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
+        Err(source) => Err(UsersError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn write(path: &Path, file: &UsersFile) -> Result<(), UsersError> {
+    let text = toml::to_string(file).map_err(|e| UsersError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    let io = |source| UsersError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::write(&tmp, text).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Adds or replaces a user (the `user add` command).
+pub fn add_user(path: &Path, name: &str, password: &str) -> Result<(), UsersError> {
+    if !is_valid_name(name) {
+        return Err(UsersError::BadName);
+    }
+    let mut file = read(path)?;
+    let password = hash_password(password)?;
+    file.users.insert(
+        name.to_owned(),
+        UserRecord {
+            password,
+            blocked: false,
+        },
+    );
+    write(path, &file)
+}
+
+/// Sets a user's blocked flag (the `user block` / `unblock` commands).
+pub fn set_blocked(path: &Path, name: &str, blocked: bool) -> Result<(), UsersError> {
+    let mut file = read(path)?;
+    let user = file
+        .users
+        .get_mut(name)
+        .ok_or_else(|| UsersError::NoSuchUser(name.to_owned()))?;
+    user.blocked = blocked;
+    write(path, &file)
+}
+
+/// Whether a login attempt succeeded. Both failures look the same to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCheck {
+    /// Right password, user not blocked.
+    Ok,
+    /// Unknown user, wrong password, or blocked.
+    Refused,
+}
+
+/// The users file, cached and re-read when it changes.
+#[derive(Clone)]
+pub struct Users {
+    path: PathBuf,
+    cache: Arc<Mutex<(Option<SystemTime>, Arc<UsersFile>)>>,
+    /// Verified against when the user does not exist, so unknown users take as long
+    /// as wrong passwords.
+    dummy_hash: Arc<String>,
+}
+
+impl Users {
+    /// Opens (and first reads) the users file; a missing file means no users.
+    pub fn open(path: &Path) -> Result<Users, UsersError> {
+        let users = Users {
+            path: path.to_owned(),
+            cache: Arc::new(Mutex::new((None, Arc::new(UsersFile::default())))),
+            dummy_hash: Arc::new(hash_password("ticketgate dummy password")?),
+        };
+        users.current()?;
+        Ok(users)
+    }
+
+    fn current(&self) -> Result<Arc<UsersFile>, UsersError> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        // A std mutex: held only to swap an Arc, never across an await.
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0 != mtime || mtime.is_none() {
+            let file = Arc::new(read(&self.path)?);
+            *cache = (mtime, file);
+        }
+        Ok(cache.1.clone())
+    }
+
+    /// Whether the user exists and is blocked.
+    pub fn is_blocked(&self, name: &str) -> Result<bool, UsersError> {
+        Ok(self.current()?.users.get(name).is_some_and(|u| u.blocked))
+    }
+
+    /// Checks a password. CPU-heavy by design (argon2id): call from a blocking thread.
+    /// Unknown users are checked against a dummy hash so timing does not tell.
+    pub fn check_password(&self, name: &str, password: &str) -> Result<PasswordCheck, UsersError> {
+        let file = self.current()?;
+        let record = file.users.get(name);
+        let phc = record
+            .map(|u| u.password.as_str())
+            .unwrap_or(self.dummy_hash.as_str());
+        let verified = PasswordHash::new(phc)
+            .map(|hash| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &hash)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        Ok(match record {
+            Some(user) if verified && !user.blocked => PasswordCheck::Ok,
+            _ => PasswordCheck::Refused,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_check_block_unblock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        add_user(&path, "alice", "pw-alice").expect("add");
+        let users = Users::open(&path).expect("open");
+        assert_eq!(
+            users.check_password("alice", "pw-alice").expect("check"),
+            PasswordCheck::Ok
+        );
+        assert_eq!(
+            users.check_password("alice", "wrong").expect("check"),
+            PasswordCheck::Refused
+        );
+        assert_eq!(
+            users.check_password("bob", "pw-alice").expect("check"),
+            PasswordCheck::Refused
+        );
+        set_blocked(&path, "alice", true).expect("block");
+        // mtime granularity: force a visible change.
+        let later = SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(later)
+            .expect("touch");
+        assert_eq!(
+            users.check_password("alice", "pw-alice").expect("check"),
+            PasswordCheck::Refused
+        );
+        assert!(users.is_blocked("alice").expect("blocked"));
+        assert!(matches!(
+            set_blocked(&path, "nobody", true),
+            Err(UsersError::NoSuchUser(_))
+        ));
+        assert!(matches!(
+            add_user(&path, "bad name", "x"),
+            Err(UsersError::BadName)
+        ));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("$argon2id$") && !text.contains("pw-alice"));
+    }
+}

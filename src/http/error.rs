@@ -1,0 +1,203 @@
+//! The one place where errors become HTTP statuses and protocol error codes.
+//!
+//! Handlers return [`ApiError`]; its `IntoResponse` sends `{"error","message"}` with the
+//! protocol's status and never internal details (those are logged where they happen).
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ticketgate_sdk::protocol::ErrorBody;
+use ticketgate_sdk::ErrorCode;
+
+use crate::auth::signing::SigningError;
+use crate::auth::ticket::TicketError;
+use crate::auth::tokens::TokenError;
+use crate::store::StoreError;
+
+/// Every error a public or admin call can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed input; the text says what (no secrets in it).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Unknown user, wrong password or blocked user at login.
+    #[error("unknown user or wrong password")]
+    BadCredentials,
+    /// The request signature does not verify.
+    #[error("request signature does not verify")]
+    BadSignature,
+    /// Timestamp outside the allowed skew.
+    #[error("request timestamp outside the allowed clock skew")]
+    StaleRequest,
+    /// Nonce seen before.
+    #[error("nonce already used")]
+    ReplayedRequest,
+    /// Device header differs from the session's or the ticket's device.
+    #[error("device does not match the session")]
+    DeviceMismatch,
+    /// Access token past `exp`.
+    #[error("access token expired")]
+    TokenExpired,
+    /// Access token not valid.
+    #[error("access token invalid")]
+    TokenInvalid,
+    /// Session ended (logout, kick, block, replaced) or user blocked.
+    #[error("session revoked")]
+    TokenRevoked,
+    /// Ticket unknown, expired, forged or used.
+    #[error("ticket invalid")]
+    TicketInvalid,
+    /// Over a quota.
+    #[error("too many requests")]
+    RateLimited {
+        /// When to retry.
+        retry_after: Duration,
+    },
+    /// The store does not answer.
+    #[error("store unavailable")]
+    StoreUnavailable,
+    /// `max_connections` reached.
+    #[error("server busy")]
+    ServerBusy,
+    /// No such route or object.
+    #[error("not found")]
+    NotFound,
+    /// Body over 64 KiB.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// `Origin` outside the allow list.
+    #[error("origin not allowed")]
+    OriginForbidden,
+    /// Wrong `Sec-WebSocket-Version`: 426 with `Sec-WebSocket-Version: 13`.
+    #[error("unsupported WebSocket version; use 13")]
+    UpgradeRequired,
+    /// Missing or wrong admin key.
+    #[error("admin key missing or wrong")]
+    AdminUnauthorized,
+    /// A bug or an unexpected condition; details are in the log.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The protocol code and HTTP status.
+    pub fn code_and_status(&self) -> (ErrorCode, StatusCode) {
+        use ApiError::*;
+        match self {
+            BadRequest(_) | UpgradeRequired => (
+                ErrorCode::BadRequest,
+                if matches!(self, UpgradeRequired) {
+                    StatusCode::UPGRADE_REQUIRED
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+            ),
+            BadCredentials => (ErrorCode::BadCredentials, StatusCode::UNAUTHORIZED),
+            BadSignature => (ErrorCode::BadSignature, StatusCode::UNAUTHORIZED),
+            StaleRequest => (ErrorCode::StaleRequest, StatusCode::UNAUTHORIZED),
+            ReplayedRequest => (ErrorCode::ReplayedRequest, StatusCode::UNAUTHORIZED),
+            DeviceMismatch => (ErrorCode::DeviceMismatch, StatusCode::FORBIDDEN),
+            TokenExpired => (ErrorCode::TokenExpired, StatusCode::UNAUTHORIZED),
+            TokenInvalid | AdminUnauthorized => (ErrorCode::TokenInvalid, StatusCode::UNAUTHORIZED),
+            TokenRevoked => (ErrorCode::TokenRevoked, StatusCode::UNAUTHORIZED),
+            TicketInvalid => (ErrorCode::TicketInvalid, StatusCode::UNAUTHORIZED),
+            RateLimited { .. } => (ErrorCode::RateLimited, StatusCode::TOO_MANY_REQUESTS),
+            StoreUnavailable => (ErrorCode::StoreUnavailable, StatusCode::SERVICE_UNAVAILABLE),
+            ServerBusy => (ErrorCode::ServerBusy, StatusCode::SERVICE_UNAVAILABLE),
+            NotFound => (ErrorCode::NotFound, StatusCode::NOT_FOUND),
+            PayloadTooLarge => (ErrorCode::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+            OriginForbidden => (ErrorCode::OriginForbidden, StatusCode::FORBIDDEN),
+            Internal => (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// True for failures that happen before the caller proved anything (bad form,
+    /// bad signature, forged ticket...): these are charged to the IP's failure quota.
+    pub fn is_unauthenticated_failure(&self) -> bool {
+        use ApiError::*;
+        matches!(
+            self,
+            BadRequest(_)
+                | BadSignature
+                | StaleRequest
+                | TokenExpired
+                | TokenInvalid
+                | TicketInvalid
+                | PayloadTooLarge
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, status) = self.code_and_status();
+        let body = ErrorBody {
+            error: code.as_str().to_owned(),
+            message: self.to_string(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::RateLimited { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            ApiError::UpgradeRequired => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            ApiError::AdminUnauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        tracing::warn!(cause = %err, "store call failed");
+        ApiError::StoreUnavailable
+    }
+}
+
+impl From<SigningError> for ApiError {
+    fn from(err: SigningError) -> Self {
+        match err {
+            SigningError::BadHeader(name) => {
+                ApiError::BadRequest(format!("header {name} missing or malformed"))
+            }
+            SigningError::Stale => ApiError::StaleRequest,
+            SigningError::BadSignature => ApiError::BadSignature,
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Expired => ApiError::TokenExpired,
+            TokenError::Invalid => ApiError::TokenInvalid,
+        }
+    }
+}
+
+impl From<TicketError> for ApiError {
+    fn from(_: TicketError) -> Self {
+        // Forged and expired answer the same: the client learns nothing.
+        ApiError::TicketInvalid
+    }
+}
+
+impl From<crate::limits::RetryAfter> for ApiError {
+    fn from(r: crate::limits::RetryAfter) -> Self {
+        ApiError::RateLimited { retry_after: r.0 }
+    }
+}

@@ -1,0 +1,106 @@
+//! HTTP: the public and admin routers, the accept loop, and error mapping.
+//!
+//! `axum::serve` cannot set a header read timeout, so [`serve`] runs its own accept loop
+//! on hyper's HTTP/1 connection builder: a client that never finishes its headers is
+//! dropped after `TICKETGATE_HEADER_TIMEOUT` (slowloris guard).
+
+pub mod admin;
+pub mod body;
+pub mod client_ip;
+pub mod error;
+pub mod public;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::state::AppState;
+use client_ip::PeerAddr;
+
+/// Largest request head (request line + headers) accepted; larger gets 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/login", post(public::login))
+        .route("/v1/tickets", post(public::mint))
+        .route("/v1/connect", get(crate::ws::admission::connect))
+        .route("/.well-known/jwks.json", get(public::jwks))
+        .route("/healthz", get(public::healthz))
+        .route("/readyz", get(public::readyz))
+        .fallback(public::not_found)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` flips to true; then stops accepting
+/// and lets in-flight requests finish. Upgraded WebSockets are not tracked here: they
+/// watch the same signal themselves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = until_shutdown(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(cause = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let router = router.clone();
+                async move {
+                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = &mut conn => {}
+                _ = until_shutdown(&mut shutdown) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}
+
+/// Resolves once the shutdown flag is true (or its sender is gone).
+pub async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

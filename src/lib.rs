@@ -1,0 +1,27 @@
+//! ticketgate: a WebSocket long-connection gateway whose connections are admitted by
+//! one-time tickets minted by signed requests.
+//!
+//! # Layout
+//! - [`config`]: every setting, default, env variable and config-file key.
+//! - [`server`]: builds a node and runs it until shutdown.
+//! - [`http`]: accept loop, public and admin routers, error mapping.
+//! - [`ws`]: admission (ticket → socket), the connection loop, the registry.
+//! - [`auth`]: secrets, access tokens, request signing, tickets, users, sessions.
+//! - [`store`]: all server-side state, Redis or embedded, behind one trait.
+//! - [`limits`]: governor-based anti-flood limits.
+//! - [`metrics`]: the Prometheus recorder.
+//!
+//! See ARCHITECTURE.md for the path of a handshake and the invariants.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod ws;
+
+pub use config::Config;
+pub use server::Server;

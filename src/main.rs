@@ -1,0 +1,179 @@
+//! The `ticketgate` binary: config → runtime → server → wait for a signal → drain.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ticketgate::config::{Config, LogFormat};
+use ticketgate::{auth, Server};
+
+/// Exit code for a configuration error (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// Exit code for a usage or data error (EX_DATAERR).
+const EXIT_DATA: u8 = 65;
+/// Exit code for a start failure (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(
+    name = "ticketgate",
+    version,
+    about = "WebSocket gateway admitted by one-time tickets"
+)]
+struct Cli {
+    /// TOML config file; keys are the TICKETGATE_* variable names without the prefix, lower case.
+    #[arg(long, global = true, env = "TICKETGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (no Redis URL = the embedded store, one node).
+    Serve,
+    /// Manage the users file.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage access-token signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add or replace a user; the password is read from standard input.
+    Add {
+        /// User name: 1-64 characters of [A-Za-z0-9_.@-].
+        name: String,
+        /// Read the password from standard input (the only way: never on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Block a user: no login, refresh or mint.
+    Block {
+        /// User name.
+        name: String,
+    },
+    /// Unblock a user.
+    Unblock {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new access-token signing key; older keys keep verifying.
+    Rotate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ticketgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::User { command } => user(&config, command),
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => match auth::tokens::KeyRing::rotate(&config.data_dir) {
+            Ok(kid) => {
+                println!("new signing key {kid}; nodes pick it up on restart");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ticketgate: {e}");
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        },
+    }
+}
+
+fn user(config: &Config, command: UserCommand) -> ExitCode {
+    let path = &config.users_file;
+    let result = match command {
+        UserCommand::Add { name, .. } => {
+            let mut password = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut password) {
+                eprintln!("ticketgate: cannot read the password from stdin: {e}");
+                return ExitCode::from(EXIT_DATA);
+            }
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                eprintln!("ticketgate: empty password");
+                return ExitCode::from(EXIT_DATA);
+            }
+            auth::users::add_user(path, &name, password)
+                .map(|()| format!("user {name} saved in {}", path.display()))
+        }
+        UserCommand::Block { name } => {
+            auth::users::set_blocked(path, &name, true).map(|()| format!("user {name} blocked"))
+        }
+        UserCommand::Unblock { name } => {
+            auth::users::set_blocked(path, &name, false).map(|()| format!("user {name} unblocked"))
+        }
+    };
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ticketgate: {e}");
+            ExitCode::from(EXIT_DATA)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    // Dependencies are capped whatever RUST_LOG says: their debug logs dump frames and
+    // request URIs, and a URI may carry `?ticket=`.
+    let filter = format!("{base},hyper=warn,hyper_util=warn,tungstenite=warn,tokio_tungstenite=warn,axum=warn,fred=warn,h2=warn");
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ticketgate: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    runtime.block_on(async move {
+        tracing::info!(?config, "starting");
+        let server = match Server::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot start");
+                eprintln!("ticketgate: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        tracing::info!(public = %server.local_addr(), admin = %server.admin_addr(), "listening");
+        server.run(ticketgate::server::shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}

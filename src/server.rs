@@ -1,0 +1,210 @@
+//! Building and running a node: config → secrets and keys → store → state → listeners
+//! → wait for the shutdown signal → drain with a grace period.
+//!
+//! Tests start a node with [`Server::bind`] on `127.0.0.1:0` and stop it by resolving the
+//! future given to [`Server::run`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::auth::secrets::{load_or_create_server_secret, Secrets, SecretsError};
+use crate::auth::ticket::TicketCodec;
+use crate::auth::tokens::KeyRing;
+use crate::auth::users::{Users, UsersError};
+use crate::config::Config;
+use crate::limits::Limits;
+use crate::state::{AppState, Shared};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::{Store, StoreError};
+use crate::ws::registry::Registry;
+
+/// How often limiter state and expired embedded-store entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Data dir, secret or keys.
+    #[error("data dir: {0}")]
+    Secrets(#[from] SecretsError),
+    /// Users file.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    /// Store connection.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A node with its listeners bound, not yet serving.
+pub struct Server {
+    public: TcpListener,
+    admin: TcpListener,
+    state: AppState,
+    shutdown: watch::Sender<bool>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    match &config.redis_url {
+        Some(url) => Ok(Arc::new(
+            RedisStore::connect(url, RedisSettings::default()).await?,
+        )),
+        None => {
+            let store = MemoryStore::new();
+            store.spawn_sweeper(SWEEP_EVERY);
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+impl Server {
+    /// Loads secrets and keys, connects the store and binds both listeners.
+    ///
+    /// # Errors
+    /// Any [`StartError`]; nothing is left running.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        let server_secret = load_or_create_server_secret(&config.data_dir)?;
+        let secrets = Secrets::derive(&server_secret);
+        let keys = KeyRing::load_or_create(&config.data_dir, config.ttl.jwt_leeway)?;
+        let users = Users::open(&config.users_file)?;
+        let store = open_store(&config).await?;
+        let public = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = AppState::new(Shared {
+            tickets: TicketCodec::new(*secrets.ticket_mac_key()),
+            limits: Limits::new(&config.rates),
+            connection_slots: Arc::new(Semaphore::new(config.ws.max_connections)),
+            registry: Registry::default(),
+            shutdown: shutdown_rx,
+            config,
+            store,
+            secrets,
+            keys,
+            users,
+        });
+        Ok(Server {
+            public,
+            admin,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The public listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.public.local_addr().unwrap_or(self.state.config.listen)
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or(self.state.config.admin_listen)
+    }
+
+    /// The node's state (tests inspect the registry).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `signal` resolves, then stops accepting, closes every socket with
+    /// 1001 and waits up to the grace period for them to finish.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let Server {
+            public,
+            admin,
+            state,
+            shutdown,
+        } = self;
+        let header_timeout = state.config.header_timeout;
+        let public_task = tokio::spawn(crate::http::serve(
+            public,
+            crate::http::router(state.clone()),
+            header_timeout,
+            shutdown.subscribe(),
+        ));
+        let admin_task = tokio::spawn(crate::http::serve(
+            admin,
+            crate::http::admin::router(state.clone(), crate::metrics::handle()),
+            header_timeout,
+            shutdown.subscribe(),
+        ));
+        let sweeper = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    state.limits.retain_recent();
+                }
+            })
+        };
+        tracing::info!(
+            node_id = %state.config.node_id,
+            store = if state.config.redis_url.is_some() { "redis" } else { "embedded" },
+            "ticketgate serving"
+        );
+
+        signal.await;
+        tracing::info!("shutting down: closing sockets with 1001");
+        let _ = shutdown.send(true);
+        let _ = public_task.await;
+        let _ = admin_task.await;
+        sweeper.abort();
+        let all = u32::try_from(state.config.ws.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(
+            state.config.shutdown_grace,
+            state.connection_slots.acquire_many(all),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = state.registry.len(),
+                "grace period over with sockets still open"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

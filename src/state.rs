@@ -1,0 +1,70 @@
+//! The shared state of a node, built once at start and handed to every handler.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::auth::secrets::Secrets;
+use crate::auth::ticket::TicketCodec;
+use crate::auth::tokens::KeyRing;
+use crate::auth::users::Users;
+use crate::config::Config;
+use crate::http::error::ApiError;
+use crate::limits::{Limit, Limits};
+use crate::store::Store;
+use crate::ws::registry::Registry;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The fields behind [`AppState`].
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// Server-side state.
+    pub store: Arc<dyn Store>,
+    /// Per-purpose subkeys of the server secret.
+    pub secrets: Secrets,
+    /// Ticket mint/verify.
+    pub tickets: TicketCodec,
+    /// Access token keys.
+    pub keys: KeyRing,
+    /// The users file.
+    pub users: Users,
+    /// Anti-flood limiters.
+    pub limits: Limits,
+    /// Live connections of this node.
+    pub registry: Registry,
+    /// Connection slots (`max_connections`); a permit lives as long as its socket.
+    pub connection_slots: Arc<Semaphore>,
+    /// Flips to true when the node shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Wraps the shared fields.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+
+    /// Charges a failure that happened before authentication to the IP's failure
+    /// quota. Over the quota, the answer becomes 429 instead of the error itself.
+    pub fn charge_failure(&self, ip: IpAddr, err: ApiError) -> ApiError {
+        if !err.is_unauthenticated_failure() {
+            return err;
+        }
+        match self.limits.check(Limit::FailIp(ip)) {
+            Ok(()) => err,
+            Err(retry) => retry.into(),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The embedded store: one node, no Redis, the default.
+//!
+//! It is hand-written because no crate offers an embedded key-value store with the
+//! exact atomic semantics the protocol needs: a get-and-delete that exactly one caller
+//! wins, a set-if-absent with a per-entry TTL, and expired entries that read as absent.
+//! A [`DashMap`] gives the first two for free (`remove` is `GETDEL`, the entry API is
+//! `SET NX`), and every entry carries its own deadline for the third.
+//!
+//! The keyspace is that of [`RedisStore`](super::redis::RedisStore): one map, keyed by
+//! the names from [`keys`], so both stores share one key scheme and one mental model.
+//!
+//! # Why the orderings are linearizable enough
+//!
+//! A Redis script runs as one step; here an operation is a few single-key steps, each
+//! atomic on its own (one shard lock at a time, never two, so no step can deadlock).
+//! The order of those steps is chosen so that every outcome is one that some serial
+//! order of the operations would give:
+//!
+//! - **admit** removes the ticket *first*. That removal is the point where concurrent
+//!   admissions are decided: exactly one caller gets the entry, every other one sees
+//!   [`AdmitOutcome::Unknown`]. Only then does it compare the device (the ticket is
+//!   burnt either way) and check the session. A revoke that lands between removal and
+//!   session check makes the admission `SessionGone`, as if the revoke came first; a
+//!   revoke after the check is ordered after the admission, which is what a socket
+//!   opened a moment before a logout looks like anyway (the hub closes it).
+//! - **mint** checks the session, then records the nonce (set-if-absent, decided under
+//!   the nonce's shard lock, so one caller wins), then stores the ticket. A revoke
+//!   between those steps orders the mint before the revoke; the ticket it leaves behind
+//!   can never open a socket, because admission checks the session again.
+//!
+//! Expired entries are treated as absent by every read, and removed lazily when a read
+//! finds them and eagerly by [`MemoryStore::spawn_sweeper`], so memory stays bounded by
+//! the live entries even for keys nobody reads again (nonces, unused tickets).
+
+use std::{
+    sync::{Arc, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use dashmap::{mapref::entry::Entry as MapEntry, DashMap};
+use tokio::{task::JoinHandle, time::MissedTickBehavior};
+
+use super::{
+    keys, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, SessionRecord, Store, StoreError,
+    TicketGrant,
+};
+
+/// Longest lifetime an entry is given, so deadline arithmetic can never overflow.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The embedded single-node store. Cloning is cheap and shares the data.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: DashMap<String, Entry>,
+}
+
+/// One key's value and the instant it stops existing.
+#[derive(Debug)]
+struct Entry {
+    value: Value,
+    expires_at: Instant,
+}
+
+/// What a key holds; the counterpart of the Redis types in [`keys`].
+#[derive(Debug)]
+enum Value {
+    Session(SessionRecord),
+    Nonce,
+    /// [`TicketGrant::encode`]'s form, as in Redis, so both stores decode the same bytes.
+    Ticket(String),
+}
+
+impl Entry {
+    fn new(value: Value, ttl: Duration) -> Self {
+        Entry {
+            value,
+            expires_at: deadline(ttl),
+        }
+    }
+
+    fn is_live(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+}
+
+impl MemoryStore {
+    /// An empty store. Call [`MemoryStore::spawn_sweeper`] to bound its memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a task that removes expired entries every `every`.
+    ///
+    /// The task holds only a weak reference: it ends by itself at its next tick after
+    /// the last clone of the store is dropped. Reads never depend on it (they treat
+    /// expired entries as absent); it exists so that keys nobody reads again do not
+    /// pile up.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a Tokio runtime.
+    pub fn spawn_sweeper(&self, every: Duration) -> JoinHandle<()> {
+        let store = Arc::downgrade(&self.inner);
+        let every = every.max(Duration::from_millis(1));
+        tokio::spawn(sweep(store, every))
+    }
+
+    /// The number of entries held, including expired ones not yet swept.
+    pub fn len(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    /// Whether no entries are held (not even expired ones).
+    pub fn is_empty(&self) -> bool {
+        self.inner.entries.is_empty()
+    }
+
+    /// Runs `read` on the live value at `key`; an expired entry is removed and reads
+    /// as absent.
+    fn read_live<R>(&self, key: &str, read: impl FnOnce(&Value) -> R) -> Option<R> {
+        let now = Instant::now();
+        {
+            let entry = self.inner.entries.get(key)?;
+            if entry.is_live(now) {
+                return Some(read(&entry.value));
+            }
+        } // The shard's read lock is released here, before the removal takes its write lock.
+        self.inner.entries.remove_if(key, |_, e| !e.is_live(now));
+        None
+    }
+
+    fn session_is_live(&self, session_id: &str) -> bool {
+        self.read_live(&keys::session(session_id), |v| {
+            matches!(v, Value::Session(_))
+        })
+        .unwrap_or(false)
+    }
+}
+
+async fn sweep(store: Weak<Inner>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        inner.entries.retain(|_, e| e.is_live(now));
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let key = keys::session(&record.session_id);
+        match ttl_until(record.expires_at) {
+            // Like EXPIREAT with a past time: the record is deleted, not stored.
+            None => {
+                self.inner.entries.remove(&key);
+            }
+            Some(ttl) => {
+                let entry = Entry::new(Value::Session(record.clone()), ttl);
+                self.inner.entries.insert(key, entry);
+            }
+        }
+        Ok(())
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let found = self.read_live(&keys::session(session_id), |v| match v {
+            Value::Session(record) => Some(record.clone()),
+            _ => None,
+        });
+        match found {
+            None => Ok(None),
+            Some(Some(record)) => Ok(Some(record)),
+            Some(None) => Err(StoreError::Corrupt("session key holds another type".into())),
+        }
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let removed = self.inner.entries.remove(&keys::session(session_id));
+        Ok(removed.is_some_and(|(_, e)| e.is_live(now)))
+    }
+
+    async fn mint_ticket(&self, mint: &MintTicket<'_>) -> Result<MintOutcome, StoreError> {
+        if !self.session_is_live(mint.session_id) {
+            return Ok(MintOutcome::SessionGone);
+        }
+
+        let now = Instant::now();
+        let nonce = Entry::new(Value::Nonce, mint.nonce_ttl);
+        let recorded = match self
+            .inner
+            .entries
+            .entry(keys::nonce(mint.session_id, mint.nonce))
+        {
+            MapEntry::Occupied(seen) if seen.get().is_live(now) => false,
+            MapEntry::Occupied(mut stale) => {
+                stale.insert(nonce);
+                true
+            }
+            MapEntry::Vacant(free) => {
+                free.insert(nonce);
+                true
+            }
+        };
+        if !recorded {
+            return Ok(MintOutcome::NonceReplayed);
+        }
+
+        let ticket = Entry::new(Value::Ticket(mint.grant.encode()), mint.ticket_ttl);
+        self.inner
+            .entries
+            .insert(keys::ticket(mint.session_id, mint.ticket_id), ticket);
+        Ok(MintOutcome::Minted)
+    }
+
+    async fn admit_ticket(&self, admit: &AdmitTicket<'_>) -> Result<AdmitOutcome, StoreError> {
+        let now = Instant::now();
+        let key = keys::ticket(admit.session_id, admit.ticket_id);
+        let grant = match self.inner.entries.remove(&key) {
+            Some((
+                _,
+                Entry {
+                    value: Value::Ticket(grant),
+                    expires_at,
+                },
+            )) if now < expires_at => grant,
+            Some((_, e)) if e.is_live(now) => {
+                return Err(StoreError::Corrupt("ticket key holds another type".into()))
+            }
+            _ => return Ok(AdmitOutcome::Unknown),
+        };
+
+        if grant_device(&grant) != admit.device_id {
+            return Ok(AdmitOutcome::DeviceMismatch);
+        }
+        if !self.session_is_live(admit.session_id) {
+            return Ok(AdmitOutcome::SessionGone);
+        }
+        TicketGrant::decode(&grant).map(AdmitOutcome::Admitted)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The device part of an encoded grant: the text before the first `|`, exactly what
+/// `admit.lua` compares.
+fn grant_device(grant: &str) -> &str {
+    grant.split_once('|').map_or(grant, |(device, _)| device)
+}
+
+/// The instant `ttl` from now, capped so it cannot overflow.
+fn deadline(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl.min(MAX_TTL)).unwrap_or(now)
+}
+
+/// How long until the Unix time `expires_at` (seconds); `None` when it has passed.
+fn ttl_until(expires_at: i64) -> Option<Duration> {
+    let at = UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(expires_at).ok()?))?;
+    at.duration_since(SystemTime::now())
+        .ok()
+        .filter(|ttl| !ttl.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_device_is_the_text_before_the_first_bar() {
+        assert_eq!(grant_device("dev|web|1|a|b"), "dev");
+        assert_eq!(grant_device("|web|1|a"), "");
+        assert_eq!(grant_device("no-bar"), "no-bar");
+    }
+
+    #[test]
+    fn past_and_absurd_expiry_times_do_not_panic() {
+        assert_eq!(ttl_until(0), None);
+        assert_eq!(ttl_until(-5), None);
+        let _ = ttl_until(i64::MAX);
+        assert!(deadline(Duration::MAX) > Instant::now());
+    }
+}

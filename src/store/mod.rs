@@ -1,0 +1,172 @@
+//! All server-side state: sessions, nonces and tickets (later refresh tokens, the
+//! denylist, QR tokens and cross-node events).
+//!
+//! [`Store`] is the one interface; [`memory::MemoryStore`] (the embedded default, one
+//! node) and [`redis::RedisStore`] (through `fred`, standalone, Sentinel or Cluster)
+//! implement it with the same semantics and pass the same test suite
+//! (`tests/store.rs`).
+//!
+//! Architecture invariant: only this module builds store keys ([`keys`]). Every key of
+//! one session carries the hash tag `{<sid>}`, so every script touches one Cluster slot.
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ticketgate_sdk::ClientType;
+
+/// What can go wrong talking to the store. Outcomes that are part of the protocol
+/// (a replayed nonce, an unknown ticket) are not errors: they are variants of
+/// [`MintOutcome`] and [`AdmitOutcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer (connection refused, timeout, failover in progress).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something this code does not understand.
+    #[error("store answered unexpectedly: {0}")]
+    Corrupt(String),
+}
+
+/// A live session, as kept in the store for the lifetime of its refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Session id (`sid` claim); carries a version prefix.
+    pub session_id: String,
+    /// The user id: the username, or `app:<app_id>`.
+    pub user_id: String,
+    /// The device the session belongs to.
+    pub device_id: String,
+    /// The client type of the session.
+    pub client_type: ClientType,
+    /// Unix seconds of the login.
+    pub created_at: i64,
+    /// Unix seconds when the session (its refresh token) expires; the record's TTL.
+    pub expires_at: i64,
+    /// Lowercase hex SHA-256 of the current refresh token; never the raw token.
+    pub refresh_hash: String,
+}
+
+/// What an admitted ticket grants: the identity that the connection takes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketGrant {
+    /// The device the ticket is bound to.
+    pub device_id: String,
+    /// The user id of the session.
+    pub user_id: String,
+    /// The client type of the session.
+    pub client_type: ClientType,
+    /// Unix seconds when the access token that minted the ticket expires; the
+    /// connection's deadline.
+    pub access_expires_at: i64,
+}
+
+impl TicketGrant {
+    /// The stored form: `device|ctp|exp|user`. The device comes first so the
+    /// admission script can compare it with a prefix match; the user id comes last
+    /// so it may hold any character.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.device_id,
+            self.client_type.as_str(),
+            self.access_expires_at,
+            self.user_id
+        )
+    }
+
+    /// Parses [`TicketGrant::encode`]'s form.
+    pub fn decode(s: &str) -> Result<Self, StoreError> {
+        let corrupt = || StoreError::Corrupt("ticket grant".into());
+        let mut it = s.splitn(4, '|');
+        let device_id = it.next().ok_or_else(corrupt)?.to_owned();
+        let client_type = it.next().and_then(ClientType::parse).ok_or_else(corrupt)?;
+        let access_expires_at = it.next().and_then(|e| e.parse().ok()).ok_or_else(corrupt)?;
+        let user_id = it.next().ok_or_else(corrupt)?.to_owned();
+        Ok(TicketGrant {
+            device_id,
+            user_id,
+            client_type,
+            access_expires_at,
+        })
+    }
+}
+
+/// One mint: record the nonce, check the session, store the ticket; atomically.
+#[derive(Debug, Clone)]
+pub struct MintTicket<'a> {
+    /// The session minting.
+    pub session_id: &'a str,
+    /// The request's nonce; recorded for `nonce_ttl`.
+    pub nonce: &'a str,
+    /// How long the nonce is remembered (twice the allowed skew).
+    pub nonce_ttl: Duration,
+    /// The ticket's random id (the store key's last part).
+    pub ticket_id: &'a str,
+    /// What the ticket grants.
+    pub grant: &'a TicketGrant,
+    /// The ticket's lifetime.
+    pub ticket_ttl: Duration,
+}
+
+/// The result of [`Store::mint_ticket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MintOutcome {
+    /// The ticket is stored.
+    Minted,
+    /// The nonce was seen before for this session; nothing was stored.
+    NonceReplayed,
+    /// The session no longer exists (expired, logged out, kicked); nothing was stored.
+    SessionGone,
+}
+
+/// One admission: consume the ticket, check device and session; atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitTicket<'a> {
+    /// The session named by the (MAC-verified) ticket.
+    pub session_id: &'a str,
+    /// The ticket's random id.
+    pub ticket_id: &'a str,
+    /// The device presenting the ticket.
+    pub device_id: &'a str,
+}
+
+/// The result of [`Store::admit_ticket`]. In every case the ticket is gone afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitOutcome {
+    /// The ticket was live, bound to this device, and its session is alive.
+    Admitted(TicketGrant),
+    /// No such ticket: never minted, expired or already used.
+    Unknown,
+    /// The ticket was bound to another device; it is burnt all the same.
+    DeviceMismatch,
+    /// The ticket was valid but its session has ended since; it is burnt.
+    SessionGone,
+}
+
+/// All server-side state, behind one interface with two implementations.
+///
+/// Every method is one round trip to Redis (one command or one script).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates (or replaces) a session record, expiring at `record.expires_at`.
+    async fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Reads a session record; `None` when it does not exist or expired.
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Deletes a session. Returns whether it existed.
+    async fn revoke_session(&self, session_id: &str) -> Result<bool, StoreError>;
+
+    /// Records the nonce, checks the session and stores the ticket, atomically.
+    async fn mint_ticket(&self, mint: &MintTicket<'_>) -> Result<MintOutcome, StoreError>;
+
+    /// Consumes the ticket and checks device and session, atomically.
+    async fn admit_ticket(&self, admit: &AdmitTicket<'_>) -> Result<AdmitOutcome, StoreError>;
+
+    /// Answers when the store is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,418 @@
+//! The Redis store, through one `fred` connection pool: standalone, Sentinel or Cluster,
+//! chosen by the URL's scheme.
+//!
+//! Every [`Store`] method is exactly one round trip. Mint and admit are Lua scripts
+//! (`scripts/mint.lua`, `scripts/admit.lua`) so that their check-then-write steps are
+//! atomic; session creation is a script too (`scripts/create_session.lua`) so a record
+//! never exists without its expiry. Scripts are loaded once at connect and called by
+//! SHA; after a `NOSCRIPT` (a restarted or failed-over server) the script is loaded
+//! again and the call retried, once.
+//!
+//! # Failure behaviour
+//!
+//! While Redis is unreachable every call fails with [`StoreError::Unavailable`] within
+//! about [`RedisSettings::command_timeout`]: commands wait in fred's queue while it
+//! reconnects (exponential backoff, forever) and time out there; a command that timed out
+//! is dropped, never sent later. Each command is attempted at most once
+//! (`max_command_attempts = 1`): a mint or admit cut off mid-flight is reported as
+//! unavailable rather than silently re-run, which could turn a successful mint into
+//! `NonceReplayed` or a successful admission into `Unknown`. When Redis comes back the
+//! pool reconnects by itself; nothing needs restarting.
+
+use std::{collections::HashMap, time::Duration};
+
+use async_trait::async_trait;
+use fred::{
+    error::{Error as FredError, ErrorKind},
+    interfaces::{ClientLike, EventInterface, HashesInterface, KeysInterface},
+    prelude::{Builder, Config, Pool, ReconnectPolicy, Value},
+    types::{config::UnresponsiveConfig, scripts::Script},
+};
+use ticketgate_sdk::ClientType;
+
+use super::{
+    keys, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, SessionRecord, Store, StoreError,
+    TicketGrant,
+};
+
+const MINT_LUA: &str = include_str!("scripts/mint.lua");
+const ADMIT_LUA: &str = include_str!("scripts/admit.lua");
+const CREATE_SESSION_LUA: &str = include_str!("scripts/create_session.lua");
+
+/// Reconnect backoff: 100 ms doubling up to 2 s, retried forever.
+const RECONNECT_MIN_DELAY_MS: u32 = 100;
+const RECONNECT_MAX_DELAY_MS: u32 = 2_000;
+
+/// Field names of the session hash.
+mod field {
+    pub(super) const SESSION_ID: &str = "session_id";
+    pub(super) const USER_ID: &str = "user_id";
+    pub(super) const DEVICE_ID: &str = "device_id";
+    pub(super) const CLIENT_TYPE: &str = "client_type";
+    pub(super) const CREATED_AT: &str = "created_at";
+    pub(super) const EXPIRES_AT: &str = "expires_at";
+    pub(super) const REFRESH_HASH: &str = "refresh_hash";
+}
+
+/// How the pool talks to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long one command may take, queueing included, before it fails as
+    /// [`StoreError::Unavailable`].
+    pub command_timeout: Duration,
+    /// How long opening one connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            pool_size: 4,
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The store on Redis. Cloning is cheap and shares the pool.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    mint: Script,
+    admit: Script,
+    create_session: Script,
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` (`redis://`, `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`, in fred's grammar) and loads the scripts.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the URL is invalid or Redis cannot be reached
+    /// now: a node refuses to start against a store it cannot see. Once connected, the
+    /// store rides out outages by itself.
+    pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, StoreError> {
+        let config = Config::from_url(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {}", e.details())))?;
+        let pool = build_pool(config, settings).map_err(map_err)?;
+        log_connection_events(&pool);
+
+        // fred bounds each connection attempt by `connection_timeout`; the outer timeout
+        // also bounds the discovery steps of Sentinel and Cluster.
+        let limit = settings.connect_timeout + settings.command_timeout;
+        let connected = match tokio::time::timeout(limit, pool.init()).await {
+            Ok(Ok(_connection_task)) => Ok(()),
+            Ok(Err(e)) => Err(map_err(e)),
+            Err(_) => Err(StoreError::Unavailable(
+                "timed out connecting to redis".into(),
+            )),
+        };
+        if let Err(e) = connected {
+            quit(&pool).await;
+            return Err(e);
+        }
+
+        let store = RedisStore {
+            pool,
+            mint: Script::from_lua(MINT_LUA),
+            admit: Script::from_lua(ADMIT_LUA),
+            create_session: Script::from_lua(CREATE_SESSION_LUA),
+        };
+        if let Err(e) = store.load_scripts().await {
+            quit(&store.pool).await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Closes every connection of the pool (at shutdown).
+    pub async fn close(&self) {
+        quit(&self.pool).await;
+    }
+
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        for script in [&self.mint, &self.admit, &self.create_session] {
+            script.load(self.pool.next()).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// `EVALSHA`, with one `SCRIPT LOAD` and retry on `NOSCRIPT`.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, StoreError> {
+        script
+            .evalsha_with_reload(self.pool.next_connected(), keys, args)
+            .await
+            .map_err(map_err)
+    }
+}
+
+fn build_pool(config: Config, settings: RedisSettings) -> Result<Pool, FredError> {
+    let command_timeout = settings.command_timeout.max(Duration::from_millis(1));
+    let unresponsive_after = command_timeout * 2;
+    Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = settings.connect_timeout;
+            c.internal_command_timeout = settings.connect_timeout;
+            c.max_command_attempts = 1;
+            c.tcp.nodelay = Some(true);
+            // A server that stops answering without closing the socket (paused,
+            // partitioned) gets its connection closed and re-opened.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(unresponsive_after),
+                interval: (unresponsive_after / 4).max(Duration::from_millis(10)),
+            };
+        })
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_DELAY_MS,
+            RECONNECT_MAX_DELAY_MS,
+            2,
+        ))
+        .build_pool(settings.pool_size.max(1))
+}
+
+fn log_connection_events(pool: &Pool) {
+    for client in pool.clients() {
+        client.on_error(|(err, server)| async move {
+            let server = server.map(|s| s.to_string()).unwrap_or_default();
+            tracing::warn!(cause = %err, %server, "redis connection failed");
+            Ok(())
+        });
+        client.on_reconnect(|server| async move {
+            tracing::info!(%server, "redis connected");
+            Ok(())
+        });
+    }
+}
+
+async fn quit(pool: &Pool) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.quit()).await;
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn create_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let args = vec![
+            record.expires_at.to_string(),
+            field::SESSION_ID.into(),
+            record.session_id.clone(),
+            field::USER_ID.into(),
+            record.user_id.clone(),
+            field::DEVICE_ID.into(),
+            record.device_id.clone(),
+            field::CLIENT_TYPE.into(),
+            record.client_type.as_str().into(),
+            field::CREATED_AT.into(),
+            record.created_at.to_string(),
+            field::EXPIRES_AT.into(),
+            record.expires_at.to_string(),
+            field::REFRESH_HASH.into(),
+            record.refresh_hash.clone(),
+        ];
+        let keys = vec![keys::session(&record.session_id)];
+        self.run(&self.create_session, keys, args).await?;
+        Ok(())
+    }
+
+    async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .pool
+            .hgetall(keys::session(session_id))
+            .await
+            .map_err(map_err)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        parse_session(&fields).map(Some)
+    }
+
+    async fn revoke_session(&self, session_id: &str) -> Result<bool, StoreError> {
+        let deleted: i64 = self
+            .pool
+            .del(keys::session(session_id))
+            .await
+            .map_err(map_err)?;
+        Ok(deleted > 0)
+    }
+
+    async fn mint_ticket(&self, mint: &MintTicket<'_>) -> Result<MintOutcome, StoreError> {
+        let keys = vec![
+            keys::session(mint.session_id),
+            keys::nonce(mint.session_id, mint.nonce),
+            keys::ticket(mint.session_id, mint.ticket_id),
+        ];
+        let args = vec![
+            ttl_millis(mint.nonce_ttl).to_string(),
+            mint.grant.encode(),
+            ttl_millis(mint.ticket_ttl).to_string(),
+        ];
+        match self.run(&self.mint, keys, args).await? {
+            Value::Integer(0) => Ok(MintOutcome::Minted),
+            Value::Integer(1) => Ok(MintOutcome::NonceReplayed),
+            Value::Integer(2) => Ok(MintOutcome::SessionGone),
+            other => Err(unexpected("mint", &other)),
+        }
+    }
+
+    async fn admit_ticket(&self, admit: &AdmitTicket<'_>) -> Result<AdmitOutcome, StoreError> {
+        let keys = vec![
+            keys::ticket(admit.session_id, admit.ticket_id),
+            keys::session(admit.session_id),
+        ];
+        let args = vec![admit.device_id.to_owned()];
+        match self.run(&self.admit, keys, args).await? {
+            Value::Integer(0) => Ok(AdmitOutcome::Unknown),
+            Value::Integer(1) => Ok(AdmitOutcome::DeviceMismatch),
+            Value::Integer(2) => Ok(AdmitOutcome::SessionGone),
+            Value::String(grant) => TicketGrant::decode(&grant).map(AdmitOutcome::Admitted),
+            Value::Bytes(grant) => std::str::from_utf8(&grant)
+                .map_err(|_| StoreError::Corrupt("ticket grant is not UTF-8".into()))
+                .and_then(TicketGrant::decode)
+                .map(AdmitOutcome::Admitted),
+            other => Err(unexpected("admit", &other)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.pool.ping::<()>(None).await.map_err(map_err)
+    }
+}
+
+fn parse_session(fields: &HashMap<String, String>) -> Result<SessionRecord, StoreError> {
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("session field {name} missing")))
+    };
+    let number = |name: &str| {
+        text(name)?
+            .parse::<i64>()
+            .map_err(|_| StoreError::Corrupt(format!("session field {name} is not a number")))
+    };
+    let client_type = ClientType::parse(&text(field::CLIENT_TYPE)?)
+        .ok_or_else(|| StoreError::Corrupt("session field client_type unknown".into()))?;
+    Ok(SessionRecord {
+        session_id: text(field::SESSION_ID)?,
+        user_id: text(field::USER_ID)?,
+        device_id: text(field::DEVICE_ID)?,
+        client_type,
+        created_at: number(field::CREATED_AT)?,
+        expires_at: number(field::EXPIRES_AT)?,
+        refresh_hash: text(field::REFRESH_HASH)?,
+    })
+}
+
+/// A TTL in whole milliseconds, at least 1 (`PX 0` is an error in Redis) and at most
+/// a century (Redis rejects TTLs whose deadline overflows).
+fn ttl_millis(ttl: Duration) -> u64 {
+    const MAX_TTL_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(MAX_TTL_MS)
+        .clamp(1, MAX_TTL_MS)
+}
+
+fn unexpected(script: &str, answer: &Value) -> StoreError {
+    StoreError::Corrupt(format!("{script} script answered a {}", answer.kind()))
+}
+
+/// Sorts fred's errors into "Redis is not there" and "Redis said something odd".
+fn map_err(err: FredError) -> StoreError {
+    let unavailable = match err.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Routing
+        | ErrorKind::Cluster
+        | ErrorKind::Sentinel
+        | ErrorKind::Backpressure
+        | ErrorKind::Auth
+        | ErrorKind::Config
+        | ErrorKind::Url => true,
+        ErrorKind::Parse
+        | ErrorKind::Protocol
+        | ErrorKind::NotFound
+        | ErrorKind::InvalidArgument
+        | ErrorKind::InvalidCommand => false,
+        // Server replies land here too; only the transient ones mean "try later".
+        _ => is_transient_reply(err.details()) || !is_server_reply(err.details()),
+    };
+    let details = format!("{:?}: {}", err.kind(), err.details());
+    if unavailable {
+        StoreError::Unavailable(details)
+    } else {
+        StoreError::Corrupt(details)
+    }
+}
+
+/// Whether an error text is a Redis error reply (`PREFIX message`, prefix in capitals)
+/// rather than a message from fred itself.
+fn is_server_reply(details: &str) -> bool {
+    details
+        .split_whitespace()
+        .next()
+        .is_some_and(|p| p.chars().all(|c| c.is_ascii_uppercase()))
+}
+
+/// Error replies that a healthy deployment gives while it is loading, failing over or
+/// overloaded.
+fn is_transient_reply(details: &str) -> bool {
+    const TRANSIENT: [&str; 9] = [
+        "LOADING",
+        "BUSY",
+        "READONLY",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+        "OOM",
+        "ERR max number of clients reached",
+    ];
+    TRANSIENT.iter().any(|p| details.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_sorted_into_unavailable_and_corrupt() {
+        let unavailable = |kind, details| {
+            matches!(
+                map_err(FredError::new(kind, details)),
+                StoreError::Unavailable(_)
+            )
+        };
+        assert!(unavailable(ErrorKind::IO, "connection reset"));
+        assert!(unavailable(ErrorKind::Timeout, "Request timed out."));
+        assert!(unavailable(ErrorKind::Canceled, "Canceled."));
+        assert!(unavailable(ErrorKind::Unknown, "LOADING Redis is loading"));
+        assert!(unavailable(
+            ErrorKind::Unknown,
+            "Too many failed write attempts."
+        ));
+        assert!(!unavailable(ErrorKind::Parse, "bad integer"));
+        assert!(!unavailable(ErrorKind::Unknown, "ERR Error running script"));
+        assert!(!unavailable(
+            ErrorKind::InvalidArgument,
+            "WRONGTYPE Operation"
+        ));
+    }
+
+    #[test]
+    fn ttls_are_whole_positive_milliseconds() {
+        assert_eq!(ttl_millis(Duration::ZERO), 1);
+        assert_eq!(ttl_millis(Duration::from_micros(1500)), 1);
+        assert_eq!(ttl_millis(Duration::from_secs(30)), 30_000);
+        assert_eq!(ttl_millis(Duration::MAX), 100 * 365 * 24 * 60 * 60 * 1000);
+    }
+}

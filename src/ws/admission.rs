@@ -1,0 +1,235 @@
+//! Admission: `GET /v1/connect`. Read this file top to bottom to follow a handshake.
+//!
+//! The order is part of the contract (PROTOCOL §4, §8):
+//! 1. WebSocket handshake headers (version 13 → else 426; key; upgrade tokens) and
+//!    `Origin` are checked before anything else; nothing is consumed.
+//! 2. The ticket is taken from the `ticket.<t>` subprotocol (which must come with
+//!    `ticketgate.v1`) or from `?ticket=`; the device from `?device_id=`.
+//! 3. Per-IP connect quota and the node's connection cap: 429 / 503, ticket untouched.
+//! 4. The ticket's MAC and expiry are checked without I/O: a forged or expired ticket
+//!    costs no store command and is charged to the IP's failure quota.
+//! 5. The device's connect quota is charged (only for a ticket whose MAC verified).
+//! 6. ONE store round trip consumes the ticket and checks device and session.
+//! 7. Only then does the 101 go out; the socket task starts when hyper hands over the
+//!    connection.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use ticketgate_sdk::protocol::{SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use super::connection::{self, ConnectionInfo};
+use crate::auth::signing::is_device_id;
+use crate::auth::unix_now_ms;
+use crate::http::client_ip::{client_ip, PeerAddr};
+use crate::http::error::ApiError;
+use crate::limits::Limit;
+use crate::state::AppState;
+use crate::store::{AdmitOutcome, AdmitTicket};
+
+/// `GET /v1/connect`.
+pub async fn connect(State(state): State<AppState>, mut req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    match admit(&state, ip, &mut req).await {
+        Ok(response) => response,
+        Err(err) => {
+            metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
+                .increment(1);
+            state.charge_failure(ip, err).into_response()
+        }
+    }
+}
+
+/// The handshake headers a WebSocket upgrade needs, checked.
+struct Handshake {
+    accept_key: String,
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn check_handshake(headers: &HeaderMap) -> Result<Handshake, ApiError> {
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(ApiError::BadRequest("expected a WebSocket upgrade".into()));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(ApiError::UpgradeRequired);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ApiError::BadRequest("Sec-WebSocket-Key missing".into()))?;
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !matches!(decoded, Ok(ref k) if k.len() == 16) {
+        return Err(ApiError::BadRequest("Sec-WebSocket-Key malformed".into()));
+    }
+    Ok(Handshake {
+        accept_key: derive_accept_key(key.as_bytes()),
+    })
+}
+
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (Some(allowed), Some(origin)) = (
+        &state.config.ws.allowed_origins,
+        headers.get(header::ORIGIN),
+    ) else {
+        // No allow list, or a non-browser client (browsers always send Origin).
+        return Ok(());
+    };
+    let origin = origin.to_str().map_err(|_| ApiError::OriginForbidden)?;
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(ApiError::OriginForbidden)
+    }
+}
+
+/// The ticket and the device the client presents.
+struct Presented {
+    ticket: String,
+    device_id: String,
+}
+
+fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Presented, ApiError> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let from_protocol = offered
+        .iter()
+        .find_map(|p| p.strip_prefix(TICKET_SUBPROTOCOL_PREFIX));
+    if from_protocol.is_some() && !offered.contains(&SUBPROTOCOL) {
+        return Err(ApiError::BadRequest(format!(
+            "the ticket subprotocol needs `{SUBPROTOCOL}` too"
+        )));
+    }
+    let mut ticket = from_protocol.map(str::to_owned);
+    let mut device_id = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "device_id" => device_id = Some(v.into_owned()),
+            "ticket" if ticket.is_none() => ticket = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let device_id = device_id.filter(|d| is_device_id(d)).ok_or_else(|| {
+        ApiError::BadRequest("device_id query parameter missing or not a UUID".into())
+    })?;
+    let ticket = ticket.ok_or_else(|| ApiError::BadRequest("no ticket offered".into()))?;
+    Ok(Presented { ticket, device_id })
+}
+
+async fn admit(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    req: &mut Request,
+) -> Result<Response, ApiError> {
+    let handshake = check_handshake(req.headers())?;
+    check_origin(state, req.headers())?;
+    let presented = presented(req.headers(), req.uri().query())?;
+
+    state.limits.check(Limit::ConnectIp(ip))?;
+    let permit = state
+        .connection_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::ServerBusy)?;
+
+    let verified = state.tickets.verify(&presented.ticket, unix_now_ms())?;
+    state
+        .limits
+        .check(Limit::ConnectDevice(&presented.device_id))?;
+
+    let outcome = state
+        .store
+        .admit_ticket(&AdmitTicket {
+            session_id: &verified.session_id,
+            ticket_id: &verified.ticket_id,
+            device_id: &presented.device_id,
+        })
+        .await?;
+    let grant = match outcome {
+        AdmitOutcome::Admitted(grant) => grant,
+        AdmitOutcome::DeviceMismatch => return Err(ApiError::DeviceMismatch),
+        AdmitOutcome::Unknown | AdmitOutcome::SessionGone => return Err(ApiError::TicketInvalid),
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut *req);
+    let info = ConnectionInfo {
+        conn_id: crate::auth::random_b64(9),
+        session_id: verified.session_id,
+        user_id: grant.user_id,
+        device_id: grant.device_id,
+        client_type: grant.client_type,
+        expires_at: grant.access_expires_at,
+    };
+    let ws_config = ws_config(state);
+    let task_state = state.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(cause = %e, "client left before the upgrade completed");
+                return;
+            }
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        connection::run(ws, info, task_state, permit).await;
+    });
+    metrics::counter!("ticketgate_admissions_total").increment(1);
+
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&handshake.accept_key).map_err(|_| ApiError::Internal)?,
+    );
+    Ok(response)
+}
+
+/// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
+/// and small buffers: most sockets are idle most of the time.
+pub fn ws_config(state: &AppState) -> WebSocketConfig {
+    let max = state.config.ws.max_frame_bytes;
+    WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max * 4)
+        .accept_unmasked_frames(false)
+}

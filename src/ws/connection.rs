@@ -1,0 +1,258 @@
+//! One admitted connection: the welcome frame, then a single task that owns the socket
+//! and reacts to client frames, its inbox (kick, push), its deadline (access token
+//! `exp`), the idle timer, the ping timer and shutdown.
+//!
+//! The loop is generic over `Sink + Stream` of tungstenite messages so it can be driven
+//! by any transport.
+
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use ticketgate_sdk::protocol::{close, ClientFrame, ServerFrame};
+use ticketgate_sdk::{ClientType, ErrorCode};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::registry::{ConnHandle, Outbound};
+use crate::auth::unix_now;
+use crate::limits::frame_limiter;
+use crate::state::AppState;
+
+/// Who is on the other end of an admitted connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// This connection's id.
+    pub conn_id: String,
+    /// The session.
+    pub session_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The device the ticket was bound to.
+    pub device_id: String,
+    /// The client type.
+    pub client_type: ClientType,
+    /// Unix seconds: the access token's `exp`; the connection closes with 4004 then.
+    pub expires_at: i64,
+}
+
+/// Capacity of a connection's inbox; a full inbox closes the socket with 4010.
+const INBOX: usize = 32;
+
+/// Why the loop ended and how to close.
+enum Exit {
+    /// Send a close frame with this code.
+    Close(u16, &'static str),
+    /// The peer is gone or closed; nothing more to send.
+    Gone,
+}
+
+/// The instant (tokio clock) of a unix-seconds deadline.
+fn instant_at(unix: i64) -> Instant {
+    let now = unix_now();
+    Instant::now() + Duration::from_secs(u64::try_from(unix - now).unwrap_or(0))
+}
+
+/// The renewal window: remaining ≤ min(5 min, 30 % of the access lifetime).
+fn renewal_window(access_ttl: Duration) -> Duration {
+    (access_ttl * 3 / 10).min(Duration::from_secs(300))
+}
+
+fn text(frame: &ServerFrame) -> Message {
+    // Serializing our own enum of strings and numbers cannot fail.
+    Message::text(serde_json::to_string(frame).unwrap_or_default())
+}
+
+fn error_frame(code: ErrorCode, message: &str) -> Message {
+    text(&ServerFrame::Error {
+        error: code.as_str().to_owned(),
+        message: message.to_owned(),
+    })
+}
+
+/// Runs a connection to its end, then unregisters it and frees its slot.
+pub async fn run<S>(
+    mut ws: S,
+    mut info: ConnectionInfo,
+    state: AppState,
+    permit: OwnedSemaphorePermit,
+) where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let (tx, mut inbox) = mpsc::channel(INBOX);
+    let _registration = state.registry.insert(
+        info.conn_id.clone(),
+        ConnHandle {
+            session_id: info.session_id.clone(),
+            user_id: info.user_id.clone(),
+            device_id: info.device_id.clone(),
+            client_type: info.client_type,
+            connected_at: unix_now(),
+            tx,
+        },
+    );
+    let span = tracing::info_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
+    let _enter = span.enter();
+    tracing::debug!("connection admitted");
+
+    let welcome = ServerFrame::Welcome {
+        session_id: info.session_id.clone(),
+        conn_id: info.conn_id.clone(),
+        user_id: info.user_id.clone(),
+        device_id: info.device_id.clone(),
+        expires_at: info.expires_at,
+    };
+    let exit = match ws.send(text(&welcome)).await {
+        Ok(()) => serve(&mut ws, &mut info, &state, &mut inbox).await,
+        Err(_) => Exit::Gone,
+    };
+    if let Exit::Close(code, reason) = exit {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        // Best effort, bounded: a peer that does not read must not hold the slot.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = ws.send(Message::Close(Some(frame))).await;
+            // Drain until the peer's close answer or EOF, so the close handshake completes.
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        tracing::debug!(code, reason, "connection closed by server");
+    }
+    drop(permit);
+}
+
+async fn serve<S>(
+    ws: &mut S,
+    info: &mut ConnectionInfo,
+    state: &AppState,
+    inbox: &mut mpsc::Receiver<Outbound>,
+) -> Exit
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let cfg = &state.config.ws;
+    let window = renewal_window(state.config.ttl.access);
+    let limiter = frame_limiter(state.config.rates.frames);
+    let mut shutdown = state.shutdown.clone();
+    if *shutdown.borrow() {
+        return Exit::Close(close::GOING_AWAY, "server shutting down");
+    }
+    let mut deadline = instant_at(info.expires_at);
+    let mut expiring_sent = false;
+    let mut idle_deadline = Instant::now() + cfg.idle_timeout;
+    let mut next_ping = Instant::now() + cfg.ping_interval;
+
+    loop {
+        let expiring_at = deadline.checked_sub(window).unwrap_or(deadline);
+        tokio::select! {
+            _ = shutdown.changed() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+            _ = sleep_until(deadline) => return Exit::Close(close::SESSION_EXPIRED, "session expired"),
+            _ = sleep_until(idle_deadline) => return Exit::Close(close::NORMAL, "idle timeout"),
+            _ = sleep_until(expiring_at), if !expiring_sent => {
+                expiring_sent = true;
+                if ws.send(text(&ServerFrame::Expiring { expires_at: info.expires_at })).await.is_err() {
+                    return Exit::Gone;
+                }
+            }
+            _ = sleep_until(next_ping) => {
+                next_ping = Instant::now() + cfg.ping_interval;
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return Exit::Gone;
+                }
+            }
+            out = inbox.recv() => match out {
+                Some(Outbound::Text(t)) => {
+                    if ws.send(Message::text(t)).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
+                None => return Exit::Close(close::GOING_AWAY, "unregistered"),
+            },
+            msg = ws.next() => {
+                let msg = match msg {
+                    None => return Exit::Gone,
+                    Some(Err(WsError::Capacity(_))) => return Exit::Close(close::TOO_BIG, "frame too big"),
+                    Some(Err(WsError::Protocol(_))) => return Exit::Close(1002, "protocol error"),
+                    Some(Err(_)) => return Exit::Gone,
+                    Some(Ok(msg)) => msg,
+                };
+                if limiter.check().is_err() {
+                    return Exit::Close(close::FLOOD, "message flood");
+                }
+                idle_deadline = Instant::now() + cfg.idle_timeout;
+                match msg {
+                    Message::Text(t) => match handle_frame(t.as_str(), info, state) {
+                        Reply::None => {}
+                        Reply::Send(m) => {
+                            if ws.send(m).await.is_err() {
+                                return Exit::Gone;
+                            }
+                        }
+                        Reply::Extend(m) => {
+                            deadline = instant_at(info.expires_at);
+                            expiring_sent = false;
+                            if ws.send(m).await.is_err() {
+                                return Exit::Gone;
+                            }
+                        }
+                    },
+                    Message::Binary(_) => return Exit::Close(close::POLICY, "binary frames are not allowed"),
+                    // tungstenite queues the pong itself; flushing sends it.
+                    Message::Ping(_) => {
+                        if ws.flush().await.is_err() {
+                            return Exit::Gone;
+                        }
+                    }
+                    Message::Pong(_) | Message::Frame(_) => {}
+                    Message::Close(_) => return Exit::Gone,
+                }
+            }
+        }
+    }
+}
+
+enum Reply {
+    None,
+    Send(Message),
+    /// The deadline moved (`info.expires_at` updated); send this.
+    Extend(Message),
+}
+
+fn handle_frame(raw: &str, info: &mut ConnectionInfo, state: &AppState) -> Reply {
+    let frame: ClientFrame = match serde_json::from_str(raw) {
+        Ok(f) => f,
+        Err(_) => {
+            return Reply::Send(error_frame(
+                ErrorCode::BadRequest,
+                "not a known client frame",
+            ))
+        }
+    };
+    match frame {
+        ClientFrame::Ping => Reply::Send(text(&ServerFrame::Pong)),
+        ClientFrame::Ack { .. } => Reply::None,
+        ClientFrame::Refresh { access_token } => match state.keys.verify(&access_token) {
+            Ok(claims) if claims.sid == info.session_id && claims.sub == info.user_id => {
+                if claims.exp > info.expires_at {
+                    info.expires_at = claims.exp;
+                }
+                Reply::Extend(text(&ServerFrame::Refreshed {
+                    expires_at: info.expires_at,
+                }))
+            }
+            Ok(_) => Reply::Send(error_frame(
+                ErrorCode::TokenInvalid,
+                "token of another session",
+            )),
+            Err(crate::auth::tokens::TokenError::Expired) => {
+                Reply::Send(error_frame(ErrorCode::TokenExpired, "access token expired"))
+            }
+            Err(_) => Reply::Send(error_frame(ErrorCode::TokenInvalid, "access token invalid")),
+        },
+    }
+}

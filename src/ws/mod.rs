@@ -1,0 +1,6 @@
+//! WebSocket: admission (the upgrade that consumes a ticket), the connection's frame
+//! loop, and the registry of live connections.
+
+pub mod admission;
+pub mod connection;
+pub mod registry;
