@@ -97,6 +97,8 @@ mod cases {
 
     const DEVICE: &str = "7d0b8e9c-2f4a-4c1e-9b1a-3c5d7e9f1a2b";
     const OTHER_DEVICE: &str = "0e6f2a4c-8b1d-4e3f-a5c7-9d1b3f5a7c9e";
+    /// Rounds of each concurrency race.
+    const RACE_ROUNDS: usize = 20;
 
     pub(crate) async fn session_create_read_revoke(store: Arc<dyn Store>) {
         let record = session_record(&unique("sess"));
@@ -289,47 +291,62 @@ mod cases {
     pub(crate) async fn concurrent_admits_have_one_winner(store: Arc<dyn Store>) {
         const RACERS: usize = 200;
         let sid = live_session(&store).await;
-        mint_ok(&store, &minting(&sid, "n1", "t1", &grant(DEVICE))).await;
+        // Several rounds: the memory store's race window, if there were one, is short.
+        for round in 0..RACE_ROUNDS {
+            let ticket_id = format!("t{round}");
+            let nonce = format!("n{round}");
+            mint_ok(&store, &minting(&sid, &nonce, &ticket_id, &grant(DEVICE))).await;
 
-        let outcomes = race(RACERS, |_| {
-            let store = store.clone();
-            let sid = sid.clone();
-            async move { admit(&store, &sid, "t1", DEVICE).await }
-        })
-        .await;
+            let outcomes = race(RACERS, |_| {
+                let store = store.clone();
+                let sid = sid.clone();
+                let ticket_id = ticket_id.clone();
+                async move { admit(&store, &sid, &ticket_id, DEVICE).await }
+            })
+            .await;
 
-        let admitted = count(&outcomes, |o| matches!(o, AdmitOutcome::Admitted(_)));
-        let unknown = count(&outcomes, |o| *o == AdmitOutcome::Unknown);
-        assert_eq!((admitted, unknown), (1, RACERS - 1), "{outcomes:?}");
+            let admitted = count(&outcomes, |o| matches!(o, AdmitOutcome::Admitted(_)));
+            let unknown = count(&outcomes, |o| *o == AdmitOutcome::Unknown);
+            assert_eq!((admitted, unknown), (1, RACERS - 1), "round {round}: {outcomes:?}");
+        }
     }
 
     pub(crate) async fn concurrent_mints_with_one_nonce_have_one_winner(store: Arc<dyn Store>) {
         const RACERS: usize = 50;
         let sid = live_session(&store).await;
+        for round in 0..RACE_ROUNDS {
+            let nonce = format!("shared{round}");
+            let ticket_id = |i: usize| format!("r{round}t{i}");
 
-        let outcomes = race(RACERS, |i| {
-            let store = store.clone();
-            let sid = sid.clone();
-            async move {
-                let grant = grant(DEVICE);
-                mint(&store, &minting(&sid, "shared", &format!("t{i}"), &grant)).await
-            }
-        })
-        .await;
+            let outcomes = race(RACERS, |i| {
+                let store = store.clone();
+                let sid = sid.clone();
+                let (nonce, ticket_id) = (nonce.clone(), ticket_id(i));
+                async move {
+                    let grant = grant(DEVICE);
+                    mint(&store, &minting(&sid, &nonce, &ticket_id, &grant)).await
+                }
+            })
+            .await;
 
-        let minted: Vec<usize> = (0..RACERS)
-            .filter(|&i| outcomes[i] == MintOutcome::Minted)
-            .collect();
-        let replayed = count(&outcomes, |o| *o == MintOutcome::NonceReplayed);
-        assert_eq!((minted.len(), replayed), (1, RACERS - 1), "{outcomes:?}");
+            let minted: Vec<usize> = (0..RACERS)
+                .filter(|&i| outcomes[i] == MintOutcome::Minted)
+                .collect();
+            let replayed = count(&outcomes, |o| *o == MintOutcome::NonceReplayed);
+            assert_eq!(
+                (minted.len(), replayed),
+                (1, RACERS - 1),
+                "round {round}: {outcomes:?}"
+            );
 
-        // Only the winner's ticket exists.
-        for i in 0..RACERS {
-            let outcome = admit(&store, &sid, &format!("t{i}"), DEVICE).await;
-            if i == minted[0] {
-                assert!(matches!(outcome, AdmitOutcome::Admitted(_)), "{outcome:?}");
-            } else {
-                assert_eq!(outcome, AdmitOutcome::Unknown, "ticket t{i}");
+            // Only the winner's ticket exists.
+            for i in 0..RACERS {
+                let outcome = admit(&store, &sid, &ticket_id(i), DEVICE).await;
+                if i == minted[0] {
+                    assert!(matches!(outcome, AdmitOutcome::Admitted(_)), "{outcome:?}");
+                } else {
+                    assert_eq!(outcome, AdmitOutcome::Unknown, "round {round}, ticket {i}");
+                }
             }
         }
     }

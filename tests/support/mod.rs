@@ -1,5 +1,214 @@
 //! Test harness shared by the integration tests: real `redis-server` processes on free
-//! loopback ports, and ticketgate servers started in-process.
-#![allow(dead_code, unreachable_pub)]
+//! loopback ports, and ticketgate nodes started in-process on `127.0.0.1:0`.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod redis;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ticketgate::config::{Config, Rate};
+use ticketgate::state::AppState;
+use ticketgate::Server;
+use ticketgate_sdk::{Client, ClientType, Session};
+use tokio::sync::oneshot;
+
+pub use self::redis::RedisServer;
+
+/// The password of every test user.
+pub const PASSWORD: &str = "correct horse battery staple";
+/// Users present in every test server's users file.
+pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+/// Which store a test node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded store.
+    Memory,
+    /// A `redis-server` started for the test.
+    Redis,
+}
+
+/// Builds a [`TestServer`].
+pub struct Builder {
+    store: StoreKind,
+    redis: Option<Arc<Mutex<RedisServer>>>,
+    data_dir: Option<Arc<tempfile::TempDir>>,
+    tweak: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+}
+
+impl Builder {
+    /// The store to use.
+    pub fn store(mut self, store: StoreKind) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Share an existing Redis (several nodes of one deployment).
+    pub fn redis(mut self, redis: Arc<Mutex<RedisServer>>) -> Self {
+        self.store = StoreKind::Redis;
+        self.redis = Some(redis);
+        self
+    }
+
+    /// Share a data dir (same secrets: one deployment).
+    pub fn data_dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    /// Changes the config before start.
+    pub fn config(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.tweak.push(Box::new(f));
+        self
+    }
+
+    /// Starts the node.
+    pub async fn start(self) -> TestServer {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("tempdir")));
+        let redis = match (self.store, self.redis) {
+            (StoreKind::Memory, _) => None,
+            (StoreKind::Redis, Some(r)) => Some(r),
+            (StoreKind::Redis, None) => Some(Arc::new(Mutex::new(RedisServer::start()))),
+        };
+        let users_file = data_dir.path().join("users.toml");
+        if !users_file.exists() {
+            for user in USERS {
+                ticketgate::auth::users::add_user(&users_file, user, PASSWORD).expect("add user");
+            }
+        }
+        let mut config = Config::defaults();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = data_dir.path().join("data");
+        config.users_file = users_file;
+        config.redis_url = redis.as_ref().map(|r| r.lock().unwrap().url());
+        config.admin_key = Some("test-admin-key-0123456789".into());
+        // Generous limits unless a test sets its own: tests are not floods.
+        let lots = Rate::per_second(100_000);
+        let r = &mut config.rates;
+        (r.login_ip, r.login_user, r.login_device, r.fail_ip) = (lots, lots, lots, lots);
+        (r.mint_device, r.connect_device, r.connect_ip) = (lots, lots, lots);
+        config.rates.frames = Rate::per_second(1_000);
+        config.shutdown_grace = Duration::from_secs(3);
+        for f in self.tweak {
+            f(&mut config);
+        }
+        let config_copy = config.clone();
+        let server = Server::bind(config).await.expect("server starts");
+        let addr = server.local_addr();
+        let admin_addr = server.admin_addr();
+        let state = server.state();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run(async move {
+            let _ = stop_rx.await;
+        }));
+        TestServer {
+            addr,
+            admin_addr,
+            state,
+            config: config_copy,
+            redis,
+            data_dir,
+            stop_tx: Some(stop_tx),
+            handle: Some(handle),
+        }
+    }
+}
+
+/// A running ticketgate node.
+pub struct TestServer {
+    /// Public listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin_addr: SocketAddr,
+    /// The node's state (registry, store, limits).
+    pub state: AppState,
+    /// The config it runs with.
+    pub config: Config,
+    /// Its Redis, if any.
+    pub redis: Option<Arc<Mutex<RedisServer>>>,
+    /// Its data dir (secrets, keys, users file).
+    pub data_dir: Arc<tempfile::TempDir>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A builder on the embedded store.
+    pub fn builder() -> Builder {
+        Builder {
+            store: StoreKind::Memory,
+            redis: None,
+            data_dir: None,
+            tweak: Vec::new(),
+        }
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client with a fresh device id.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url()).expect("client")
+    }
+
+    /// Logs `user` in from a fresh device.
+    pub async fn login_as(&self, user: &str, client_type: ClientType) -> (Client, Session) {
+        let client = self.client();
+        let session = client.login(user, PASSWORD, client_type).await.expect("login");
+        (client, session)
+    }
+
+    /// Logs alice in on mobile from a fresh device.
+    pub async fn login(&self) -> (Client, Session) {
+        self.login_as("alice", ClientType::Mobile).await
+    }
+
+    /// Runs a Redis command on this node's Redis.
+    pub fn redis_stats(&self) -> std::collections::HashMap<String, u64> {
+        self.redis.as_ref().expect("redis").lock().unwrap().command_stats()
+    }
+
+    /// Stops the node (closing sockets with 1001) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Defines a test once per store: `both_stores!(name, |kind| async move { ... })`
+/// expands into `mod name { memory, redis }`.
+#[macro_export]
+macro_rules! both_stores {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                ($body)(StoreKind::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                ($body)(StoreKind::Redis).await
+            }
+        }
+    };
+}
