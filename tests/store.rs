@@ -307,7 +307,11 @@ mod cases {
 
             let admitted = count(&outcomes, |o| matches!(o, AdmitOutcome::Admitted(_)));
             let unknown = count(&outcomes, |o| *o == AdmitOutcome::Unknown);
-            assert_eq!((admitted, unknown), (1, RACERS - 1), "round {round}: {outcomes:?}");
+            assert_eq!(
+                (admitted, unknown),
+                (1, RACERS - 1),
+                "round {round}: {outcomes:?}"
+            );
         }
     }
 
@@ -593,7 +597,7 @@ mod redis_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn outage_fails_fast_and_recovers_by_itself() {
         let mut redis = RedisServer::start();
-        let store = Arc::new(connect(&redis).await);
+        let store = connect(&redis).await;
         let record = session_record(&unique("sess"));
         let sid = record.session_id.clone();
         store.create_session(&record).await.expect("create");
@@ -613,31 +617,11 @@ mod redis_only {
             ticket_id: "t1",
             device_id: "dev-a",
         };
-        let results = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(
-                timed(store.ping()),
-                timed(store.session(&sid)),
-                timed(store.create_session(&record)),
-                timed(store.revoke_session(&sid)),
-                timed(store.mint_ticket(&minting)),
-                timed(store.admit_ticket(&admission)),
-            )
-        })
-        .await
-        .expect("store calls hung while redis was down");
-        let (ping, session, create, revoke, mint, admit) = results;
-        for (what, outcome) in [
-            ("ping", ping),
-            ("session", session),
-            ("create_session", create),
-            ("revoke_session", revoke),
-            ("mint_ticket", mint),
-            ("admit_ticket", admit),
-        ] {
-            let (elapsed, unavailable) = outcome;
-            assert!(unavailable, "{what} did not fail with Unavailable");
-            assert!(elapsed < Duration::from_secs(3), "{what} took {elapsed:?}");
-        }
+        // Right after the crash (in-flight and queued commands), and again once the
+        // pool has been failing to reconnect for a while.
+        every_call_is_unavailable(&store, &record, &minting, &admission).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        every_call_is_unavailable(&store, &record, &minting, &admission).await;
 
         redis.restart();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -692,6 +676,41 @@ mod redis_only {
             matches!(result, Err(StoreError::Unavailable(_))),
             "{result:?}"
         );
+    }
+
+    /// Runs every store call at once and checks that each fails with `Unavailable`
+    /// within 3 s.
+    async fn every_call_is_unavailable(
+        store: &RedisStore,
+        record: &SessionRecord,
+        minting: &MintTicket<'_>,
+        admission: &AdmitTicket<'_>,
+    ) {
+        let sid = record.session_id.as_str();
+        let results = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(
+                timed(store.ping()),
+                timed(store.session(sid)),
+                timed(store.create_session(record)),
+                timed(store.revoke_session(sid)),
+                timed(store.mint_ticket(minting)),
+                timed(store.admit_ticket(admission)),
+            )
+        })
+        .await
+        .expect("store calls hung while redis was down");
+        let (ping, session, create, revoke, mint, admit) = results;
+        for (what, (elapsed, unavailable)) in [
+            ("ping", ping),
+            ("session", session),
+            ("create_session", create),
+            ("revoke_session", revoke),
+            ("mint_ticket", mint),
+            ("admit_ticket", admit),
+        ] {
+            assert!(unavailable, "{what} did not fail with Unavailable");
+            assert!(elapsed < Duration::from_secs(3), "{what} took {elapsed:?}");
+        }
     }
 
     /// How long a call took, and whether it failed with `Unavailable`.

@@ -30,12 +30,15 @@ pub enum StoreKind {
     Redis,
 }
 
+/// A change to the config before a node starts.
+type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
+
 /// Builds a [`TestServer`].
 pub struct Builder {
     store: StoreKind,
     redis: Option<Arc<Mutex<RedisServer>>>,
     data_dir: Option<Arc<tempfile::TempDir>>,
-    tweak: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+    tweak: Vec<ConfigTweak>,
 }
 
 impl Builder {
