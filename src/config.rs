@@ -89,6 +89,12 @@ pub mod env {
     pub const JWT_LEEWAY: &str = "TICKETGATE_JWT_LEEWAY";
     /// Time given to connections to close at shutdown.
     pub const SHUTDOWN_GRACE: &str = "TICKETGATE_SHUTDOWN_GRACE";
+    /// Live sessions per (user, client type) for web and mobile.
+    pub const SESSIONS_PER_TYPE: &str = "TICKETGATE_SESSIONS_PER_TYPE";
+    /// Window in which the immediate parent of a refresh token is still accepted.
+    pub const REFRESH_GRACE: &str = "TICKETGATE_REFRESH_GRACE";
+    /// How often nodes reload access-token keys from the data dir.
+    pub const KEY_RELOAD: &str = "TICKETGATE_KEY_RELOAD";
 }
 
 /// A rate: `count` events per `period`, with a burst of `count`.
@@ -260,6 +266,13 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Live sessions per (user, client type) for web and mobile; older ones are
+    /// replaced (4509). API sessions are never replaced.
+    pub sessions_per_type: usize,
+    /// Refresh-token grace window for the immediate parent (zero: off).
+    pub refresh_grace: Duration,
+    /// Key reload period; a new key signs only after two periods.
+    pub key_reload: Duration,
     /// Lifetimes.
     pub ttl: TtlConfig,
     /// Rates.
@@ -285,6 +298,9 @@ impl fmt::Debug for Config {
             .field("refresh_cap_per_day", &self.refresh_cap_per_day)
             .field("header_timeout", &self.header_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("sessions_per_type", &self.sessions_per_type)
+            .field("refresh_grace", &self.refresh_grace)
+            .field("key_reload", &self.key_reload)
             .field("ttl", &self.ttl)
             .field("rates", &self.rates)
             .field("ws", &self.ws)
@@ -402,6 +418,9 @@ impl Config {
             refresh_cap_per_day: 200,
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            sessions_per_type: 1,
+            refresh_grace: Duration::ZERO,
+            key_reload: Duration::from_secs(10),
             ttl: TtlConfig {
                 ticket: Duration::from_secs(30),
                 access: Duration::from_secs(15 * 60),
@@ -498,6 +517,19 @@ impl Config {
             ),
             header_timeout: src.get(env::HEADER_TIMEOUT, d.header_timeout, dur),
             shutdown_grace: src.get(env::SHUTDOWN_GRACE, d.shutdown_grace, dur),
+            sessions_per_type: src.get(env::SESSIONS_PER_TYPE, d.sessions_per_type, |s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| format!("`{s}` is not a whole number"))
+            }),
+            refresh_grace: src.get(env::REFRESH_GRACE, d.refresh_grace, |s| {
+                if s.trim().starts_with('0') {
+                    Ok(Duration::ZERO)
+                } else {
+                    dur(s)
+                }
+            }),
+            key_reload: src.get(env::KEY_RELOAD, d.key_reload, dur),
             ttl: TtlConfig {
                 ticket: src.get(env::TICKET_TTL, d.ttl.ticket, dur),
                 access: src.get(env::ACCESS_TTL, d.ttl.access, dur),
@@ -559,8 +591,18 @@ impl Config {
         positive(env::HEADER_TIMEOUT, self.header_timeout);
         positive(env::IDLE_TIMEOUT, self.ws.idle_timeout);
         positive(env::PING_INTERVAL, self.ws.ping_interval);
+        positive(env::KEY_RELOAD, self.key_reload);
         if self.ws.max_frame_bytes < 1024 {
             errors.push(format!("{} must be at least 1024", env::MAX_FRAME_BYTES));
+        }
+        if self.sessions_per_type == 0 {
+            errors.push(format!("{} must be at least 1", env::SESSIONS_PER_TYPE));
+        }
+        if self.refresh_grace > Duration::from_secs(60) {
+            errors.push(format!(
+                "{} must be short (at most 60s): it lets a stolen parent token through",
+                env::REFRESH_GRACE
+            ));
         }
         if self.ws.max_connections == 0 {
             errors.push(format!("{} must be at least 1", env::MAX_CONNECTIONS));

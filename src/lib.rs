@@ -8,6 +8,7 @@
 //! - [`ws`]: admission (ticket → socket), the connection loop, the registry.
 //! - [`auth`]: secrets, access tokens, request signing, tickets, users, sessions.
 //! - [`store`]: all server-side state, Redis or embedded, behind one trait.
+//! - [`hub`]: cross-node revocations, pushes and queries (Redis pub/sub or in-process).
 //! - [`limits`]: governor-based anti-flood limits.
 //! - [`metrics`]: the Prometheus recorder.
 //!
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -87,9 +87,16 @@ fn main() -> ExitCode {
         Command::User { command } => user(&config, command),
         Command::Keys {
             command: KeysCommand::Rotate,
-        } => match auth::tokens::KeyRing::rotate(&config.data_dir) {
+        } => match auth::tokens::KeyRing::rotate(
+            &config.data_dir,
+            Some(config.key_reload * 2 + config.ttl.access + config.ttl.jwt_leeway),
+        ) {
             Ok(kid) => {
-                println!("new signing key {kid}; nodes pick it up on restart");
+                println!(
+                    "new signing key {kid}: nodes verify it within {:?} and sign with it after {:?}",
+                    config.key_reload,
+                    config.key_reload * 2
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -12,11 +12,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::apps::{Apps, AppsError};
 use crate::auth::secrets::{load_or_create_server_secret, Secrets, SecretsError};
 use crate::auth::ticket::TicketCodec;
-use crate::auth::tokens::KeyRing;
+use crate::auth::tokens::KeyStore;
 use crate::auth::users::{Users, UsersError};
 use crate::config::Config;
+use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
@@ -36,6 +38,9 @@ pub enum StartError {
     /// Users file.
     #[error(transparent)]
     Users(#[from] UsersError),
+    /// Apps file.
+    #[error(transparent)]
+    Apps(#[from] AppsError),
     /// Store connection.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -63,15 +68,23 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+/// The store and the hub that goes with it.
+async fn open_store(
+    config: &Config,
+    registry: &Registry,
+) -> Result<(Arc<dyn Store>, Arc<Hub>), StartError> {
+    let node_id = config.node_id.clone();
     match &config.redis_url {
-        Some(url) => Ok(Arc::new(
-            RedisStore::connect(url, RedisSettings::default()).await?,
-        )),
+        Some(url) => {
+            let redis = RedisStore::connect(url, RedisSettings::default()).await?;
+            let store: Arc<dyn Store> = Arc::new(redis.clone());
+            let hub = Hub::redis(node_id, registry.clone(), &redis, store.clone()).await?;
+            Ok((store, hub))
+        }
         None => {
             let store = MemoryStore::new();
             store.spawn_sweeper(SWEEP_EVERY);
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), Hub::local(node_id, registry.clone())))
         }
     }
 }
@@ -84,9 +97,11 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         let server_secret = load_or_create_server_secret(&config.data_dir)?;
         let secrets = Secrets::derive(&server_secret);
-        let keys = KeyRing::load_or_create(&config.data_dir, config.ttl.jwt_leeway)?;
+        let keys = KeyStore::open(&config.data_dir, config.ttl.jwt_leeway, config.key_reload)?;
         let users = Users::open(&config.users_file)?;
-        let store = open_store(&config).await?;
+        let apps = Apps::open(config.apps_file.as_deref())?;
+        let registry = Registry::default();
+        let (store, hub) = open_store(&config, &registry).await?;
         let public = bind(config.listen).await?;
         let admin = bind(config.admin_listen).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -94,7 +109,9 @@ impl Server {
             tickets: TicketCodec::new(*secrets.ticket_mac_key()),
             limits: Limits::new(&config.rates),
             connection_slots: Arc::new(Semaphore::new(config.ws.max_connections)),
-            registry: Registry::default(),
+            registry,
+            hub,
+            apps,
             shutdown: shutdown_rx,
             config,
             store,
@@ -159,6 +176,18 @@ impl Server {
                 }
             })
         };
+        let key_reloader = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(state.config.key_reload);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = state.keys.reload() {
+                        tracing::warn!(cause = %e, "reloading access-token keys failed; keeping the old ones");
+                    }
+                }
+            })
+        };
         tracing::info!(
             node_id = %state.config.node_id,
             store = if state.config.redis_url.is_some() { "redis" } else { "embedded" },
@@ -171,6 +200,7 @@ impl Server {
         let _ = public_task.await;
         let _ = admin_task.await;
         sweeper.abort();
+        key_reloader.abort();
         let all = u32::try_from(state.config.ws.max_connections).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(
             state.config.shutdown_grace,

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::apps::Apps;
 use crate::auth::secrets::Secrets;
 use crate::auth::ticket::TicketCodec;
-use crate::auth::tokens::KeyRing;
+use crate::auth::tokens::KeyStore;
 use crate::auth::users::Users;
 use crate::config::Config;
 use crate::http::error::ApiError;
+use crate::hub::Hub;
 use crate::limits::{Limit, Limits};
 use crate::store::Store;
 use crate::ws::registry::Registry;
@@ -29,10 +31,14 @@ pub struct Shared {
     pub secrets: Secrets,
     /// Ticket mint/verify.
     pub tickets: TicketCodec,
-    /// Access token keys.
-    pub keys: KeyRing,
+    /// Access token keys, reloaded from the data dir.
+    pub keys: KeyStore,
     /// The users file.
     pub users: Users,
+    /// The API apps file.
+    pub apps: Apps,
+    /// Cross-node events.
+    pub hub: Arc<Hub>,
     /// Anti-flood limiters.
     pub limits: Limits,
     /// Live connections of this node.

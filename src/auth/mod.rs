@@ -5,8 +5,10 @@
 //! - [`signing`]: verification of signed requests (`X-TG-*` headers).
 //! - [`ticket`]: the self-authenticating one-time ticket format.
 //! - [`users`]: the users file (argon2id hashes) and password checks.
+//! - [`apps`]: the API apps file (app id → secret).
 //! - [`session`]: login, building a session and its answer.
 
+pub mod apps;
 pub mod secrets;
 pub mod session;
 pub mod signing;

@@ -11,8 +11,9 @@ use super::secrets::{hmac32, SECRET_VERSION};
 use super::tokens::{Claims, AUDIENCE, ISSUER};
 use super::{random_b64, unix_now};
 use crate::http::error::ApiError;
+use crate::hub::Op;
 use crate::state::AppState;
-use crate::store::SessionRecord;
+use crate::store::{RotateOutcome, RotateRefresh, SessionRecord};
 
 /// A fresh session id.
 pub fn new_session_id() -> String {
@@ -34,17 +35,41 @@ pub fn issue_access_token(
     state: &AppState,
     record: &SessionRecord,
 ) -> Result<(String, Claims), ApiError> {
+    issue_access(
+        state,
+        &record.user_id,
+        &record.session_id,
+        &record.device_id,
+        record.client_type,
+    )
+}
+
+/// Issues an access token for the session a verified token belongs to.
+pub fn reissue_access_token(
+    state: &AppState,
+    claims: &Claims,
+) -> Result<(String, Claims), ApiError> {
+    issue_access(state, &claims.sub, &claims.sid, &claims.did, claims.ctp)
+}
+
+fn issue_access(
+    state: &AppState,
+    user_id: &str,
+    session_id: &str,
+    device_id: &str,
+    client_type: ClientType,
+) -> Result<(String, Claims), ApiError> {
     let now = unix_now();
     let claims = Claims {
         iss: ISSUER.to_owned(),
-        sub: record.user_id.clone(),
+        sub: user_id.to_owned(),
         aud: AUDIENCE.to_owned(),
         exp: now + state.config.ttl.access.as_secs() as i64,
         iat: now,
         jti: random_b64(12),
-        sid: record.session_id.clone(),
-        did: record.device_id.clone(),
-        ctp: record.client_type,
+        sid: session_id.to_owned(),
+        did: device_id.to_owned(),
+        ctp: client_type,
     };
     let token = state.keys.issue(&claims).map_err(|e| {
         tracing::error!(cause = %e, "signing an access token failed");
@@ -74,6 +99,8 @@ pub async fn open_session(
         refresh_hash: refresh_hash(state.secrets.refresh_key(), &refresh_token),
     };
     state.store.create_session(&record).await?;
+    state.store.index_session(&record).await?;
+    enforce_one_session_policy(state, &record).await?;
     let (access_token, claims) = issue_access_token(state, &record)?;
     use base64::Engine;
     let signing_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -87,4 +114,154 @@ pub async fn open_session(
         access_expires_in: (claims.exp - now).max(0) as u64,
         refresh_expires_in: refresh_ttl,
     })
+}
+
+/// Ends sessions of one user: deletes them (their refresh tokens die, their access
+/// tokens are refused at mint), unindexes them and closes their sockets on every node
+/// with `code`. Returns (sessions that existed, sockets closed).
+pub async fn end_sessions(
+    state: &AppState,
+    user_id: &str,
+    session_ids: Vec<String>,
+    code: u16,
+) -> Result<(usize, u64), ApiError> {
+    if session_ids.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut ended = 0;
+    for sid in &session_ids {
+        if state.store.revoke_session(sid).await? {
+            ended += 1;
+        }
+        state.store.unindex_session(user_id, sid).await?;
+    }
+    let answers = state.hub.request(Op::Revoke { session_ids, code }).await?;
+    let closed = answers.iter().map(|a| a.count).sum();
+    tracing::info!(user_id = %user_id, sessions = ended, sockets = closed, code, "sessions ended");
+    Ok((ended, closed))
+}
+
+/// After a web or mobile login: keeps the newest `sessions_per_type` sessions of that
+/// (user, client type) and replaces the rest (4509). API sessions are never replaced.
+async fn enforce_one_session_policy(
+    state: &AppState,
+    record: &SessionRecord,
+) -> Result<(), ApiError> {
+    if record.client_type == ClientType::Api {
+        return Ok(());
+    }
+    let others: Vec<String> = state
+        .store
+        .user_sessions(&record.user_id)
+        .await?
+        .into_iter()
+        .filter(|s| s.client_type == record.client_type && s.session_id != record.session_id)
+        .map(|s| s.session_id)
+        .collect();
+    let keep = state.config.sessions_per_type.saturating_sub(1);
+    let excess = others.len().saturating_sub(keep);
+    let replaced = others.into_iter().take(excess).collect();
+    end_sessions(
+        state,
+        &record.user_id,
+        replaced,
+        ticketgate_sdk::protocol::close::REPLACED,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The session id of a refresh token `<sid>.<random>`, if it has that form.
+pub fn refresh_token_session(token: &str) -> Option<&str> {
+    let (sid, random) = token.split_once('.')?;
+    let id_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let ok = sid.len() == 23
+        && sid.starts_with(SECRET_VERSION)
+        && sid.bytes().all(id_char)
+        && random.len() == 43
+        && random.bytes().all(id_char);
+    ok.then_some(sid)
+}
+
+/// What a refresh produced.
+pub struct Refreshed {
+    /// The login-shaped answer (new access and refresh tokens).
+    pub answer: LoginResponse,
+    /// The session's client type (cookie mode is for web only).
+    pub client_type: ClientType,
+}
+
+/// Rotates a refresh token whose request signature already verified.
+pub async fn refresh(
+    state: &AppState,
+    session_id: &str,
+    device_id: &str,
+    presented: &str,
+) -> Result<Refreshed, ApiError> {
+    let new_token = new_refresh_token(session_id);
+    let key = state.secrets.refresh_key();
+    let outcome = state
+        .store
+        .rotate_refresh(&RotateRefresh {
+            session_id,
+            device_id,
+            presented_hash: &refresh_hash(key, presented),
+            new_hash: &refresh_hash(key, &new_token),
+            grace: state.config.refresh_grace,
+            cap_per_day: state.config.refresh_cap_per_day,
+        })
+        .await?;
+    let record = match outcome {
+        RotateOutcome::Rotated(record) => record,
+        RotateOutcome::Reused => {
+            // The store already deleted the session; close its sockets everywhere.
+            tracing::warn!(session_id = %session_id, "refresh token reused: session revoked");
+            let sockets = state
+                .hub
+                .request(Op::Revoke {
+                    session_ids: vec![session_id.to_owned()],
+                    code: ticketgate_sdk::protocol::close::REVOKED,
+                })
+                .await?;
+            drop(sockets);
+            return Err(ApiError::RefreshReused);
+        }
+        RotateOutcome::DeviceMismatch => return Err(ApiError::DeviceMismatch),
+        RotateOutcome::Limit => return Err(ApiError::RefreshLimit),
+        RotateOutcome::SessionGone => return Err(ApiError::TokenRevoked),
+    };
+    if user_is_blocked(state, &record.user_id).await? {
+        end_sessions(
+            state,
+            &record.user_id,
+            vec![record.session_id.clone()],
+            ticketgate_sdk::protocol::close::REVOKED,
+        )
+        .await?;
+        return Err(ApiError::TokenRevoked);
+    }
+    let (access_token, claims) = issue_access_token(state, &record)?;
+    use base64::Engine;
+    let now = unix_now();
+    Ok(Refreshed {
+        client_type: record.client_type,
+        answer: LoginResponse {
+            access_token,
+            refresh_token: Some(new_token),
+            signing_key: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(state.secrets.session_signing_key(session_id)),
+            session_id: session_id.to_owned(),
+            access_expires_in: (claims.exp - now).max(0) as u64,
+            refresh_expires_in: (record.expires_at - now).max(0) as u64,
+        },
+    })
+}
+
+/// Blocked in the users file or by the admin API (deployment-wide flag).
+pub async fn user_is_blocked(state: &AppState, user_id: &str) -> Result<bool, ApiError> {
+    let in_file = state.users.is_blocked(user_id).map_err(|e| {
+        tracing::error!(cause = %e, "users file unreadable");
+        ApiError::Internal
+    })?;
+    Ok(in_file || state.store.is_blocked(user_id).await?)
 }

@@ -1,8 +1,10 @@
 //! Access tokens: JWTs signed with Ed25519 (`alg: EdDSA`), a `kid` in the header.
 //!
-//! Keys live in the data dir as `jwt/<kid>.pem` (PKCS#8). The newest key signs; every
-//! key present verifies. `kid`s sort by creation time (`k<unix secs>-<random>`), so
-//! "newest" needs no metadata file.
+//! Keys live in the data dir as `jwt/<kid>.pem` (PKCS#8). Every key present verifies.
+//! `kid`s sort by creation time (`k<unix secs>-<random>`), so "newest" needs no
+//! metadata file. Nodes reload the dir every `TICKETGATE_KEY_RELOAD`; a new key starts
+//! signing only once it is two reload periods old, so every node of the deployment can
+//! verify its tokens by then. `keys rotate` deletes keys whose last token has expired.
 //!
 //! Verification is stateless and strict: the algorithm must be EdDSA (never `none`,
 //! never HMAC with the public key), the `kid` must be known, and `exp`, `iat`, `aud`,
@@ -87,16 +89,27 @@ impl KeyRing {
         ensure_dir(data_dir)?;
         ensure_dir(&dir)?;
         if read_keys(&dir)?.is_empty() {
-            KeyRing::rotate(data_dir)?;
+            KeyRing::rotate(data_dir, None)?;
         }
-        KeyRing::load(data_dir, leeway)
+        KeyRing::load(data_dir, leeway, Duration::ZERO)
     }
 
-    /// Loads every key from the data dir.
-    pub fn load(data_dir: &Path, leeway: Duration) -> Result<KeyRing, SecretsError> {
+    /// Loads every key from the data dir. The signer is the newest key at least
+    /// `activation` old (or the newest key, when none is that old yet).
+    pub fn load(
+        data_dir: &Path,
+        leeway: Duration,
+        activation: Duration,
+    ) -> Result<KeyRing, SecretsError> {
         let dir = key_dir(data_dir);
         let keys = read_keys(&dir)?;
-        let Some((kid, newest)) = keys.iter().next_back() else {
+        let ripe = super::unix_now() - activation.as_secs() as i64;
+        let signer = keys
+            .iter()
+            .rev()
+            .find(|(kid, _)| kid_created(kid).is_some_and(|t| t <= ripe))
+            .or_else(|| keys.iter().next_back());
+        let Some((kid, newest)) = signer else {
             return Err(SecretsError::Malformed(dir));
         };
         let der = newest
@@ -121,8 +134,10 @@ impl KeyRing {
         })
     }
 
-    /// Adds a new signing key to the data dir and returns its `kid`.
-    pub fn rotate(data_dir: &Path) -> Result<String, SecretsError> {
+    /// Adds a new signing key to the data dir and returns its `kid`. With
+    /// `retire_after` (activation delay + access lifetime + leeway), keys superseded
+    /// longer ago than that are deleted: no token they signed is still valid.
+    pub fn rotate(data_dir: &Path, retire_after: Option<Duration>) -> Result<String, SecretsError> {
         let dir = key_dir(data_dir);
         ensure_dir(data_dir)?;
         ensure_dir(&dir)?;
@@ -132,6 +147,15 @@ impl KeyRing {
             .map_err(|_| SecretsError::Malformed(dir.clone()))?;
         let kid = new_kid();
         create_exclusive(&dir.join(format!("{kid}.pem")), pem.as_bytes())?;
+        if let Some(retire_after) = retire_after {
+            let kids: Vec<String> = read_keys(&dir)?.into_keys().collect();
+            let cutoff = super::unix_now() - retire_after.as_secs() as i64;
+            for pair in kids.windows(2) {
+                if kid_created(&pair[1]).is_some_and(|t| t < cutoff) {
+                    let _ = std::fs::remove_file(dir.join(format!("{}.pem", pair[0])));
+                }
+            }
+        }
         Ok(kid)
     }
 
@@ -192,6 +216,66 @@ impl KeyRing {
             })
             .collect();
         serde_json::json!({ "keys": keys })
+    }
+}
+
+/// The creation time encoded in a `kid` (`k<unix secs>-<random>`).
+fn kid_created(kid: &str) -> Option<i64> {
+    kid.strip_prefix('k')?.split('-').next()?.parse().ok()
+}
+
+/// The key ring of a running node, reloaded from the data dir on a timer.
+#[derive(Clone)]
+pub struct KeyStore {
+    ring: Arc<std::sync::RwLock<KeyRing>>,
+    data_dir: PathBuf,
+    activation: Duration,
+}
+
+impl KeyStore {
+    /// Loads (or creates) the keys; `reload_every` sets the activation delay of new keys.
+    pub fn open(
+        data_dir: &Path,
+        leeway: Duration,
+        reload_every: Duration,
+    ) -> Result<KeyStore, SecretsError> {
+        KeyRing::load_or_create(data_dir, leeway)?;
+        let activation = reload_every * 2;
+        let ring = KeyRing::load(data_dir, leeway, activation)?;
+        Ok(KeyStore {
+            ring: Arc::new(std::sync::RwLock::new(ring)),
+            data_dir: data_dir.to_owned(),
+            activation,
+        })
+    }
+
+    /// The current ring (cheap: shared keys).
+    pub fn current(&self) -> KeyRing {
+        // A std lock held only to clone Arcs, never across an await.
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the data dir; on error the previous keys stay in use.
+    pub fn reload(&self) -> Result<(), SecretsError> {
+        let leeway = self.current().leeway;
+        let ring = KeyRing::load(&self.data_dir, leeway, self.activation)?;
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = ring;
+        Ok(())
+    }
+
+    /// See [`KeyRing::issue`].
+    pub fn issue(&self, claims: &Claims) -> Result<String, TokenError> {
+        self.current().issue(claims)
+    }
+
+    /// See [`KeyRing::verify`].
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.current().verify(token)
+    }
+
+    /// See [`KeyRing::jwks`].
+    pub fn jwks(&self) -> serde_json::Value {
+        self.current().jwks()
     }
 }
 
@@ -336,11 +420,39 @@ mod tests {
     fn after_rotation_old_tokens_still_verify_and_the_new_key_signs() {
         let (dir, ring) = ring();
         let old = ring.issue(&claims(60)).expect("issue");
-        let new_kid = KeyRing::rotate(dir.path()).expect("rotate");
-        let ring2 = KeyRing::load(dir.path(), Duration::ZERO).expect("load");
+        let new_kid = KeyRing::rotate(dir.path(), None).expect("rotate");
+        let ring2 = KeyRing::load(dir.path(), Duration::ZERO, Duration::ZERO).expect("load");
         assert_eq!(ring2.current_kid(), new_kid);
         assert!(ring2.verify(&old).is_ok());
         assert_eq!(ring2.jwks()["keys"].as_array().map(Vec::len), Some(2));
+        // A node that has not waited the activation delay keeps signing with the old
+        // key, but already verifies the new one.
+        let cautious =
+            KeyRing::load(dir.path(), Duration::ZERO, Duration::from_secs(3600)).expect("load");
+        assert_eq!(cautious.current_kid(), ring.current_kid());
+        assert!(cautious
+            .verify(&ring2.issue(&claims(60)).expect("issue"))
+            .is_ok());
+    }
+
+    #[test]
+    fn rotation_retires_keys_whose_tokens_have_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jwt = dir.path().join("jwt");
+        ensure_dir(dir.path()).expect("dir");
+        ensure_dir(&jwt).expect("dir");
+        // Two old keys (created a day ago and an hour ago) written by hand.
+        for (age, name) in [(86_400, "a"), (3_600, "b")] {
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            let pem = key.to_pkcs8_pem(Default::default()).expect("pem");
+            let kid = format!("k{:012}-{name}", crate::auth::unix_now() - age);
+            std::fs::write(jwt.join(format!("{kid}.pem")), pem.as_bytes()).expect("write");
+        }
+        KeyRing::rotate(dir.path(), Some(Duration::from_secs(1800))).expect("rotate");
+        let ring = KeyRing::load(dir.path(), Duration::ZERO, Duration::ZERO).expect("load");
+        // The day-old key was superseded an hour ago (> 30 min): gone. The hour-old key
+        // was superseded just now: kept.
+        assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(2));
     }
 
     #[test]

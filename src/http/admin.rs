@@ -1,11 +1,23 @@
 //! The admin API, on its own listener: `Authorization: Bearer <admin key>` on every
 //! call; without a configured key every call is refused.
 
+use axum::body::Body;
+use axum::extract::Path;
 use axum::extract::{Request, State};
 use axum::http::header;
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use ticketgate_sdk::protocol::close;
+use ticketgate_sdk::ClientType;
+
+use super::body::{parse_json, read_limited};
+use crate::auth::session::{self, refresh_hash, refresh_token_session};
+use crate::hub::{Op, Target};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -19,6 +31,12 @@ pub fn router(state: AppState, metrics: PrometheusHandle) -> Router {
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         )
+        .route("/admin/v1/users/{user_id}/kick", post(kick))
+        .route("/admin/v1/users/{user_id}/block", post(block))
+        .route("/admin/v1/users/{user_id}/unblock", post(unblock))
+        .route("/admin/v1/users/{user_id}/connections", get(connections))
+        .route("/admin/v1/publish", post(publish))
+        .route("/admin/v1/introspect", post(introspect))
         .fallback(super::public::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -44,4 +62,173 @@ async fn require_admin_key(State(state): State<AppState>, req: Request, next: Ne
         return ApiError::AdminUnauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// `kick` body; every field optional.
+#[derive(Deserialize, Default)]
+struct KickRequest {
+    #[serde(default)]
+    client_type: Option<ClientType>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Ends a user's sessions (all, or one client type) and closes their sockets on every
+/// node with 4503.
+async fn kick_user(
+    state: &AppState,
+    user_id: &str,
+    client_type: Option<ClientType>,
+) -> Result<Json<Value>, ApiError> {
+    let sessions: Vec<String> = state
+        .store
+        .user_sessions(user_id)
+        .await?
+        .into_iter()
+        .filter(|s| client_type.is_none_or(|c| c == s.client_type))
+        .map(|s| s.session_id)
+        .collect();
+    let (sessions, connections) =
+        session::end_sessions(state, user_id, sessions, close::REVOKED).await?;
+    Ok(Json(
+        json!({ "sessions": sessions, "connections": connections }),
+    ))
+}
+
+/// `POST /admin/v1/users/{user_id}/kick`.
+async fn kick(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: KickRequest = parse_json(&read_limited(&headers, body).await?)?;
+    tracing::info!(user_id = %user_id, reason = req.reason.as_deref().unwrap_or(""), "admin kick");
+    kick_user(&state, &user_id, req.client_type).await
+}
+
+/// `POST /admin/v1/users/{user_id}/block`: the flag (no login, refresh or mint on any
+/// node), then a kick of every session.
+async fn block(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.store.set_blocked(&user_id, true).await?;
+    tracing::info!(user_id = %user_id, "admin block");
+    let Json(mut answer) = kick_user(&state, &user_id, None).await?;
+    answer["blocked"] = json!(true);
+    Ok(Json(answer))
+}
+
+/// `POST /admin/v1/users/{user_id}/unblock`.
+async fn unblock(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.store.set_blocked(&user_id, false).await?;
+    tracing::info!(user_id = %user_id, "admin unblock");
+    Ok(Json(json!({ "blocked": false })))
+}
+
+/// `GET /admin/v1/users/{user_id}/connections`: the user's sockets on every node.
+async fn connections(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let answers = state
+        .hub
+        .request(Op::Connections {
+            user_id: user_id.clone(),
+        })
+        .await?;
+    let mut list: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
+    list.sort_by(|a, b| (a.connected_at, &a.conn_id).cmp(&(b.connected_at, &b.conn_id)));
+    Ok(Json(json!({ "user_id": user_id, "connections": list })))
+}
+
+/// `publish` body: exactly one of `user_id` and `session_id`.
+#[derive(Deserialize)]
+struct PublishRequest {
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    session_id: Option<String>,
+    topic: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// `POST /admin/v1/publish`: a push to a user's (or session's) sockets on every node.
+async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: PublishRequest = parse_json(&read_limited(&headers, body).await?)?;
+    let target = match (req.user_id, req.session_id) {
+        (Some(u), None) => Target::User(u),
+        (None, Some(s)) => Target::Session(s),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of user_id and session_id".into(),
+            ))
+        }
+    };
+    let id = crate::auth::random_b64(12);
+    let answers = state
+        .hub
+        .request(Op::Push {
+            target,
+            id: id.clone(),
+            topic: req.topic,
+            data: req.data,
+        })
+        .await?;
+    let delivered: u64 = answers.iter().map(|a| a.count).sum();
+    Ok(Json(json!({ "id": id, "delivered": delivered })))
+}
+
+/// `introspect` body.
+#[derive(Deserialize)]
+struct IntrospectRequest {
+    token: String,
+}
+
+/// `POST /admin/v1/introspect` (RFC 7662 style): is this access or refresh token
+/// active right now (not expired, not revoked, user not blocked)?
+async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: IntrospectRequest = parse_json(&read_limited(&headers, body).await?)?;
+    let inactive = || Ok(Json(json!({ "active": false })));
+    if let Ok(claims) = state.keys.verify(&req.token) {
+        let alive = state.store.session(&claims.sid).await?.is_some();
+        if !alive || session::user_is_blocked(&state, &claims.sub).await? {
+            return inactive();
+        }
+        return Ok(Json(json!({
+            "active": true, "token_type": "access", "sub": claims.sub, "sid": claims.sid,
+            "did": claims.did, "ctp": claims.ctp, "exp": claims.exp,
+        })));
+    }
+    let Some(sid) = refresh_token_session(&req.token) else {
+        return inactive();
+    };
+    let Some(record) = state.store.session(sid).await? else {
+        return inactive();
+    };
+    let presented = refresh_hash(state.secrets.refresh_key(), &req.token);
+    let current = ticketgate_sdk::signing::signatures_equal(
+        presented.as_bytes(),
+        record.refresh_hash.as_bytes(),
+    );
+    if !current || session::user_is_blocked(&state, &record.user_id).await? {
+        return inactive();
+    }
+    Ok(Json(json!({
+        "active": true, "token_type": "refresh", "sub": record.user_id, "sid": record.session_id,
+        "did": record.device_id, "ctp": record.client_type, "exp": record.expires_at,
+    })))
 }

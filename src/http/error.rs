@@ -45,6 +45,12 @@ pub enum ApiError {
     /// Session ended (logout, kick, block, replaced) or user blocked.
     #[error("session revoked")]
     TokenRevoked,
+    /// A used refresh token came back: the session is revoked.
+    #[error("refresh token reused; the session is revoked, log in again")]
+    RefreshReused,
+    /// The daily refresh cap is reached.
+    #[error("daily refresh limit reached; log in again")]
+    RefreshLimit,
     /// Ticket unknown, expired, forged or used.
     #[error("ticket invalid")]
     TicketInvalid,
@@ -102,6 +108,8 @@ impl ApiError {
             TokenInvalid | AdminUnauthorized => (ErrorCode::TokenInvalid, StatusCode::UNAUTHORIZED),
             TokenRevoked => (ErrorCode::TokenRevoked, StatusCode::UNAUTHORIZED),
             TicketInvalid => (ErrorCode::TicketInvalid, StatusCode::UNAUTHORIZED),
+            RefreshReused => (ErrorCode::RefreshReused, StatusCode::UNAUTHORIZED),
+            RefreshLimit => (ErrorCode::RefreshLimit, StatusCode::UNAUTHORIZED),
             RateLimited { .. } => (ErrorCode::RateLimited, StatusCode::TOO_MANY_REQUESTS),
             StoreUnavailable => (ErrorCode::StoreUnavailable, StatusCode::SERVICE_UNAVAILABLE),
             ServerBusy => (ErrorCode::ServerBusy, StatusCode::SERVICE_UNAVAILABLE),
@@ -119,6 +127,7 @@ impl ApiError {
         matches!(
             self,
             BadRequest(_)
+                | BadCredentials
                 | BadSignature
                 | StaleRequest
                 | TokenExpired

@@ -2,22 +2,26 @@
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use ticketgate_sdk::protocol::{LoginRequest, LoginResponse, MintRequest, MintResponse};
+use ticketgate_sdk::protocol::{
+    LoginRequest, LoginResponse, MintRequest, MintResponse, HEADER_NEW_TOKEN,
+};
 use ticketgate_sdk::ClientType;
 
 use super::body::{parse_json, read_limited};
 use super::client_ip::{client_ip, PeerAddr};
 use super::error::ApiError;
-use crate::auth::signing::{check_fresh, check_signature, is_device_id, parse_headers};
+use crate::auth::signing::{
+    check_fresh, check_signature, is_device_id, parse_headers, SignedHeaders,
+};
 use crate::auth::tokens::Claims;
 use crate::auth::users::{is_valid_name, PasswordCheck};
 use crate::auth::{session, unix_now, unix_now_ms};
 use crate::limits::Limit;
 use crate::state::AppState;
-use crate::store::{MintOutcome, MintTicket, TicketGrant};
+use crate::store::{MintOutcome, MintTicket, RenewAccess, RenewOutcome, TicketGrant};
 
 /// `POST /v1/login`.
 pub async fn login(
@@ -25,7 +29,7 @@ pub async fn login(
     Extension(peer): Extension<PeerAddr>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<LoginResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
     state.limits.check(Limit::LoginIp(ip))?;
     let bytes = read_limited(&headers, body).await?;
@@ -55,12 +59,202 @@ pub async fn login(
             tracing::error!(cause = %e, "users file unreadable");
             ApiError::Internal
         })?;
-    if verdict != PasswordCheck::Ok {
+    if verdict != PasswordCheck::Ok || state.store.is_blocked(&req.username).await? {
         return Err(ApiError::BadCredentials);
     }
     let answer =
         session::open_session(&state, &req.username, &req.device_id, req.client_type).await?;
-    Ok(Json(answer))
+    Ok(with_refresh_cookie(
+        answer,
+        req.client_type,
+        req.refresh_in_cookie,
+    ))
+}
+
+/// The refresh cookie of web clients in cookie mode.
+const REFRESH_COOKIE: &str = "tg_refresh";
+
+/// Answers a login-shaped body; in cookie mode (web only) the refresh token moves from
+/// the body into an `HttpOnly; Secure; SameSite=Strict` cookie scoped to `/v1/token`.
+fn with_refresh_cookie(
+    mut answer: LoginResponse,
+    client_type: ClientType,
+    cookie_mode: bool,
+) -> Response {
+    if !(cookie_mode && client_type == ClientType::Web) {
+        return Json(answer).into_response();
+    }
+    let token = answer.refresh_token.take().unwrap_or_default();
+    let cookie = format!(
+        "{REFRESH_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/v1/token; Max-Age={}",
+        answer.refresh_expires_in
+    );
+    let mut response = Json(answer).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// The refresh cookie's value, if the request carries one.
+fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == REFRESH_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Checks form and freshness of the `X-TG-*` headers; the signature comes later, once
+/// the key is known.
+fn signed_headers(state: &AppState, headers: &HeaderMap) -> Result<SignedHeaders, ApiError> {
+    let signed = parse_headers(headers)?;
+    check_fresh(&signed, unix_now(), state.config.ttl.skew)?;
+    Ok(signed)
+}
+
+/// `POST /v1/token/refresh` body.
+#[derive(serde::Deserialize)]
+struct RefreshRequest {
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    refresh_in_cookie: bool,
+}
+
+/// `POST /v1/token/refresh`: signed with the session's key; rotates the refresh token.
+pub async fn refresh(
+    State(state): State<AppState>,
+    Extension(peer): Extension<PeerAddr>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
+    let charge = |e| state.charge_failure(ip, e);
+    let bytes = read_limited(&headers, body).await.map_err(charge)?;
+    let signed = signed_headers(&state, &headers).map_err(charge)?;
+    let req: RefreshRequest = parse_json(&bytes).map_err(charge)?;
+    let from_cookie = req.refresh_token.is_none();
+    let token = req
+        .refresh_token
+        .or_else(|| refresh_cookie(&headers))
+        .ok_or_else(|| charge(ApiError::BadRequest("refresh_token missing".into())))?;
+    let sid =
+        session::refresh_token_session(&token).ok_or_else(|| charge(ApiError::TokenInvalid))?;
+    let key = state.secrets.session_signing_key(sid);
+    check_signature(&key, method.as_str(), uri.path(), &signed, &bytes)
+        .map_err(|e| charge(e.into()))?;
+    // Authenticated from here on. A replayed request must not count as token reuse.
+    if !state
+        .store
+        .record_nonce(sid, &signed.nonce, state.config.ttl.skew * 2)
+        .await?
+    {
+        return Err(ApiError::ReplayedRequest);
+    }
+    let refreshed = session::refresh(&state, sid, &signed.device_id, &token).await?;
+    let cookie_mode = req.refresh_in_cookie || from_cookie;
+    Ok(with_refresh_cookie(
+        refreshed.answer,
+        refreshed.client_type,
+        cookie_mode,
+    ))
+}
+
+/// `POST /v1/logout`: Bearer + signed; ends the session everywhere.
+pub async fn logout(
+    State(state): State<AppState>,
+    Extension(peer): Extension<PeerAddr>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
+    let auth = authenticate(&state, &method, uri.path(), &headers, body)
+        .await
+        .map_err(|e| state.charge_failure(ip, e))?;
+    if !state
+        .store
+        .record_nonce(
+            &auth.claims.sid,
+            &auth.signed.nonce,
+            state.config.ttl.skew * 2,
+        )
+        .await?
+    {
+        return Err(ApiError::ReplayedRequest);
+    }
+    session::end_sessions(
+        &state,
+        &auth.claims.sub,
+        vec![auth.claims.sid.clone()],
+        ticketgate_sdk::protocol::close::REVOKED,
+    )
+    .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "tg_refresh=; HttpOnly; Secure; SameSite=Strict; Path=/v1/token; Max-Age=0",
+        ),
+    );
+    Ok(response)
+}
+
+/// `POST /v1/app/login` body.
+#[derive(serde::Deserialize)]
+struct AppLoginRequest {
+    app_id: String,
+}
+
+/// `POST /v1/app/login`: signed with the app secret; opens an `api` session.
+pub async fn app_login(
+    State(state): State<AppState>,
+    Extension(peer): Extension<PeerAddr>,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
+    state.limits.check(Limit::LoginIp(ip))?;
+    let charge = |e| state.charge_failure(ip, e);
+    let bytes = read_limited(&headers, body).await.map_err(charge)?;
+    let signed = signed_headers(&state, &headers).map_err(charge)?;
+    let req: AppLoginRequest = parse_json(&bytes).map_err(charge)?;
+    state.limits.check(Limit::LoginDevice(&signed.device_id))?;
+    let secret = state.apps.secret(&req.app_id).map_err(|e| {
+        tracing::error!(cause = %e, "apps file unreadable");
+        ApiError::Internal
+    })?;
+    // Unknown apps cost the same HMAC as known ones and get the same answer.
+    let key = secret
+        .clone()
+        .unwrap_or_else(|| b"ticketgate unknown app".to_vec());
+    let verified = check_signature(&key, method.as_str(), uri.path(), &signed, &bytes);
+    if secret.is_none() || verified.is_err() {
+        return Err(charge(ApiError::BadCredentials));
+    }
+    let user_id = format!("app:{}", req.app_id);
+    if !state
+        .store
+        .record_nonce(&user_id, &signed.nonce, state.config.ttl.skew * 2)
+        .await?
+    {
+        return Err(ApiError::ReplayedRequest);
+    }
+    if session::user_is_blocked(&state, &user_id).await? {
+        return Err(ApiError::BadCredentials);
+    }
+    let answer =
+        session::open_session(&state, &user_id, &signed.device_id, ClientType::Api).await?;
+    Ok(Json(answer).into_response())
 }
 
 /// The Bearer token of a request.
@@ -79,7 +273,7 @@ pub struct Authenticated {
     /// The access token's claims.
     pub claims: Claims,
     /// The verified `X-TG-*` headers.
-    pub signed: crate::auth::signing::SignedHeaders,
+    pub signed: SignedHeaders,
     /// The raw body.
     pub body: axum::body::Bytes,
 }
@@ -95,8 +289,7 @@ pub async fn authenticate(
     body: Body,
 ) -> Result<Authenticated, ApiError> {
     let body = read_limited(headers, body).await?;
-    let signed = parse_headers(headers)?;
-    check_fresh(&signed, unix_now(), state.config.ttl.skew)?;
+    let signed = signed_headers(state, headers)?;
     let claims = state.keys.verify(bearer(headers)?)?;
     let key = state.secrets.session_signing_key(&claims.sid);
     check_signature(&key, method.as_str(), path, &signed, &body)?;
@@ -125,7 +318,7 @@ pub async fn mint(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<MintResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
     let auth = authenticate(&state, &method, uri.path(), &headers, body)
         .await
@@ -163,14 +356,54 @@ pub async fn mint(
         MintOutcome::SessionGone => return Err(ApiError::TokenRevoked),
     }
     metrics::counter!("ticketgate_tickets_minted_total").increment(1);
-    Ok((
+    let mut response = (
         StatusCode::CREATED,
         Json(MintResponse {
             ticket,
             expires_in: ttl.as_secs().max(1),
             ws_url: ws_url(&state, &headers),
         }),
-    ))
+    )
+        .into_response();
+    if let Some(token) = sliding_renewal(&state, &auth.claims).await {
+        if let Ok(value) = HeaderValue::from_str(&token) {
+            response.headers_mut().insert(HEADER_NEW_TOKEN, value);
+        }
+    }
+    Ok(response)
+}
+
+/// The renewal window of an access token: remaining ≤ min(5 min, 30 % of lifetime).
+pub fn in_renewal_window(state: &AppState, exp: i64, now_ms: i64) -> bool {
+    let lifetime = state.config.ttl.access;
+    let window = (lifetime * 3 / 10).min(std::time::Duration::from_secs(300));
+    exp * 1000 - now_ms <= window.as_millis() as i64
+}
+
+/// Sliding renewal at the gateway: inside the renewal window, a fresh access token of
+/// the same session, at most once per presented token and within the daily cap. Never
+/// fails the call it rides on: any problem just leaves the header out.
+async fn sliding_renewal(state: &AppState, claims: &Claims) -> Option<String> {
+    let now = unix_now();
+    if !in_renewal_window(state, claims.exp, crate::auth::unix_now_ms()) {
+        return None;
+    }
+    let outcome = state
+        .store
+        .renew_access(&RenewAccess {
+            session_id: &claims.sid,
+            jti: &claims.jti,
+            jti_ttl: std::time::Duration::from_secs((claims.exp - now).max(1) as u64 + 60),
+            cap_per_day: state.config.refresh_cap_per_day,
+        })
+        .await
+        .ok()?;
+    if outcome != RenewOutcome::Renewed {
+        return None;
+    }
+    session::reissue_access_token(state, claims)
+        .ok()
+        .map(|(token, _)| token)
 }
 
 /// The WebSocket URL clients connect to: from `TICKETGATE_PUBLIC_URL`, else from the

@@ -4,9 +4,15 @@
 //! tg:{<sid>}:session           hash   the session record        TTL = refresh lifetime
 //! tg:{<sid>}:nonce:<nonce>     string "1"                        TTL = 2 × skew
 //! tg:{<sid>}:ticket:<id>       string TicketGrant::encode()      TTL = ticket lifetime
+//! tg:{<sid>}:renewed:<jti>     string "1"                        TTL = the token's remaining life
+//! tg:{u:<user>}:sessions       hash   sid → "ctp|created|expires" TTL = latest session expiry
+//! tg:{u:<user>}:blocked        string "1"                        no TTL
+//! tg:hub                       pub/sub channel of cross-node events
+//! tg:nodes                     zset   node id → last heartbeat (ms)
 //! ```
 //!
-//! The `{<sid>}` hash tag puts all keys of one session in one Redis Cluster slot.
+//! The `{<sid>}` hash tag puts all keys of one session in one Redis Cluster slot; the
+//! `{u:<user>}` tag does the same for a user's keys.
 
 /// The session record's key.
 pub fn session(session_id: &str) -> String {
@@ -22,3 +28,24 @@ pub fn nonce(session_id: &str, nonce: &str) -> String {
 pub fn ticket(session_id: &str, ticket_id: &str) -> String {
     format!("tg:{{{session_id}}}:ticket:{ticket_id}")
 }
+
+/// A renewed access token's marker.
+pub fn renewed(session_id: &str, jti: &str) -> String {
+    format!("tg:{{{session_id}}}:renewed:{jti}")
+}
+
+/// A user's session index.
+pub fn user_sessions(user_id: &str) -> String {
+    format!("tg:{{u:{user_id}}}:sessions")
+}
+
+/// A user's blocked flag.
+pub fn blocked(user_id: &str) -> String {
+    format!("tg:{{u:{user_id}}}:blocked")
+}
+
+/// The cross-node event channel.
+pub const HUB_CHANNEL: &str = "tg:hub";
+
+/// The live nodes' heartbeats.
+pub const NODES: &str = "tg:nodes";

@@ -42,8 +42,8 @@ use dashmap::{mapref::entry::Entry as MapEntry, DashMap};
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use super::{
-    keys, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, SessionRecord, Store, StoreError,
-    TicketGrant,
+    keys, utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
 };
 
 /// Longest lifetime an entry is given, so deadline arithmetic can never overflow.
@@ -60,6 +60,15 @@ struct Inner {
     entries: DashMap<String, Entry>,
 }
 
+/// Refresh rotation state of a session (the extra fields of the Redis hash).
+#[derive(Debug, Default)]
+struct Rotation {
+    prev_hash: Option<String>,
+    prev_at_ms: i64,
+    day: i64,
+    count: u32,
+}
+
 /// One key's value and the instant it stops existing.
 #[derive(Debug)]
 struct Entry {
@@ -70,8 +79,13 @@ struct Entry {
 /// What a key holds; the counterpart of the Redis types in [`keys`].
 #[derive(Debug)]
 enum Value {
-    Session(SessionRecord),
+    Session(SessionRecord, Rotation),
+    /// A nonce seen, or an access token renewed: presence is the value.
     Nonce,
+    /// A user's session index, values encoded as in Redis (`ctp|created|expires`).
+    UserIndex(std::collections::HashMap<String, String>),
+    /// A user's blocked flag.
+    Flag,
     /// [`TicketGrant::encode`]'s form, as in Redis, so both stores decode the same bytes.
     Ticket(String),
 }
@@ -137,7 +151,7 @@ impl MemoryStore {
 
     fn session_is_live(&self, session_id: &str) -> bool {
         self.read_live(&keys::session(session_id), |v| {
-            matches!(v, Value::Session(_))
+            matches!(v, Value::Session(..))
         })
         .unwrap_or(false)
     }
@@ -166,7 +180,7 @@ impl Store for MemoryStore {
                 self.inner.entries.remove(&key);
             }
             Some(ttl) => {
-                let entry = Entry::new(Value::Session(record.clone()), ttl);
+                let entry = Entry::new(Value::Session(record.clone(), Rotation::default()), ttl);
                 self.inner.entries.insert(key, entry);
             }
         }
@@ -175,7 +189,7 @@ impl Store for MemoryStore {
 
     async fn session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
         let found = self.read_live(&keys::session(session_id), |v| match v {
-            Value::Session(record) => Some(record.clone()),
+            Value::Session(record, _) => Some(record.clone()),
             _ => None,
         });
         match found {
@@ -252,6 +266,180 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn record_nonce(
+        &self,
+        scope: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        Ok(match self.inner.entries.entry(keys::nonce(scope, nonce)) {
+            MapEntry::Occupied(seen) if seen.get().is_live(now) => false,
+            MapEntry::Occupied(mut stale) => {
+                stale.insert(Entry::new(Value::Nonce, ttl));
+                true
+            }
+            MapEntry::Vacant(free) => {
+                free.insert(Entry::new(Value::Nonce, ttl));
+                true
+            }
+        })
+    }
+
+    async fn rotate_refresh(&self, r: &RotateRefresh<'_>) -> Result<RotateOutcome, StoreError> {
+        let now = Instant::now();
+        let now_ms = crate::auth::unix_now_ms();
+        let today = utc_day(now_ms / 1000);
+        let key = keys::session(r.session_id);
+        // The shard's write lock is held for the whole check-and-rotate: atomic.
+        let Some(mut entry) = self.inner.entries.get_mut(&key) else {
+            return Ok(RotateOutcome::SessionGone);
+        };
+        if !entry.is_live(now) {
+            return Ok(RotateOutcome::SessionGone);
+        }
+        let Value::Session(record, rotation) = &mut entry.value else {
+            return Err(StoreError::Corrupt("session key holds another type".into()));
+        };
+        if record.device_id != r.device_id {
+            return Ok(RotateOutcome::DeviceMismatch);
+        }
+        let current = record.refresh_hash == r.presented_hash;
+        let grace_ms = i64::try_from(r.grace.as_millis()).unwrap_or(i64::MAX);
+        let parent_in_grace = grace_ms > 0
+            && rotation.prev_hash.as_deref() == Some(r.presented_hash)
+            && now_ms - rotation.prev_at_ms <= grace_ms;
+        if !current && !parent_in_grace {
+            // Reuse: the session dies now (expired in place, then removed).
+            entry.expires_at = now;
+            drop(entry);
+            self.inner.entries.remove_if(&key, |_, e| !e.is_live(now));
+            return Ok(RotateOutcome::Reused);
+        }
+        let count = if rotation.day == today {
+            rotation.count
+        } else {
+            0
+        };
+        if count >= r.cap_per_day {
+            return Ok(RotateOutcome::Limit);
+        }
+        if current {
+            rotation.prev_hash = Some(r.presented_hash.to_owned());
+            rotation.prev_at_ms = now_ms;
+        }
+        record.refresh_hash = r.new_hash.to_owned();
+        rotation.day = today;
+        rotation.count = count + 1;
+        Ok(RotateOutcome::Rotated(record.clone()))
+    }
+
+    async fn renew_access(&self, r: &RenewAccess<'_>) -> Result<RenewOutcome, StoreError> {
+        let now = Instant::now();
+        let today = utc_day(crate::auth::unix_now());
+        let marker = keys::renewed(r.session_id, r.jti);
+        // Claim the jti first (set-if-absent), then count; one lock at a time.
+        let claimed = match self.inner.entries.entry(marker.clone()) {
+            MapEntry::Occupied(seen) if seen.get().is_live(now) => false,
+            MapEntry::Occupied(mut stale) => {
+                stale.insert(Entry::new(Value::Nonce, r.jti_ttl));
+                true
+            }
+            MapEntry::Vacant(free) => {
+                free.insert(Entry::new(Value::Nonce, r.jti_ttl));
+                true
+            }
+        };
+        if !claimed {
+            return Ok(RenewOutcome::AlreadyRenewed);
+        }
+        let outcome = match self.inner.entries.get_mut(&keys::session(r.session_id)) {
+            Some(mut entry) if entry.is_live(now) => match &mut entry.value {
+                Value::Session(_, rotation) => {
+                    let count = if rotation.day == today {
+                        rotation.count
+                    } else {
+                        0
+                    };
+                    if count >= r.cap_per_day {
+                        RenewOutcome::Limit
+                    } else {
+                        rotation.day = today;
+                        rotation.count = count + 1;
+                        RenewOutcome::Renewed
+                    }
+                }
+                _ => return Err(StoreError::Corrupt("session key holds another type".into())),
+            },
+            _ => RenewOutcome::SessionGone,
+        };
+        if outcome != RenewOutcome::Renewed {
+            self.inner.entries.remove(&marker);
+        }
+        Ok(outcome)
+    }
+
+    async fn index_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let Some(ttl) = ttl_until(record.expires_at) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let value = format!(
+            "{}|{}|{}",
+            record.client_type.as_str(),
+            record.created_at,
+            record.expires_at
+        );
+        let mut entry = self
+            .inner
+            .entries
+            .entry(keys::user_sessions(&record.user_id))
+            .or_insert_with(|| Entry::new(Value::UserIndex(Default::default()), ttl));
+        if !entry.is_live(now) || !matches!(entry.value, Value::UserIndex(_)) {
+            *entry = Entry::new(Value::UserIndex(Default::default()), ttl);
+        }
+        entry.expires_at = entry.expires_at.max(deadline(ttl));
+        if let Value::UserIndex(index) = &mut entry.value {
+            index.insert(record.session_id.clone(), value);
+        }
+        Ok(())
+    }
+
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError> {
+        if let Some(mut entry) = self.inner.entries.get_mut(&keys::user_sessions(user_id)) {
+            if let Value::UserIndex(index) = &mut entry.value {
+                index.remove(session_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> Result<Vec<UserSession>, StoreError> {
+        let entries = self
+            .read_live(&keys::user_sessions(user_id), |v| match v {
+                Value::UserIndex(index) => index.clone(),
+                _ => Default::default(),
+            })
+            .unwrap_or_default();
+        Ok(super::live_index_entries(entries, crate::auth::unix_now()))
+    }
+
+    async fn set_blocked(&self, user_id: &str, blocked: bool) -> Result<(), StoreError> {
+        let key = keys::blocked(user_id);
+        if blocked {
+            self.inner
+                .entries
+                .insert(key, Entry::new(Value::Flag, MAX_TTL));
+        } else {
+            self.inner.entries.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError> {
+        Ok(self.read_live(&keys::blocked(user_id), |_| ()).is_some())
     }
 }
 

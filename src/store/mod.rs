@@ -147,6 +147,106 @@ pub enum AdmitOutcome {
     SessionGone,
 }
 
+/// One refresh: check the presented refresh token, rotate it, count it; atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct RotateRefresh<'a> {
+    /// The session named by the refresh token.
+    pub session_id: &'a str,
+    /// The device of the signed request; must be the session's.
+    pub device_id: &'a str,
+    /// Keyed hash of the presented refresh token.
+    pub presented_hash: &'a str,
+    /// Keyed hash of the refresh token that replaces it.
+    pub new_hash: &'a str,
+    /// How long the immediate parent of the current token is still accepted (zero:
+    /// never, the default).
+    pub grace: Duration,
+    /// Refreshes allowed per session per UTC day (rotations and `X-New-Token`s).
+    pub cap_per_day: u32,
+}
+
+/// The result of [`Store::rotate_refresh`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The new hash is stored; the record is the session's.
+    Rotated(SessionRecord),
+    /// The token was not the current one (nor the parent within grace): theft. The
+    /// session has been deleted by this call.
+    Reused,
+    /// The request's device is not the session's; nothing changed.
+    DeviceMismatch,
+    /// The daily refresh cap is reached; nothing changed.
+    Limit,
+    /// No such session (expired, revoked).
+    SessionGone,
+}
+
+/// One sliding renewal (`X-New-Token`): at most once per access token, counted
+/// against the daily cap; atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct RenewAccess<'a> {
+    /// The session.
+    pub session_id: &'a str,
+    /// The `jti` of the presented access token.
+    pub jti: &'a str,
+    /// How long to remember that this `jti` was renewed (its remaining life).
+    pub jti_ttl: Duration,
+    /// Refreshes allowed per session per UTC day.
+    pub cap_per_day: u32,
+}
+
+/// The result of [`Store::renew_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// Counted: issue a new access token.
+    Renewed,
+    /// This access token was renewed before.
+    AlreadyRenewed,
+    /// The daily cap is reached.
+    Limit,
+    /// No such session.
+    SessionGone,
+}
+
+/// An entry of a user's session index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSession {
+    /// The session id.
+    pub session_id: String,
+    /// Its client type.
+    pub client_type: ClientType,
+    /// Unix seconds of its login.
+    pub created_at: i64,
+}
+
+/// The UTC day number of a unix time, for the daily refresh cap.
+pub fn utc_day(unix_seconds: i64) -> i64 {
+    unix_seconds.div_euclid(86_400)
+}
+
+/// The entries of a user's session index that have not expired, oldest first.
+pub(crate) fn live_index_entries(
+    entries: impl IntoIterator<Item = (String, String)>,
+    now: i64,
+) -> Vec<UserSession> {
+    let mut live: Vec<UserSession> = entries
+        .into_iter()
+        .filter_map(|(sid, value)| {
+            let mut parts = value.split('|');
+            let client_type = ClientType::parse(parts.next()?)?;
+            let created_at = parts.next()?.parse().ok()?;
+            let expires_at: i64 = parts.next()?.parse().ok()?;
+            (expires_at > now).then_some(UserSession {
+                session_id: sid,
+                client_type,
+                created_at,
+            })
+        })
+        .collect();
+    live.sort_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)));
+    live
+}
+
 /// All server-side state, behind one interface with two implementations.
 ///
 /// Every method is one round trip to Redis (one command or one script).
@@ -169,4 +269,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers when the store is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a signed request's nonce for `ttl` (set-if-absent). Returns false when
+    /// it was seen before (a replay). `scope` is a session id, or `app:<app_id>` for
+    /// app logins, so nonces of one session share its hash slot.
+    async fn record_nonce(
+        &self,
+        scope: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Checks and rotates a refresh token, counting it against the daily cap. A token
+    /// that is not the current one revokes the session (reuse = theft).
+    async fn rotate_refresh(&self, rotate: &RotateRefresh<'_>)
+        -> Result<RotateOutcome, StoreError>;
+
+    /// Counts a sliding renewal, once per access token `jti`.
+    async fn renew_access(&self, renew: &RenewAccess<'_>) -> Result<RenewOutcome, StoreError>;
+
+    /// Adds a session to its user's index (for kick and the one-session policy).
+    async fn index_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
+
+    /// Removes a session from its user's index.
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError>;
+
+    /// The user's indexed sessions that have not expired, oldest first. Revoked
+    /// sessions may linger until unindexed; callers treat revoking them as a no-op.
+    async fn user_sessions(&self, user_id: &str) -> Result<Vec<UserSession>, StoreError>;
+
+    /// Sets or clears a user's blocked flag (deployment-wide).
+    async fn set_blocked(&self, user_id: &str, blocked: bool) -> Result<(), StoreError>;
+
+    /// Whether a user is blocked.
+    async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError>;
 }

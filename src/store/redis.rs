@@ -31,13 +31,16 @@ use fred::{
 use ticketgate_sdk::ClientType;
 
 use super::{
-    keys, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, SessionRecord, Store, StoreError,
-    TicketGrant,
+    keys, utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
 };
 
 const MINT_LUA: &str = include_str!("scripts/mint.lua");
 const ADMIT_LUA: &str = include_str!("scripts/admit.lua");
 const CREATE_SESSION_LUA: &str = include_str!("scripts/create_session.lua");
+const ROTATE_LUA: &str = include_str!("scripts/rotate.lua");
+const RENEW_LUA: &str = include_str!("scripts/renew.lua");
+const INDEX_SESSION_LUA: &str = include_str!("scripts/index_session.lua");
 
 /// Reconnect backoff: 100 ms doubling up to 2 s, retried forever.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
@@ -83,6 +86,11 @@ pub struct RedisStore {
     mint: Script,
     admit: Script,
     create_session: Script,
+    rotate: Script,
+    renew: Script,
+    index_session: Script,
+    url: String,
+    settings: RedisSettings,
 }
 
 impl RedisStore {
@@ -120,6 +128,11 @@ impl RedisStore {
             mint: Script::from_lua(MINT_LUA),
             admit: Script::from_lua(ADMIT_LUA),
             create_session: Script::from_lua(CREATE_SESSION_LUA),
+            rotate: Script::from_lua(ROTATE_LUA),
+            renew: Script::from_lua(RENEW_LUA),
+            index_session: Script::from_lua(INDEX_SESSION_LUA),
+            url: url.to_owned(),
+            settings,
         };
         if let Err(e) = store.load_scripts().await {
             quit(&store.pool).await;
@@ -128,13 +141,30 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// The pool, for the cross-node hub's publishing side.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The URL and settings this store connected with (the hub's subscriber uses them).
+    pub(crate) fn connection(&self) -> (&str, RedisSettings) {
+        (&self.url, self.settings)
+    }
+
     /// Closes every connection of the pool (at shutdown).
     pub async fn close(&self) {
         quit(&self.pool).await;
     }
 
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        for script in [&self.mint, &self.admit, &self.create_session] {
+        for script in [
+            &self.mint,
+            &self.admit,
+            &self.create_session,
+            &self.rotate,
+            &self.renew,
+            &self.index_session,
+        ] {
             script.load(self.pool.next()).await.map_err(map_err)?;
         }
         Ok(())
@@ -285,6 +315,140 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.pool.ping::<()>(None).await.map_err(map_err)
     }
+
+    async fn record_nonce(
+        &self,
+        scope: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = self
+            .pool
+            .set(
+                keys::nonce(scope, nonce),
+                "1",
+                Some(fred::types::Expiration::PX(ttl_millis(ttl) as i64)),
+                Some(fred::types::SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(set.is_some())
+    }
+
+    async fn rotate_refresh(&self, r: &RotateRefresh<'_>) -> Result<RotateOutcome, StoreError> {
+        let now_ms = unix_now_ms();
+        let args = vec![
+            r.presented_hash.to_owned(),
+            r.new_hash.to_owned(),
+            r.grace.as_millis().to_string(),
+            r.cap_per_day.to_string(),
+            utc_day(now_ms / 1000).to_string(),
+            now_ms.to_string(),
+            r.device_id.to_owned(),
+        ];
+        match self
+            .run(&self.rotate, vec![keys::session(r.session_id)], args)
+            .await?
+        {
+            Value::Integer(1) => Ok(RotateOutcome::Reused),
+            Value::Integer(2) => Ok(RotateOutcome::SessionGone),
+            Value::Integer(3) => Ok(RotateOutcome::Limit),
+            Value::Integer(4) => Ok(RotateOutcome::DeviceMismatch),
+            Value::Array(items) => {
+                let mut fields = HashMap::new();
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if let (Some(k), Some(v)) = (k.into_string(), v.into_string()) {
+                        fields.insert(k, v);
+                    }
+                }
+                parse_session(&fields).map(RotateOutcome::Rotated)
+            }
+            other => Err(unexpected("rotate", &other)),
+        }
+    }
+
+    async fn renew_access(&self, r: &RenewAccess<'_>) -> Result<RenewOutcome, StoreError> {
+        let keys = vec![
+            keys::session(r.session_id),
+            keys::renewed(r.session_id, r.jti),
+        ];
+        let args = vec![
+            ttl_millis(r.jti_ttl).to_string(),
+            r.cap_per_day.to_string(),
+            utc_day(unix_now_ms() / 1000).to_string(),
+        ];
+        match self.run(&self.renew, keys, args).await? {
+            Value::Integer(0) => Ok(RenewOutcome::Renewed),
+            Value::Integer(1) => Ok(RenewOutcome::AlreadyRenewed),
+            Value::Integer(2) => Ok(RenewOutcome::SessionGone),
+            Value::Integer(3) => Ok(RenewOutcome::Limit),
+            other => Err(unexpected("renew", &other)),
+        }
+    }
+
+    async fn index_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        let keys = vec![keys::user_sessions(&record.user_id)];
+        let args = vec![
+            record.session_id.clone(),
+            format!(
+                "{}|{}|{}",
+                record.client_type.as_str(),
+                record.created_at,
+                record.expires_at
+            ),
+            record.expires_at.to_string(),
+        ];
+        self.run(&self.index_session, keys, args).await?;
+        Ok(())
+    }
+
+    async fn unindex_session(&self, user_id: &str, session_id: &str) -> Result<(), StoreError> {
+        self.pool
+            .hdel::<i64, _, _>(keys::user_sessions(user_id), session_id)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> Result<Vec<UserSession>, StoreError> {
+        let entries: HashMap<String, String> = self
+            .pool
+            .hgetall(keys::user_sessions(user_id))
+            .await
+            .map_err(map_err)?;
+        Ok(super::live_index_entries(entries, unix_now_ms() / 1000))
+    }
+
+    async fn set_blocked(&self, user_id: &str, blocked: bool) -> Result<(), StoreError> {
+        let key = keys::blocked(user_id);
+        if blocked {
+            self.pool
+                .set::<(), _, _>(key, "1", None, None, false)
+                .await
+                .map_err(map_err)
+        } else {
+            self.pool
+                .del::<i64, _>(key)
+                .await
+                .map(drop)
+                .map_err(map_err)
+        }
+    }
+
+    async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .pool
+            .exists(keys::blocked(user_id))
+            .await
+            .map_err(map_err)?;
+        Ok(n > 0)
+    }
+}
+
+fn unix_now_ms() -> i64 {
+    crate::auth::unix_now_ms()
 }
 
 fn parse_session(fields: &HashMap<String, String>) -> Result<SessionRecord, StoreError> {

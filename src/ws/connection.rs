@@ -15,6 +15,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 
 use super::registry::{ConnHandle, Outbound};
 use crate::auth::unix_now;
@@ -82,6 +83,7 @@ pub async fn run<S>(
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let (tx, mut inbox) = mpsc::channel(INBOX);
+    let overflow = CancellationToken::new();
     let _registration = state.registry.insert(
         info.conn_id.clone(),
         ConnHandle {
@@ -91,6 +93,7 @@ pub async fn run<S>(
             client_type: info.client_type,
             connected_at: unix_now(),
             tx,
+            overflow: overflow.clone(),
         },
     );
     let span = tracing::info_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
@@ -105,7 +108,7 @@ pub async fn run<S>(
         expires_at: info.expires_at,
     };
     let exit = match ws.send(text(&welcome)).await {
-        Ok(()) => serve(&mut ws, &mut info, &state, &mut inbox).await,
+        Ok(()) => serve(&mut ws, &mut info, &state, &mut inbox, &overflow).await,
         Err(_) => Exit::Gone,
     };
     if let Exit::Close(code, reason) = exit {
@@ -130,6 +133,7 @@ async fn serve<S>(
     info: &mut ConnectionInfo,
     state: &AppState,
     inbox: &mut mpsc::Receiver<Outbound>,
+    overflow: &CancellationToken,
 ) -> Exit
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
@@ -150,6 +154,7 @@ where
         let expiring_at = deadline.checked_sub(window).unwrap_or(deadline);
         tokio::select! {
             _ = shutdown.changed() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+            _ = overflow.cancelled() => return Exit::Close(close::SLOW_CONSUMER, "slow consumer"),
             _ = sleep_until(deadline) => return Exit::Close(close::SESSION_EXPIRED, "session expired"),
             _ = sleep_until(idle_deadline) => return Exit::Close(close::NORMAL, "idle timeout"),
             _ = sleep_until(expiring_at), if !expiring_sent => {

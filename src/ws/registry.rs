@@ -9,6 +9,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use ticketgate_sdk::ClientType;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// What can be sent to a live connection from elsewhere (kick, push, shutdown).
 #[derive(Debug, Clone)]
@@ -34,6 +35,23 @@ pub struct ConnHandle {
     pub connected_at: i64,
     /// The connection's inbox.
     pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the inbox overflows: the connection closes with 4010.
+    pub overflow: CancellationToken,
+}
+
+impl ConnHandle {
+    /// Queues `msg` without waiting. A full inbox means the client does not keep up:
+    /// the connection is told to close with 4010 and `false` is returned.
+    pub fn deliver(&self, msg: Outbound) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -135,7 +153,7 @@ impl Registry {
     pub fn send_to_session(&self, session_id: &str, msg: Outbound) -> usize {
         self.of_session(session_id)
             .into_iter()
-            .filter(|(_, h)| h.tx.try_send(msg.clone()).is_ok())
+            .filter(|(_, h)| h.deliver(msg.clone()))
             .count()
     }
 
@@ -158,6 +176,7 @@ mod tests {
             client_type: ClientType::Web,
             connected_at: 0,
             tx,
+            overflow: CancellationToken::new(),
         };
         (h, rx)
     }

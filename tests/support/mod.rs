@@ -164,7 +164,10 @@ impl TestServer {
     /// Logs `user` in from a fresh device.
     pub async fn login_as(&self, user: &str, client_type: ClientType) -> (Client, Session) {
         let client = self.client();
-        let session = client.login(user, PASSWORD, client_type).await.expect("login");
+        let session = client
+            .login(user, PASSWORD, client_type)
+            .await
+            .expect("login");
         (client, session)
     }
 
@@ -175,7 +178,12 @@ impl TestServer {
 
     /// Runs a Redis command on this node's Redis.
     pub fn redis_stats(&self) -> std::collections::HashMap<String, u64> {
-        self.redis.as_ref().expect("redis").lock().unwrap().command_stats()
+        self.redis
+            .as_ref()
+            .expect("redis")
+            .lock()
+            .unwrap()
+            .command_stats()
     }
 
     /// Stops the node (closing sockets with 1001) and waits for it.
@@ -214,4 +222,70 @@ macro_rules! both_stores {
             }
         }
     };
+}
+
+/// A hand-made signed POST, for tests that need to control every part of it.
+pub struct Signed<'a> {
+    /// The node.
+    pub server: &'a TestServer,
+    /// Path, e.g. `/v1/tickets`.
+    pub path: &'a str,
+    /// HMAC key.
+    pub key: &'a [u8],
+    /// `X-TG-Device`.
+    pub device_id: &'a str,
+    /// `Authorization: Bearer` value, if any.
+    pub bearer: Option<&'a str>,
+    /// Raw body.
+    pub body: &'a str,
+}
+
+impl Signed<'_> {
+    /// Signs with a fresh nonce and the current time, and sends.
+    pub async fn send(&self) -> reqwest::Response {
+        self.send_with_nonce(&fresh_nonce()).await
+    }
+
+    /// Signs with the given nonce and sends.
+    pub async fn send_with_nonce(&self, nonce: &str) -> reqwest::Response {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let signature = ticketgate_sdk::signing::sign(
+            self.key,
+            &ticketgate_sdk::signing::SignedParts {
+                method: "POST",
+                path: self.path,
+                device_id: self.device_id,
+                timestamp,
+                nonce,
+                body: self.body.as_bytes(),
+            },
+        );
+        let mut req = reqwest::Client::new()
+            .post(format!("{}{}", self.server.url(), self.path))
+            .header("content-type", "application/json")
+            .header("x-tg-device", self.device_id)
+            .header("x-tg-timestamp", timestamp.to_string())
+            .header("x-tg-nonce", nonce)
+            .header("x-tg-signature", signature)
+            .body(self.body.to_owned());
+        if let Some(bearer) = self.bearer {
+            req = req.bearer_auth(bearer);
+        }
+        req.send().await.expect("request sent")
+    }
+}
+
+/// A random nonce of 32 characters.
+pub fn fresh_nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The error code of a JSON error answer, with its status.
+pub async fn error_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.expect("JSON error body");
+    (status, body["error"].as_str().unwrap_or_default().to_owned())
 }
