@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use support::{StoreKind, TestServer};
 use ticketgate_sdk::protocol::close;
-use ticketgate_sdk::{ClientError, ErrorCode, Ticket};
+use ticketgate_sdk::{ClientError, ClientType, ErrorCode, Ticket};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = ticketgate_sdk::WsStream;
@@ -44,105 +44,153 @@ fn with_ticket(t: &Ticket, ticket: &str) -> Ticket {
     t
 }
 
-both_stores!(a_minted_ticket_opens_one_socket_with_a_welcome, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let ticket = client.mint_ticket(&session).await.expect("mint");
-    assert!(ticket.ticket.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
-    assert_eq!(ticket.expires_in, 30);
-    assert_eq!(ticket.ws_url, format!("ws://{}/v1/connect", server.addr));
-    let (mut ws, welcome) = client.connect(&session, &ticket).await.expect("connect");
-    assert_eq!(welcome.session_id, session.session_id);
-    assert_eq!(welcome.user_id, "alice");
-    assert_eq!(welcome.device_id, session.device_id);
-    assert_eq!(welcome.expires_at as u64, session.access_expires_at);
-    assert_eq!(server.state.registry.len(), 1);
+both_stores!(
+    a_minted_ticket_opens_one_socket_with_a_welcome,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        assert!(ticket
+            .ticket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)));
+        assert_eq!(ticket.expires_in, 30);
+        assert_eq!(ticket.ws_url, format!("ws://{}/v1/connect", server.addr));
+        let (mut ws, welcome) = client.connect(&session, &ticket).await.expect("connect");
+        assert_eq!(welcome.session_id, session.session_id);
+        assert_eq!(welcome.user_id, "alice");
+        assert_eq!(welcome.device_id, session.device_id);
+        assert_eq!(welcome.expires_at as u64, session.access_expires_at);
+        assert_eq!(server.state.registry.len(), 1);
 
-    ws.send(Message::text(r#"{"type":"ping"}"#)).await.expect("send");
-    let pong = ws.next().await.expect("frame").expect("ok");
-    assert_eq!(pong.into_text().expect("text").as_str(), r#"{"type":"pong"}"#);
+        ws.send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .expect("send");
+        let pong = ws.next().await.expect("frame").expect("ok");
+        assert_eq!(
+            pong.into_text().expect("text").as_str(),
+            r#"{"type":"pong"}"#
+        );
 
-    ws.close(None).await.expect("close");
-    wait_until(|| server.state.registry.is_empty()).await;
-});
+        ws.close(None).await.expect("close");
+        wait_until(|| server.state.registry.is_empty()).await;
+    }
+);
 
 both_stores!(a_ticket_is_single_use, |kind| async move {
     let server = TestServer::builder().store(kind).start().await;
     let (client, session) = server.login().await;
     let ticket = client.mint_ticket(&session).await.expect("mint");
     let _first = client.connect(&session, &ticket).await.expect("first use");
-    let second = client.connect(&session, &ticket).await.expect_err("second use");
+    let second = client
+        .connect(&session, &ticket)
+        .await
+        .expect_err("second use");
     assert_eq!(api_error(second), (401, Some(ErrorCode::TicketInvalid)));
 });
 
-both_stores!(racing_upgrades_on_one_ticket_admit_exactly_one, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let ticket = client.mint_ticket(&session).await.expect("mint");
-    let barrier = Arc::new(tokio::sync::Barrier::new(200));
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let (client, session, ticket, barrier) = (client.clone(), session.clone(), ticket.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                client.connect(&session, &ticket).await
+both_stores!(
+    racing_upgrades_on_one_ticket_admit_exactly_one,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let barrier = Arc::new(tokio::sync::Barrier::new(200));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (client, session, ticket, barrier) = (
+                    client.clone(),
+                    session.clone(),
+                    ticket.clone(),
+                    barrier.clone(),
+                );
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client.connect(&session, &ticket).await
+                })
             })
-        })
-        .collect();
-    let mut sockets = Vec::new();
-    let mut refused = 0;
-    for t in tasks {
-        match t.await.expect("task") {
-            Ok(pair) => sockets.push(pair),
-            Err(e) => {
-                assert_eq!(api_error(e), (401, Some(ErrorCode::TicketInvalid)));
-                refused += 1;
+            .collect();
+        let mut sockets = Vec::new();
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(pair) => sockets.push(pair),
+                Err(e) => {
+                    assert_eq!(api_error(e), (401, Some(ErrorCode::TicketInvalid)));
+                    refused += 1;
+                }
             }
         }
+        assert_eq!((sockets.len(), refused), (1, 199));
+        assert_eq!(server.state.registry.len(), 1);
     }
-    assert_eq!((sockets.len(), refused), (1, 199));
-    assert_eq!(server.state.registry.len(), 1);
-});
+);
 
-both_stores!(an_expired_ticket_is_refused_without_a_store_command, |kind| async move {
-    let server = TestServer::builder()
-        .store(kind)
-        .config(|c| c.ttl.ticket = Duration::from_millis(300))
-        .start()
-        .await;
-    let (client, session) = server.login().await;
-    let ticket = client.mint_ticket(&session).await.expect("mint");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = server.redis.as_ref().map(|_| server.redis_stats());
-    let err = client.connect(&session, &ticket).await.expect_err("expired");
-    assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
-    if let Some(before) = before {
-        assert_eq!(data_commands(&before, &server.redis_stats()), 0);
+both_stores!(
+    an_expired_ticket_is_refused_without_a_store_command,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ttl.ticket = Duration::from_millis(300))
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = server.redis.as_ref().map(|_| server.redis_stats());
+        let err = client
+            .connect(&session, &ticket)
+            .await
+            .expect_err("expired");
+        assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
+        if let Some(before) = before {
+            assert_eq!(data_commands(&before, &server.redis_stats()), 0);
+        }
     }
-});
+);
 
-both_stores!(a_foreign_device_is_refused_and_burns_the_ticket, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let ticket = client.mint_ticket(&session).await.expect("mint");
-    let mut thief = session.clone();
-    thief.device_id = uuid::Uuid::new_v4().to_string();
-    let err = client.connect(&thief, &ticket).await.expect_err("foreign device");
-    assert_eq!(api_error(err), (403, Some(ErrorCode::DeviceMismatch)));
-    let err = client.connect(&session, &ticket).await.expect_err("burnt");
-    assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
-});
+both_stores!(
+    a_foreign_device_is_refused_and_burns_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let mut thief = session.clone();
+        thief.device_id = uuid::Uuid::new_v4().to_string();
+        let err = client
+            .connect(&thief, &ticket)
+            .await
+            .expect_err("foreign device");
+        assert_eq!(api_error(err), (403, Some(ErrorCode::DeviceMismatch)));
+        let err = client.connect(&session, &ticket).await.expect_err("burnt");
+        assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
+    }
+);
 
-both_stores!(a_ticket_minted_before_its_session_ended_opens_nothing, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let ticket = client.mint_ticket(&session).await.expect("mint");
-    assert!(server.state.store.revoke_session(&session.session_id).await.expect("revoke"));
-    let err = client.connect(&session, &ticket).await.expect_err("session gone");
-    assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
-    let err = client.mint_ticket(&session).await.expect_err("session gone");
-    assert_eq!(api_error(err), (401, Some(ErrorCode::TokenRevoked)));
-});
+both_stores!(
+    a_ticket_minted_before_its_session_ended_opens_nothing,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        assert!(server
+            .state
+            .store
+            .revoke_session(&session.session_id)
+            .await
+            .expect("revoke"));
+        let err = client
+            .connect(&session, &ticket)
+            .await
+            .expect_err("session gone");
+        assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
+        let err = client
+            .mint_ticket(&session)
+            .await
+            .expect_err("session gone");
+        assert_eq!(api_error(err), (401, Some(ErrorCode::TokenRevoked)));
+    }
+);
 
 /// Forged, truncated, re-MACed and foreign tickets: all 401, none reaches the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,49 +200,78 @@ async fn forged_tickets_cost_no_redis_command() {
     let (client, session) = server.login().await;
     let (other_client, other_session) = other.login().await;
     let real = client.mint_ticket(&session).await.expect("mint");
-    let foreign = other_client.mint_ticket(&other_session).await.expect("mint");
+    let foreign = other_client
+        .mint_ticket(&other_session)
+        .await
+        .expect("mint");
 
     let (body, mac) = real.ticket.rsplit_once('.').expect("dot");
     let mut forgeries = vec![
         foreign.ticket.clone(),
         real.ticket[..real.ticket.len() - 1].to_owned(),
         format!("{body}.AAAAAAAAAAAAAAAAAAAAAA"),
-        format!("{}.{mac}", body.replacen(&session.session_id, "1AAAAAAAAAAAAAAAAAAAAAA", 1)),
+        format!(
+            "{}.{mac}",
+            body.replacen(&session.session_id, "1AAAAAAAAAAAAAAAAAAAAAA", 1)
+        ),
         "1.x.1.y.z".to_owned(),
     ];
     while forgeries.len() < 1000 {
-        forgeries.push(format!("1.{}.9999999999999.{}.{}", session.session_id, forgeries.len(), "A".repeat(22)));
+        forgeries.push(format!(
+            "1.{}.9999999999999.{}.{}",
+            session.session_id,
+            forgeries.len(),
+            "A".repeat(22)
+        ));
     }
     let before = server.redis_stats();
     for f in &forgeries {
-        let err = client.connect(&session, &with_ticket(&real, f)).await.expect_err("forged");
+        let err = client
+            .connect(&session, &with_ticket(&real, f))
+            .await
+            .expect_err("forged");
         assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)), "{f}");
     }
-    assert_eq!(data_commands(&before, &server.redis_stats()), 0, "forged tickets reached Redis");
+    assert_eq!(
+        data_commands(&before, &server.redis_stats()),
+        0,
+        "forged tickets reached Redis"
+    );
     // The real ticket is untouched by all that.
-    client.connect(&session, &real).await.expect("real ticket still works");
+    client
+        .connect(&session, &real)
+        .await
+        .expect("real ticket still works");
 }
 
-both_stores!(one_thousand_connect_close_cycles_leave_the_registry_empty, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let cycles = if kind == StoreKind::Memory { 1000 } else { 300 };
-    for _ in 0..cycles {
-        let ticket = client.mint_ticket(&session).await.expect("mint");
-        let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");
-        ws.close(None).await.expect("close");
-        while ws.next().await.is_some() {}
+both_stores!(
+    one_thousand_connect_close_cycles_leave_the_registry_empty,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let cycles = if kind == StoreKind::Memory { 1000 } else { 300 };
+        for _ in 0..cycles {
+            let ticket = client.mint_ticket(&session).await.expect("mint");
+            let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");
+            ws.close(None).await.expect("close");
+            while ws.next().await.is_some() {}
+        }
+        wait_until(|| server.state.registry.is_empty()).await;
+        assert_eq!(server.state.registry.index_sizes(), (0, 0, 0));
     }
-    wait_until(|| server.state.registry.is_empty()).await;
-    assert_eq!(server.state.registry.index_sizes(), (0, 0, 0));
-});
+);
 
-both_stores!(a_frame_over_the_size_limit_closes_with_1009, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (mut ws, _) = connected(&server).await;
-    ws.send(Message::text("x".repeat(64 * 1024 + 1))).await.expect("send");
-    assert_eq!(close_code(&mut ws).await, Some(close::TOO_BIG));
-});
+both_stores!(
+    a_frame_over_the_size_limit_closes_with_1009,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (mut ws, _) = connected(&server).await;
+        ws.send(Message::text("x".repeat(64 * 1024 + 1)))
+            .await
+            .expect("send");
+        assert_eq!(close_code(&mut ws).await, Some(close::TOO_BIG));
+    }
+);
 
 both_stores!(a_frame_flood_closes_with_4008, |kind| async move {
     let server = TestServer::builder()
@@ -204,7 +281,11 @@ both_stores!(a_frame_flood_closes_with_4008, |kind| async move {
         .await;
     let (mut ws, _) = connected(&server).await;
     for _ in 0..50 {
-        if ws.send(Message::text(r#"{"type":"ack","id":"1"}"#)).await.is_err() {
+        if ws
+            .send(Message::text(r#"{"type":"ack","id":"1"}"#))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -218,22 +299,28 @@ both_stores!(a_frame_flood_closes_with_4008, |kind| async move {
     assert_eq!(close_code(&mut ws).await, Some(close::FLOOD), "ping flood");
 });
 
-both_stores!(the_socket_closes_with_4004_when_the_access_token_expires, |kind| async move {
-    let server = TestServer::builder()
-        .store(kind)
-        .config(|c| {
-            c.ttl.access = Duration::from_secs(2);
-            c.ttl.jwt_leeway = Duration::ZERO;
-        })
-        .start()
-        .await;
-    let (mut ws, welcome) = connected(&server).await;
-    let started = Instant::now();
-    let code = close_code(&mut ws).await;
-    assert_eq!(code, Some(close::SESSION_EXPIRED));
-    assert!(started.elapsed() < Duration::from_secs(4), "closed at exp, not later");
-    assert!(welcome.expires_at > 0);
-});
+both_stores!(
+    the_socket_closes_with_4004_when_the_access_token_expires,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.ttl.access = Duration::from_secs(2);
+                c.ttl.jwt_leeway = Duration::ZERO;
+            })
+            .start()
+            .await;
+        let (mut ws, welcome) = connected(&server).await;
+        let started = Instant::now();
+        let code = close_code(&mut ws).await;
+        assert_eq!(code, Some(close::SESSION_EXPIRED));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "closed at exp, not later"
+        );
+        assert!(welcome.expires_at > 0);
+    }
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_socket_is_closed() {
@@ -256,8 +343,11 @@ async fn shutdown_closes_sockets_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_answers_server_busy_without_burning_the_ticket() {
-    let server = TestServer::builder().config(|c| c.ws.max_connections = 1).start().await;
-    let (client, session) = server.login().await;
+    let server = TestServer::builder()
+        .config(|c| c.ws.max_connections = 1)
+        .start()
+        .await;
+    let (client, session) = server.login_as("bob", ClientType::Mobile).await;
     let (mut first, _) = connected(&server).await;
     let ticket = client.mint_ticket(&session).await.expect("mint");
     let err = client.connect(&session, &ticket).await.expect_err("busy");
@@ -266,7 +356,10 @@ async fn the_connection_cap_answers_server_busy_without_burning_the_ticket() {
     while first.next().await.is_some() {}
     wait_until(|| server.state.registry.is_empty()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    client.connect(&session, &ticket).await.expect("the ticket was not burnt by the 503");
+    client
+        .connect(&session, &ticket)
+        .await
+        .expect("the ticket was not burnt by the 503");
 }
 
 /// Redis down: mint and connect fail closed with 503, live sockets stay up, and the node
@@ -276,31 +369,73 @@ async fn redis_outage_fails_closed_and_recovers() {
     let server = TestServer::builder().store(StoreKind::Redis).start().await;
     let (client, session) = server.login().await;
     let spare = client.mint_ticket(&session).await.expect("mint");
-    let (mut live, _) = client.connect(&session, &client.mint_ticket(&session).await.expect("mint")).await.expect("connect");
+    let (mut live, _) = client
+        .connect(&session, &client.mint_ticket(&session).await.expect("mint"))
+        .await
+        .expect("connect");
 
-    server.redis.as_ref().expect("redis").lock().expect("lock").stop();
+    server
+        .redis
+        .as_ref()
+        .expect("redis")
+        .lock()
+        .expect("lock")
+        .stop();
     let started = Instant::now();
     let err = client.mint_ticket(&session).await.expect_err("redis down");
     assert_eq!(api_error(err), (503, Some(ErrorCode::StoreUnavailable)));
-    let err = client.connect(&session, &spare).await.expect_err("redis down");
+    let err = client
+        .connect(&session, &spare)
+        .await
+        .expect_err("redis down");
     assert_eq!(api_error(err), (503, Some(ErrorCode::StoreUnavailable)));
-    assert!(started.elapsed() < Duration::from_secs(10), "fails fast, took {:?}", started.elapsed());
-    let ready = reqwest::get(format!("{}/readyz", server.url())).await.expect("readyz");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails fast, took {:?}",
+        started.elapsed()
+    );
+    let ready = reqwest::get(format!("{}/readyz", server.url()))
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 503);
 
     // The live socket is still served.
-    live.send(Message::text(r#"{"type":"ping"}"#)).await.expect("send");
+    live.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send");
     let pong = live.next().await.expect("frame").expect("ok");
-    assert_eq!(pong.into_text().expect("text").as_str(), r#"{"type":"pong"}"#);
+    assert_eq!(
+        pong.into_text().expect("text").as_str(),
+        r#"{"type":"pong"}"#
+    );
 
-    server.redis.as_ref().expect("redis").lock().expect("lock").restart();
+    server
+        .redis
+        .as_ref()
+        .expect("redis")
+        .lock()
+        .expect("lock")
+        .restart();
     // Redis restarted empty: the old session is gone, so log in again.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match client.login("alice", support::PASSWORD, ticketgate_sdk::ClientType::Mobile).await {
+        match client
+            .login(
+                "alice",
+                support::PASSWORD,
+                ticketgate_sdk::ClientType::Mobile,
+            )
+            .await
+        {
             Ok(session) => {
-                let ticket = client.mint_ticket(&session).await.expect("mint after recovery");
-                client.connect(&session, &ticket).await.expect("connect after recovery");
+                let ticket = client
+                    .mint_ticket(&session)
+                    .await
+                    .expect("mint after recovery");
+                client
+                    .connect(&session, &ticket)
+                    .await
+                    .expect("connect after recovery");
                 break;
             }
             Err(e) if Instant::now() < deadline => {
@@ -322,16 +457,33 @@ async fn mint_quota_is_per_device_and_charged_only_after_the_signature() {
         .await;
     let (flooder, flooder_session) = server.login().await;
     for _ in 0..3 {
-        flooder.mint_ticket(&flooder_session).await.expect("within quota");
+        flooder
+            .mint_ticket(&flooder_session)
+            .await
+            .expect("within quota");
     }
-    match flooder.mint_ticket(&flooder_session).await.expect_err("over quota") {
-        ClientError::Api { status, code, retry_after, .. } => {
+    match flooder
+        .mint_ticket(&flooder_session)
+        .await
+        .expect_err("over quota")
+    {
+        ClientError::Api {
+            status,
+            code,
+            retry_after,
+            ..
+        } => {
             assert_eq!((status, code), (429, Some(ErrorCode::RateLimited)));
-            assert!(retry_after.is_some_and(|s| (1..=20).contains(&s)), "{retry_after:?}");
+            assert!(
+                retry_after.is_some_and(|s| (1..=20).contains(&s)),
+                "{retry_after:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
-    let (victim, victim_session) = server.login_as("bob", ticketgate_sdk::ClientType::Mobile).await;
+    let (victim, victim_session) = server
+        .login_as("bob", ticketgate_sdk::ClientType::Mobile)
+        .await;
     // An attacker with a stolen access token but not the signing key, naming the
     // victim's device: every attempt fails the signature and costs the victim nothing.
     let mut forged = victim_session.clone();
@@ -341,7 +493,10 @@ async fn mint_quota_is_per_device_and_charged_only_after_the_signature() {
         assert_eq!(api_error(err), (401, Some(ErrorCode::BadSignature)));
     }
     for _ in 0..3 {
-        victim.mint_ticket(&victim_session).await.expect("victim keeps its quota");
+        victim
+            .mint_ticket(&victim_session)
+            .await
+            .expect("victim keeps its quota");
     }
 }
 
@@ -357,10 +512,16 @@ fn data_commands(
     before: &std::collections::HashMap<String, u64>,
     after: &std::collections::HashMap<String, u64>,
 ) -> u64 {
-    let ignore = ["info", "ping", "client", "hello", "select", "command", "cluster", "config"];
+    let ignore = [
+        "info", "ping", "client", "hello", "select", "command", "cluster", "config",
+    ];
     after
         .iter()
-        .filter(|(k, _)| !ignore.iter().any(|i| k.as_str() == *i || k.starts_with(&format!("{i}|"))))
+        .filter(|(k, _)| {
+            !ignore
+                .iter()
+                .any(|i| k.as_str() == *i || k.starts_with(&format!("{i}|")))
+        })
         .map(|(k, v)| v - before.get(k).copied().unwrap_or(0))
         .sum()
 }

@@ -20,8 +20,16 @@ type Ws = ticketgate_sdk::WsStream;
 async fn two_nodes() -> (TestServer, TestServer) {
     let redis = Arc::new(Mutex::new(RedisServer::start()));
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let a = TestServer::builder().redis(redis.clone()).data_dir(dir.clone()).start().await;
-    let b = TestServer::builder().redis(redis).data_dir(dir).start().await;
+    let a = TestServer::builder()
+        .redis(redis.clone())
+        .data_dir(dir.clone())
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .redis(redis)
+        .data_dir(dir)
+        .start()
+        .await;
     (a, b)
 }
 
@@ -77,52 +85,82 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
 
 fn mint_error(err: ticketgate_sdk::ClientError) -> (u16, String) {
     match err {
-        ticketgate_sdk::ClientError::Api { status, raw_code, .. } => (status, raw_code),
+        ticketgate_sdk::ClientError::Api {
+            status, raw_code, ..
+        } => (status, raw_code),
         other => panic!("expected an API error, got {other:?}"),
     }
 }
 
-both_stores!(a_used_refresh_token_revokes_the_whole_session, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let first = session.refresh_token.clone().expect("refresh token");
-    let mut ws = socket(&server, &client, &session).await;
-    let next = refreshed(&server, &session, &first).await;
-    assert_eq!(next.session_id, session.session_id);
-    assert_ne!(next.refresh_token.as_deref(), Some(first.as_str()));
-    assert_ne!(next.access_token, session.access_token);
+both_stores!(
+    a_used_refresh_token_revokes_the_whole_session,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let first = session.refresh_token.clone().expect("refresh token");
+        let mut ws = socket(&server, &client, &session).await;
+        let next = refreshed(&server, &session, &first).await;
+        assert_eq!(next.session_id, session.session_id);
+        assert_ne!(next.refresh_token.as_deref(), Some(first.as_str()));
+        assert_ne!(next.access_token, session.access_token);
 
-    // The old token again: theft. 401 refresh_reused, the socket closes with 4503 ...
-    assert_eq!(error_of(refresh(&server, &session, &first).await).await, (401, "refresh_reused".into()));
-    assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
-    // ... and the rotated token and the access tokens are dead too.
-    let newest = next.refresh_token.expect("rotated");
-    assert_eq!(error_of(refresh(&server, &session, &newest).await).await, (401, "token_revoked".into()));
-    let err = client.mint_ticket(&session).await.expect_err("revoked");
-    assert_eq!(mint_error(err), (401, "token_revoked".into()));
-});
-
-both_stores!(concurrent_refreshes_with_one_token_have_exactly_one_winner, |kind| async move {
-    let server = Arc::new(TestServer::builder().store(kind).start().await);
-    let (_client, session) = server.login().await;
-    let token = session.refresh_token.clone().expect("refresh token");
-    let barrier = Arc::new(tokio::sync::Barrier::new(50));
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let (server, session, token, barrier) = (server.clone(), session.clone(), token.clone(), barrier.clone());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                refresh(&server, &session, &token).await.status().as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for t in tasks {
-        statuses.push(t.await.expect("task"));
+        // The old token again: theft. 401 refresh_reused, the socket closes with 4503 ...
+        assert_eq!(
+            error_of(refresh(&server, &session, &first).await).await,
+            (401, "refresh_reused".into())
+        );
+        assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
+        // ... and the whole family is dead: the newest refresh token (reuse, too) and
+        // the access tokens.
+        let newest = next.refresh_token.expect("rotated");
+        assert_eq!(
+            error_of(refresh(&server, &session, &newest).await).await,
+            (401, "refresh_reused".into())
+        );
+        let err = client.mint_ticket(&session).await.expect_err("revoked");
+        assert_eq!(mint_error(err), (401, "token_revoked".into()));
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 49, "{statuses:?}");
-});
+);
+
+both_stores!(
+    concurrent_refreshes_with_one_token_have_exactly_one_winner,
+    |kind| async move {
+        let server = Arc::new(TestServer::builder().store(kind).start().await);
+        let (_client, session) = server.login().await;
+        let token = session.refresh_token.clone().expect("refresh token");
+        let barrier = Arc::new(tokio::sync::Barrier::new(50));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (server, session, token, barrier) = (
+                    server.clone(),
+                    session.clone(),
+                    token.clone(),
+                    barrier.clone(),
+                );
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let response = refresh(&server, &session, &token).await;
+                    if response.status() == 200 {
+                        (200, String::new())
+                    } else {
+                        error_of(response).await
+                    }
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.expect("task"));
+        }
+        // With the defaults (no grace) the losers are reuse, and the family is revoked.
+        assert_eq!(answers.iter().filter(|a| a.0 == 200).count(), 1, "{answers:?}");
+        let reused = answers
+            .iter()
+            .filter(|a| **a == (401, "refresh_reused".to_owned()))
+            .count();
+        assert_eq!(reused, 49, "{answers:?}");
+    }
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_refresh_request_is_refused_without_revoking_the_session() {
@@ -139,7 +177,10 @@ async fn a_replayed_refresh_request_is_refused_without_revoking_the_session() {
     };
     let nonce = support::fresh_nonce();
     assert_eq!(request.send_with_nonce(&nonce).await.status(), 200);
-    assert_eq!(error_of(request.send_with_nonce(&nonce).await).await, (401, "replayed_request".into()));
+    assert_eq!(
+        error_of(request.send_with_nonce(&nonce).await).await,
+        (401, "replayed_request".into())
+    );
     client.mint_ticket(&session).await.expect("session alive");
 }
 
@@ -151,32 +192,59 @@ async fn someone_with_an_old_refresh_token_but_not_the_key_cannot_revoke_the_ses
     refreshed(&server, &session, &old).await;
     let mut thief = session.clone();
     thief.signing_key = vec![7; 32];
-    assert_eq!(error_of(refresh(&server, &thief, &old).await).await, (401, "bad_signature".into()));
+    assert_eq!(
+        error_of(refresh(&server, &thief, &old).await).await,
+        (401, "bad_signature".into())
+    );
     client.mint_ticket(&session).await.expect("session alive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grace_window_accepts_the_immediate_parent_only_when_configured() {
-    let server = TestServer::builder().config(|c| c.refresh_grace = Duration::from_secs(5)).start().await;
+    let server = TestServer::builder()
+        .config(|c| c.refresh_grace = Duration::from_secs(5))
+        .start()
+        .await;
     let (_client, session) = server.login().await;
     let t0 = session.refresh_token.clone().expect("refresh token");
-    let t1 = refreshed(&server, &session, &t0).await.refresh_token.expect("t1");
+    let t1 = refreshed(&server, &session, &t0)
+        .await
+        .refresh_token
+        .expect("t1");
     // The response with t1 was "lost": t0 again within grace works.
-    let t2 = refreshed(&server, &session, &t0).await.refresh_token.expect("t2");
-    // t1 is no longer current and not the parent: reuse.
-    assert_eq!(error_of(refresh(&server, &session, &t1).await).await, (401, "refresh_reused".into()));
-    assert_eq!(error_of(refresh(&server, &session, &t2).await).await, (401, "token_revoked".into()));
+    let t2 = refreshed(&server, &session, &t0)
+        .await
+        .refresh_token
+        .expect("t2");
+    // t1 is no longer current and not the parent: reuse, and the family is revoked.
+    assert_eq!(
+        error_of(refresh(&server, &session, &t1).await).await,
+        (401, "refresh_reused".into())
+    );
+    assert_eq!(
+        error_of(refresh(&server, &session, &t2).await).await,
+        (401, "refresh_reused".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_refresh_cap_answers_refresh_limit() {
-    let server = TestServer::builder().config(|c| c.refresh_cap_per_day = 2).start().await;
+    let server = TestServer::builder()
+        .config(|c| c.refresh_cap_per_day = 2)
+        .start()
+        .await;
     let (_client, session) = server.login().await;
     let mut token = session.refresh_token.clone().expect("refresh token");
     for _ in 0..2 {
-        token = refreshed(&server, &session, &token).await.refresh_token.expect("rotated");
+        token = refreshed(&server, &session, &token)
+            .await
+            .refresh_token
+            .expect("rotated");
     }
-    assert_eq!(error_of(refresh(&server, &session, &token).await).await, (401, "refresh_limit".into()));
+    assert_eq!(
+        error_of(refresh(&server, &session, &token).await).await,
+        (401, "refresh_limit".into())
+    );
 }
 
 /// Kick on node A closes a socket held by node B, and the session can no longer mint
@@ -187,21 +255,39 @@ async fn kick_on_one_node_closes_sockets_on_another_and_block_stops_login() {
     let (client_b, session) = b.login_as("bob", ClientType::Mobile).await;
     let mut ws = socket(&b, &client_b, &session).await;
     let started = Instant::now();
-    let answer: Value = admin(&a, "/admin/v1/users/bob/kick", json!({"reason": "test"})).await.json().await.expect("json");
+    let answer: Value = admin(&a, "/admin/v1/users/bob/kick", json!({"reason": "test"}))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(answer, json!({"sessions": 1, "connections": 1}));
     assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
     assert!(started.elapsed() < Duration::from_secs(2));
     let err = client_b.mint_ticket(&session).await.expect_err("kicked");
     assert_eq!(mint_error(err), (401, "token_revoked".into()));
     let token = session.refresh_token.clone().expect("refresh token");
-    assert_eq!(error_of(refresh(&b, &session, &token).await).await, (401, "token_revoked".into()));
+    assert_eq!(
+        error_of(refresh(&b, &session, &token).await).await,
+        (401, "token_revoked".into())
+    );
 
-    let answer: Value = admin(&a, "/admin/v1/users/bob/block", json!({})).await.json().await.expect("json");
+    let answer: Value = admin(&a, "/admin/v1/users/bob/block", json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(answer["blocked"], true);
-    let err = b.client().login("bob", PASSWORD, ClientType::Mobile).await.expect_err("blocked");
+    let err = b
+        .client()
+        .login("bob", PASSWORD, ClientType::Mobile)
+        .await
+        .expect_err("blocked");
     assert_eq!(mint_error(err), (401, "bad_credentials".into()));
     admin(&b, "/admin/v1/users/bob/unblock", json!({})).await;
-    b.client().login("bob", PASSWORD, ClientType::Mobile).await.expect("unblocked");
+    b.client()
+        .login("bob", PASSWORD, ClientType::Mobile)
+        .await
+        .expect("unblocked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,57 +297,96 @@ async fn block_closes_live_sockets_and_kick_by_client_type_spares_the_others() {
     let (mobile_client, mobile) = b.login_as("carol", ClientType::Mobile).await;
     let mut web_ws = socket(&a, &web_client, &web).await;
     let mut mobile_ws = socket(&b, &mobile_client, &mobile).await;
-    let answer: Value = admin(&a, "/admin/v1/users/carol/kick", json!({"client_type": "web"})).await.json().await.expect("json");
+    let answer: Value = admin(
+        &a,
+        "/admin/v1/users/carol/kick",
+        json!({"client_type": "web"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     assert_eq!(answer, json!({"sessions": 1, "connections": 1}));
     assert_eq!(close_code(&mut web_ws).await, Some(close::REVOKED));
-    mobile_client.mint_ticket(&mobile).await.expect("mobile untouched");
-    let answer: Value = admin(&b, "/admin/v1/users/carol/block", json!({})).await.json().await.expect("json");
+    mobile_client
+        .mint_ticket(&mobile)
+        .await
+        .expect("mobile untouched");
+    let answer: Value = admin(&b, "/admin/v1/users/carol/block", json!({}))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(answer["connections"], 1);
     assert_eq!(close_code(&mut mobile_ws).await, Some(close::REVOKED));
 }
 
-both_stores!(logout_closes_own_sockets_and_kills_the_refresh_token, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (client, session) = server.login().await;
-    let mut ws = socket(&server, &client, &session).await;
-    let response = Signed {
-        server: &server,
-        path: "/v1/logout",
-        key: &session.signing_key,
-        device_id: &session.device_id,
-        bearer: Some(&session.access_token),
-        body: "{}",
+both_stores!(
+    logout_closes_own_sockets_and_kills_the_refresh_token,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let mut ws = socket(&server, &client, &session).await;
+        let response = Signed {
+            server: &server,
+            path: "/v1/logout",
+            key: &session.signing_key,
+            device_id: &session.device_id,
+            bearer: Some(&session.access_token),
+            body: "{}",
+        }
+        .send()
+        .await;
+        assert_eq!(response.status(), 204);
+        assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
+        let token = session.refresh_token.clone().expect("refresh token");
+        assert_eq!(
+            error_of(refresh(&server, &session, &token).await).await,
+            (401, "token_revoked".into())
+        );
     }
-    .send()
-    .await;
-    assert_eq!(response.status(), 204);
-    assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
-    let token = session.refresh_token.clone().expect("refresh token");
-    assert_eq!(error_of(refresh(&server, &session, &token).await).await, (401, "token_revoked".into()));
-});
+);
 
-both_stores!(a_second_login_on_the_same_client_type_replaces_the_first, |kind| async move {
-    let server = TestServer::builder().store(kind).start().await;
-    let (first_client, first) = server.login_as("alice", ClientType::Mobile).await;
-    let (web_client, web) = server.login_as("alice", ClientType::Web).await;
-    let mut first_ws = socket(&server, &first_client, &first).await;
-    let mut web_ws = socket(&server, &web_client, &web).await;
+both_stores!(
+    a_second_login_on_the_same_client_type_replaces_the_first,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (first_client, first) = server.login_as("alice", ClientType::Mobile).await;
+        let (web_client, web) = server.login_as("alice", ClientType::Web).await;
+        let mut first_ws = socket(&server, &first_client, &first).await;
+        let mut web_ws = socket(&server, &web_client, &web).await;
 
-    let (second_client, second) = server.login_as("alice", ClientType::Mobile).await;
-    assert_eq!(close_code(&mut first_ws).await, Some(close::REPLACED));
-    let token = first.refresh_token.clone().expect("refresh token");
-    assert_eq!(error_of(refresh(&server, &first, &token).await).await, (401, "token_revoked".into()));
-    second_client.mint_ticket(&second).await.expect("the new session works");
-    // The web session is untouched.
-    web_ws.send(Message::text(r#"{"type":"ping"}"#)).await.expect("send");
-    let pong = web_ws.next().await.expect("frame").expect("ok");
-    assert_eq!(pong.into_text().expect("text").as_str(), r#"{"type":"pong"}"#);
-    web_client.mint_ticket(&web).await.expect("web still works");
-});
+        let (second_client, second) = server.login_as("alice", ClientType::Mobile).await;
+        assert_eq!(close_code(&mut first_ws).await, Some(close::REPLACED));
+        let token = first.refresh_token.clone().expect("refresh token");
+        assert_eq!(
+            error_of(refresh(&server, &first, &token).await).await,
+            (401, "token_revoked".into())
+        );
+        second_client
+            .mint_ticket(&second)
+            .await
+            .expect("the new session works");
+        // The web session is untouched.
+        web_ws
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .expect("send");
+        let pong = web_ws.next().await.expect("frame").expect("ok");
+        assert_eq!(
+            pong.into_text().expect("text").as_str(),
+            r#"{"type":"pong"}"#
+        );
+        web_client.mint_ticket(&web).await.expect("web still works");
+    }
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_can_allow_several_sessions_per_client_type() {
-    let server = TestServer::builder().config(|c| c.sessions_per_type = 2).start().await;
+    let server = TestServer::builder()
+        .config(|c| c.sessions_per_type = 2)
+        .start()
+        .await;
     let (c1, s1) = server.login().await;
     let (c2, s2) = server.login().await;
     c1.mint_ticket(&s1).await.expect("first still alive");
@@ -285,12 +410,25 @@ async fn a_refresh_frame_extends_the_connection() {
     let ticket = client.mint_ticket(&session).await.expect("mint");
     let (mut ws, welcome) = client.connect(&session, &ticket).await.expect("connect");
     // `expiring` arrives in the renewal window (the last 30 % = 1.2 s).
-    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("in time").expect("frame").expect("ok");
+    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("in time")
+        .expect("frame")
+        .expect("ok");
     let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
     assert_eq!(frame["type"], "expiring");
     tokio::time::sleep(Duration::from_millis(1100)).await; // a later exp than the old token's
-    let renewed = refreshed(&server, &session, session.refresh_token.as_deref().expect("rt")).await;
-    ws.send(Message::text(json!({"type": "refresh", "access_token": renewed.access_token}).to_string())).await.expect("send");
+    let renewed = refreshed(
+        &server,
+        &session,
+        session.refresh_token.as_deref().expect("rt"),
+    )
+    .await;
+    ws.send(Message::text(
+        json!({"type": "refresh", "access_token": renewed.access_token}).to_string(),
+    ))
+    .await
+    .expect("send");
     let frame = ws.next().await.expect("frame").expect("ok");
     let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
     assert_eq!(frame["type"], "refreshed");
@@ -298,22 +436,34 @@ async fn a_refresh_frame_extends_the_connection() {
     // Past the old deadline the socket is still open.
     let until_old_exp = welcome.expires_at - support_now() + 1;
     tokio::time::sleep(Duration::from_secs(until_old_exp.max(0) as u64)).await;
-    ws.send(Message::text(r#"{"type":"ping"}"#)).await.expect("still open");
+    ws.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("still open");
     let pong = ws.next().await.expect("frame").expect("ok");
     assert_eq!(pong.to_text().expect("text"), r#"{"type":"pong"}"#);
 
     // A token of another session is refused with an error frame; the socket stays.
     let (_other_client, other) = server.login_as("bob", ClientType::Mobile).await;
-    ws.send(Message::text(json!({"type": "refresh", "access_token": other.access_token}).to_string())).await.expect("send");
+    ws.send(Message::text(
+        json!({"type": "refresh", "access_token": other.access_token}).to_string(),
+    ))
+    .await
+    .expect("send");
     let frame = ws.next().await.expect("frame").expect("ok");
     let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
-    assert_eq!((frame["type"].as_str(), frame["error"].as_str()), (Some("error"), Some("token_invalid")));
+    assert_eq!(
+        (frame["type"].as_str(), frame["error"].as_str()),
+        (Some("error"), Some("token_invalid"))
+    );
     // And without another refresh: 4004 at the new exp.
     assert_eq!(close_code(&mut ws).await, Some(close::SESSION_EXPIRED));
 }
 
 fn support_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 /// `X-New-Token` only inside the renewal window, once per presented token, and not
@@ -335,35 +485,70 @@ async fn sliding_renewal_appears_only_in_the_window_and_stops_at_the_cap() {
     let renewed = late.new_access_token.expect("X-New-Token in the window");
     let mut next = session.clone();
     next.access_token = renewed;
-    client.mint_ticket(&next).await.expect("the new token works");
+    client
+        .mint_ticket(&next)
+        .await
+        .expect("the new token works");
     // Same presented token again: no second renewal.
-    assert!(client.mint_ticket(&session).await.expect("mint").new_access_token.is_none());
+    assert!(client
+        .mint_ticket(&session)
+        .await
+        .expect("mint")
+        .new_access_token
+        .is_none());
     // The cap (1) is used up: a refresh now fails and no header is sent.
     let token = session.refresh_token.clone().expect("rt");
-    assert_eq!(error_of(refresh(&server, &session, &token).await).await, (401, "refresh_limit".into()));
+    assert_eq!(
+        error_of(refresh(&server, &session, &token).await).await,
+        (401, "refresh_limit".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_answers_inactive_for_revoked_expired_and_foreign_tokens() {
-    let server = TestServer::builder().config(|c| c.ttl.jwt_leeway = Duration::ZERO).start().await;
+    let server = TestServer::builder()
+        .config(|c| c.ttl.jwt_leeway = Duration::ZERO)
+        .start()
+        .await;
     let other = TestServer::builder().start().await;
     let introspect = |token: String| {
         let server = &server;
-        async move { admin(server, "/admin/v1/introspect", json!({ "token": token })).await.json::<Value>().await.expect("json") }
+        async move {
+            admin(server, "/admin/v1/introspect", json!({ "token": token }))
+                .await
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
     };
     let (_client, session) = server.login().await;
     let answer = introspect(session.access_token.clone()).await;
-    assert_eq!((answer["active"].as_bool(), answer["sub"].as_str()), (Some(true), Some("alice")));
+    assert_eq!(
+        (answer["active"].as_bool(), answer["sub"].as_str()),
+        (Some(true), Some("alice"))
+    );
     assert_eq!(answer["sid"].as_str(), Some(session.session_id.as_str()));
     let rt = session.refresh_token.clone().expect("rt");
     assert_eq!(introspect(rt.clone()).await["active"], true);
     let next = refreshed(&server, &session, &rt).await;
-    assert_eq!(introspect(rt).await["active"], false, "rotated refresh token");
+    assert_eq!(
+        introspect(rt).await["active"],
+        false,
+        "rotated refresh token"
+    );
     let (_oc, foreign) = other.login().await;
-    assert_eq!(introspect(foreign.access_token).await["active"], false, "foreign");
+    assert_eq!(
+        introspect(foreign.access_token).await["active"],
+        false,
+        "foreign"
+    );
     assert_eq!(introspect("garbage".into()).await["active"], false);
     admin(&server, "/admin/v1/users/alice/kick", json!({})).await;
-    assert_eq!(introspect(next.access_token).await["active"], false, "revoked");
+    assert_eq!(
+        introspect(next.access_token).await["active"],
+        false,
+        "revoked"
+    );
 
     let short = TestServer::builder()
         .config(|c| {
@@ -374,25 +559,52 @@ async fn introspection_answers_inactive_for_revoked_expired_and_foreign_tokens()
         .await;
     let (_sc, s) = short.login().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let answer: Value = admin(&short, "/admin/v1/introspect", json!({"token": s.access_token})).await.json().await.expect("json");
+    let answer: Value = admin(
+        &short,
+        "/admin/v1/introspect",
+        json!({"token": s.access_token}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     assert_eq!(answer["active"], false, "expired");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_without_or_with_a_wrong_key_are_refused() {
     let server = TestServer::builder().start().await;
-    let keyless = TestServer::builder().config(|c| c.admin_key = None).start().await;
-    let paths = ["/admin/v1/users/alice/kick", "/admin/v1/publish", "/admin/v1/introspect"];
-    for (node, key) in [(&server, None), (&server, Some("wrong-key-wrong-key")), (&keyless, Some("anything-at-all-x"))] {
+    let keyless = TestServer::builder()
+        .config(|c| c.admin_key = None)
+        .start()
+        .await;
+    let paths = [
+        "/admin/v1/users/alice/kick",
+        "/admin/v1/publish",
+        "/admin/v1/introspect",
+    ];
+    for (node, key) in [
+        (&server, None),
+        (&server, Some("wrong-key-wrong-key")),
+        (&keyless, Some("anything-at-all-x")),
+    ] {
         for path in paths {
-            let mut req = reqwest::Client::new().post(format!("http://{}{path}", node.admin_addr)).json(&json!({}));
+            let mut req = reqwest::Client::new()
+                .post(format!("http://{}{path}", node.admin_addr))
+                .json(&json!({}));
             if let Some(key) = key {
                 req = req.bearer_auth(key);
             }
             let (status, code) = error_of(req.send().await.expect("sent")).await;
-            assert_eq!((status, code.as_str()), (401, "token_invalid"), "{path} with {key:?}");
+            assert_eq!(
+                (status, code.as_str()),
+                (401, "token_invalid"),
+                "{path} with {key:?}"
+            );
         }
-        let metrics = reqwest::get(format!("http://{}/metrics", node.admin_addr)).await.expect("sent");
+        let metrics = reqwest::get(format!("http://{}/metrics", node.admin_addr))
+            .await
+            .expect("sent");
         assert_eq!(metrics.status(), 401);
     }
 }
@@ -404,20 +616,30 @@ async fn pushes_and_connection_lists_reach_every_node() {
     let (cb, sb) = b.login_as("alice", ClientType::Mobile).await;
     let mut wa = socket(&a, &ca, &sa).await;
     let mut wb = socket(&b, &cb, &sb).await;
-    let answer: Value = admin(&a, "/admin/v1/publish", json!({"user_id": "alice", "topic": "news", "data": {"n": 1}}))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let answer: Value = admin(
+        &a,
+        "/admin/v1/publish",
+        json!({"user_id": "alice", "topic": "news", "data": {"n": 1}}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
     assert_eq!(answer["delivered"], 2);
     for ws in [&mut wa, &mut wb] {
         let frame = ws.next().await.expect("frame").expect("ok");
         let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
-        assert_eq!((frame["type"].as_str(), frame["topic"].as_str()), (Some("push"), Some("news")));
+        assert_eq!(
+            (frame["type"].as_str(), frame["topic"].as_str()),
+            (Some("push"), Some("news"))
+        );
         assert_eq!(frame["data"], json!({"n": 1}));
     }
     let list: Value = reqwest::Client::new()
-        .get(format!("http://{}/admin/v1/users/alice/connections", b.admin_addr))
+        .get(format!(
+            "http://{}/admin/v1/users/alice/connections",
+            b.admin_addr
+        ))
         .bearer_auth(b.config.admin_key.as_deref().expect("key"))
         .send()
         .await
@@ -425,17 +647,32 @@ async fn pushes_and_connection_lists_reach_every_node() {
         .json()
         .await
         .expect("json");
-    let nodes: Vec<&str> = list["connections"].as_array().expect("list").iter().filter_map(|c| c["node_id"].as_str()).collect();
+    let nodes: Vec<&str> = list["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|c| c["node_id"].as_str())
+        .collect();
     assert_eq!(nodes.len(), 2);
-    assert!(nodes.contains(&a.config.node_id.as_str()) && nodes.contains(&b.config.node_id.as_str()));
+    assert!(
+        nodes.contains(&a.config.node_id.as_str()) && nodes.contains(&b.config.node_id.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_apps_log_in_with_their_secret_and_are_never_replaced() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let apps = dir.path().join("apps.toml");
-    std::fs::write(&apps, "[apps.billing]\nsecret = \"billing-secret-0123456789\"\n").expect("write");
-    let server = TestServer::builder().data_dir(dir).config(move |c| c.apps_file = Some(apps)).start().await;
+    std::fs::write(
+        &apps,
+        "[apps.billing]\nsecret = \"billing-secret-0123456789\"\n",
+    )
+    .expect("write");
+    let server = TestServer::builder()
+        .data_dir(dir)
+        .config(move |c| c.apps_file = Some(apps))
+        .start()
+        .await;
     let login = |secret: &'static str, device: String| {
         let server = &server;
         async move {
@@ -452,13 +689,35 @@ async fn api_apps_log_in_with_their_secret_and_are_never_replaced() {
         }
     };
     let device = || uuid::Uuid::new_v4().to_string();
-    let first: LoginResponse = login("billing-secret-0123456789", device()).await.json().await.expect("login");
+    let first: LoginResponse = login("billing-secret-0123456789", device())
+        .await
+        .json()
+        .await
+        .expect("login");
     let second = login("billing-secret-0123456789", device()).await;
     assert_eq!(second.status(), 200);
-    assert_eq!(error_of(login("wrong-secret", device()).await).await, (401, "bad_credentials".into()));
+    assert_eq!(
+        error_of(login("wrong-secret", device()).await).await,
+        (401, "bad_credentials".into())
+    );
     // Replicas of one app do not evict each other.
-    let answer: Value = admin(&server, "/admin/v1/introspect", json!({"token": first.access_token})).await.json().await.expect("json");
-    assert_eq!((answer["active"].as_bool(), answer["sub"].as_str(), answer["ctp"].as_str()), (Some(true), Some("app:billing"), Some("api")));
+    let answer: Value = admin(
+        &server,
+        "/admin/v1/introspect",
+        json!({"token": first.access_token}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(
+        (
+            answer["active"].as_bool(),
+            answer["sub"].as_str(),
+            answer["ctp"].as_str()
+        ),
+        (Some(true), Some("app:billing"), Some("api"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,8 +731,18 @@ async fn web_clients_can_keep_the_refresh_token_in_a_cookie() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
-    let cookie = response.headers().get("set-cookie").expect("cookie").to_str().expect("ascii").to_owned();
-    assert!(cookie.starts_with("tg_refresh=") && cookie.contains("HttpOnly") && cookie.contains("Secure"));
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .expect("cookie")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        cookie.starts_with("tg_refresh=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("Secure")
+    );
     assert!(cookie.contains("SameSite=Strict") && cookie.contains("Path=/v1/token"));
     let body: Value = response.json().await.expect("json");
     assert!(body.get("refresh_token").is_none(), "{body}");
@@ -484,7 +753,14 @@ async fn web_clients_can_keep_the_refresh_token_in_a_cookie() {
     let nonce = support::fresh_nonce();
     let signature = ticketgate_sdk::signing::sign(
         &key,
-        &ticketgate_sdk::signing::SignedParts { method: "POST", path: "/v1/token/refresh", device_id: &device, timestamp, nonce: &nonce, body: b"{}" },
+        &ticketgate_sdk::signing::SignedParts {
+            method: "POST",
+            path: "/v1/token/refresh",
+            device_id: &device,
+            timestamp,
+            nonce: &nonce,
+            body: b"{}",
+        },
     );
     let response = reqwest::Client::new()
         .post(format!("{}/v1/token/refresh", server.url()))
@@ -498,13 +774,21 @@ async fn web_clients_can_keep_the_refresh_token_in_a_cookie() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
-    let rotated = response.headers().get("set-cookie").expect("new cookie").to_str().expect("ascii").to_owned();
+    let rotated = response
+        .headers()
+        .get("set-cookie")
+        .expect("new cookie")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
     assert_ne!(rotated.split(';').next(), cookie.split(';').next());
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).expect("base64url")
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64url")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +797,15 @@ async fn after_keys_rotate_old_tokens_still_mint() {
     let (client, session) = server.login().await;
     ticketgate::auth::tokens::KeyRing::rotate(&server.config.data_dir, None).expect("rotate");
     server.state.keys.reload().expect("reload");
-    client.mint_ticket(&session).await.expect("old token verifies");
-    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", server.url())).await.expect("sent").json().await.expect("json");
+    client
+        .mint_ticket(&session)
+        .await
+        .expect("old token verifies");
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", server.url()))
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
 }

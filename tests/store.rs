@@ -15,8 +15,8 @@ use support::redis::RedisServer;
 use ticketgate::store::{
     memory::MemoryStore,
     redis::{RedisSettings, RedisStore},
-    AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, SessionRecord, Store, StoreError,
-    TicketGrant,
+    utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
 };
 use ticketgate_sdk::ClientType;
 
@@ -75,6 +75,23 @@ macro_rules! store_suite {
                 concurrent_mints_with_one_nonce_have_one_winner,
                 nonces_are_per_session,
                 ping_answers,
+                rotation_replaces_the_token_and_the_old_one_is_reuse,
+                unknown_token_is_reuse,
+                a_revoked_session_is_gone_not_reused,
+                concurrent_rotations_of_one_token_have_one_winner,
+                parent_token_is_accepted_within_grace,
+                grandparent_token_is_reuse_even_within_grace,
+                parent_token_after_grace_is_reuse,
+                parent_token_without_grace_is_reuse,
+                rotation_from_another_device_changes_nothing,
+                rotations_stop_at_the_daily_cap,
+                access_token_is_renewed_once_per_jti,
+                renewals_and_rotations_share_the_daily_cap,
+                renewal_of_a_gone_session_is_refused,
+                concurrent_renewals_of_one_jti_have_one_winner,
+                user_sessions_are_listed_oldest_first,
+                expired_sessions_are_not_listed,
+                users_are_blocked_one_by_one,
             );
         }
     };
@@ -375,6 +392,417 @@ mod cases {
         store.ping().await.expect("ping");
     }
 
+    pub(crate) async fn rotation_replaces_the_token_and_the_old_one_is_reuse(
+        store: Arc<dyn Store>,
+    ) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let old = record.refresh_hash.as_str();
+        let new = fresh_hash();
+        let rotated = SessionRecord {
+            refresh_hash: new.clone(),
+            ..record.clone()
+        };
+        assert_eq!(
+            rotate(&store, &rotating(sid, old, &new)).await,
+            RotateOutcome::Rotated(rotated.clone())
+        );
+        assert_eq!(read(&store, sid).await, Some(rotated));
+
+        // The old token again: theft, the session dies.
+        assert_eq!(
+            rotate(&store, &rotating(sid, old, &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_revoked_for_reuse(&store, sid, &new).await;
+    }
+
+    pub(crate) async fn a_revoked_session_is_gone_not_reused(store: Arc<dyn Store>) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        assert!(store.revoke_session(sid).await.expect("revoke"));
+        assert_eq!(
+            rotate(&store, &rotating(sid, &record.refresh_hash, &fresh_hash())).await,
+            RotateOutcome::SessionGone
+        );
+    }
+
+    pub(crate) async fn unknown_token_is_reuse(store: Arc<dyn Store>) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        assert_eq!(
+            rotate(&store, &rotating(sid, &fresh_hash(), &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_revoked_for_reuse(&store, sid, &record.refresh_hash).await;
+    }
+
+    pub(crate) async fn concurrent_rotations_of_one_token_have_one_winner(store: Arc<dyn Store>) {
+        const RACERS: usize = 50;
+        for round in 0..RACE_ROUNDS {
+            let record = live_record(&store).await;
+            let sid = record.session_id.clone();
+
+            let outcomes = race(RACERS, |_| {
+                let store = store.clone();
+                let (sid, current) = (sid.clone(), record.refresh_hash.clone());
+                async move { rotate(&store, &rotating(&sid, &current, &fresh_hash())).await }
+            })
+            .await;
+
+            // Serially: one rotates, the next is reuse and revokes the family; the
+            // rest find the reuse marker and are reuse too.
+            let rotated = count(&outcomes, |o| matches!(o, RotateOutcome::Rotated(_)));
+            let reused = count(&outcomes, |o| *o == RotateOutcome::Reused);
+            let gone = count(&outcomes, |o| *o == RotateOutcome::SessionGone);
+            assert_eq!(
+                (rotated, reused, gone),
+                (1, RACERS - 1, 0),
+                "round {round}: {outcomes:?}"
+            );
+            assert_eq!(read(&store, &sid).await, None, "round {round}");
+        }
+    }
+
+    pub(crate) async fn parent_token_is_accepted_within_grace(store: Arc<dyn Store>) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let grace = |presented, new| RotateRefresh {
+            grace: Duration::from_secs(2),
+            ..rotating(sid, presented, new)
+        };
+        let (parent, first, second) = (record.refresh_hash.as_str(), fresh_hash(), fresh_hash());
+        rotate_ok(&store, &grace(parent, &first)).await;
+
+        // A retry with the parent (the first answer was lost) rotates again...
+        let retried = rotate_ok(&store, &grace(parent, &second)).await;
+        assert_eq!(retried.refresh_hash, second);
+        assert_eq!(read(&store, sid).await, Some(retried));
+
+        // ...and the token the first call issued is no longer current.
+        assert_eq!(
+            rotate(&store, &grace(&first, &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_revoked_for_reuse(&store, sid, &second).await;
+    }
+
+    pub(crate) async fn grandparent_token_is_reuse_even_within_grace(store: Arc<dyn Store>) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let grace = |presented, new| RotateRefresh {
+            grace: Duration::from_secs(2),
+            ..rotating(sid, presented, new)
+        };
+        let grandparent = record.refresh_hash.as_str();
+        let (parent, current) = (fresh_hash(), fresh_hash());
+        rotate_ok(&store, &grace(grandparent, &parent)).await;
+        rotate_ok(&store, &grace(&parent, &current)).await;
+
+        assert_eq!(
+            rotate(&store, &grace(grandparent, &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_revoked_for_reuse(&store, sid, &current).await;
+    }
+
+    pub(crate) async fn parent_token_after_grace_is_reuse(store: Arc<dyn Store>) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let grace = |presented, new| RotateRefresh {
+            grace: Duration::from_millis(300),
+            ..rotating(sid, presented, new)
+        };
+        let (parent, current) = (record.refresh_hash.as_str(), fresh_hash());
+        rotate_ok(&store, &grace(parent, &current)).await;
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            rotate(&store, &grace(parent, &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_revoked_for_reuse(&store, sid, &current).await;
+    }
+
+    pub(crate) async fn parent_token_without_grace_is_reuse(store: Arc<dyn Store>) {
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let (parent, current) = (record.refresh_hash.as_str(), fresh_hash());
+        rotate_ok(&store, &rotating(sid, parent, &current)).await;
+
+        assert_eq!(
+            rotate(&store, &rotating(sid, parent, &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_revoked_for_reuse(&store, sid, &current).await;
+    }
+
+    pub(crate) async fn rotation_from_another_device_changes_nothing(store: Arc<dyn Store>) {
+        clear_of_midnight().await;
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let current = record.refresh_hash.as_str();
+        // Cap 1, so a mismatch that counted would show up as `Limit` below.
+        let from = |device| RotateRefresh {
+            device_id: device,
+            cap_per_day: 1,
+            ..rotating(sid, current, "f00d")
+        };
+        for device in [OTHER_DEVICE, &DEVICE[..8], ""] {
+            assert_eq!(
+                rotate(&store, &from(device)).await,
+                RotateOutcome::DeviceMismatch,
+                "device {device:?}"
+            );
+        }
+        // Neither a wrong token: a mismatch is refused before the token is looked at.
+        assert_eq!(
+            rotate(
+                &store,
+                &RotateRefresh {
+                    presented_hash: "bad",
+                    ..from(OTHER_DEVICE)
+                }
+            )
+            .await,
+            RotateOutcome::DeviceMismatch
+        );
+        assert_eq!(read(&store, sid).await, Some(record.clone()));
+
+        let rotated = rotate_ok(&store, &from(DEVICE)).await;
+        assert_eq!(rotated.refresh_hash, "f00d");
+    }
+
+    pub(crate) async fn rotations_stop_at_the_daily_cap(store: Arc<dyn Store>) {
+        clear_of_midnight().await;
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let capped = |cap_per_day, presented, new| RotateRefresh {
+            cap_per_day,
+            ..rotating(sid, presented, new)
+        };
+        // Five tokens: three rotations, a refused fourth, the fourth again with cap 4.
+        let mut tokens = vec![record.refresh_hash.clone()];
+        tokens.extend((0..4).map(|_| fresh_hash()));
+        for pair in tokens[..4].windows(2) {
+            rotate_ok(&store, &capped(3, &pair[0], &pair[1])).await;
+        }
+
+        assert_eq!(
+            rotate(&store, &capped(3, &tokens[3], &tokens[4])).await,
+            RotateOutcome::Limit
+        );
+        let unchanged = read(&store, sid).await.expect("session kept at the cap");
+        assert_eq!(unchanged.refresh_hash, tokens[3]);
+
+        // The refused token is still the current one: not reuse once the cap allows.
+        rotate_ok(&store, &capped(4, &tokens[3], &tokens[4])).await;
+    }
+
+    pub(crate) async fn access_token_is_renewed_once_per_jti(store: Arc<dyn Store>) {
+        clear_of_midnight().await;
+        let sid = live_session(&store).await;
+        assert_eq!(
+            renew(&store, &renewing(&sid, "jti-1")).await,
+            RenewOutcome::Renewed
+        );
+        assert_eq!(
+            renew(&store, &renewing(&sid, "jti-1")).await,
+            RenewOutcome::AlreadyRenewed
+        );
+        assert_eq!(
+            renew(&store, &renewing(&sid, "jti-2")).await,
+            RenewOutcome::Renewed
+        );
+
+        // The marker is the session's: another session's token with that jti renews.
+        let other = live_session(&store).await;
+        assert_eq!(
+            renew(&store, &renewing(&other, "jti-1")).await,
+            RenewOutcome::Renewed
+        );
+    }
+
+    pub(crate) async fn renewals_and_rotations_share_the_daily_cap(store: Arc<dyn Store>) {
+        clear_of_midnight().await;
+        let record = live_record(&store).await;
+        let sid = record.session_id.as_str();
+        let renew_capped = |cap_per_day, jti| RenewAccess {
+            cap_per_day,
+            ..renewing(sid, jti)
+        };
+        let rotate_capped = |cap_per_day, presented, new| RotateRefresh {
+            cap_per_day,
+            ..rotating(sid, presented, new)
+        };
+
+        assert_eq!(
+            renew(&store, &renew_capped(2, "jti-1")).await,
+            RenewOutcome::Renewed
+        );
+        let (current, spare) = (fresh_hash(), fresh_hash());
+        rotate_ok(&store, &rotate_capped(2, &record.refresh_hash, &current)).await;
+
+        assert_eq!(
+            renew(&store, &renew_capped(2, "jti-2")).await,
+            RenewOutcome::Limit
+        );
+        assert_eq!(
+            rotate(&store, &rotate_capped(2, &current, &spare)).await,
+            RotateOutcome::Limit
+        );
+
+        // A refused renewal does not burn its jti.
+        assert_eq!(
+            renew(&store, &renew_capped(3, "jti-2")).await,
+            RenewOutcome::Renewed
+        );
+        assert_eq!(
+            rotate(&store, &rotate_capped(3, &current, &spare)).await,
+            RotateOutcome::Limit
+        );
+    }
+
+    pub(crate) async fn renewal_of_a_gone_session_is_refused(store: Arc<dyn Store>) {
+        let sid = live_session(&store).await;
+        assert!(store.revoke_session(&sid).await.expect("revoke"));
+        assert_eq!(
+            renew(&store, &renewing(&sid, "jti-1")).await,
+            RenewOutcome::SessionGone
+        );
+        assert_eq!(
+            renew(&store, &renewing(&unique("ghost"), "jti-1")).await,
+            RenewOutcome::SessionGone
+        );
+
+        // Nothing was recorded: once the session exists, the jti renews.
+        create(&store, &session_record(&sid)).await;
+        assert_eq!(
+            renew(&store, &renewing(&sid, "jti-1")).await,
+            RenewOutcome::Renewed
+        );
+    }
+
+    pub(crate) async fn concurrent_renewals_of_one_jti_have_one_winner(store: Arc<dyn Store>) {
+        const RACERS: usize = 30;
+        clear_of_midnight().await;
+        let sid = live_session(&store).await;
+        for round in 0..RACE_ROUNDS {
+            let jti = format!("jti-{round}");
+            let outcomes = race(RACERS, |_| {
+                let store = store.clone();
+                let (sid, jti) = (sid.clone(), jti.clone());
+                async move { renew(&store, &renewing(&sid, &jti)).await }
+            })
+            .await;
+
+            let renewed = count(&outcomes, |o| *o == RenewOutcome::Renewed);
+            let already = count(&outcomes, |o| *o == RenewOutcome::AlreadyRenewed);
+            assert_eq!(
+                (renewed, already),
+                (1, RACERS - 1),
+                "round {round}: {outcomes:?}"
+            );
+        }
+
+        // Each round counted once against the cap.
+        let capped = |cap_per_day| RenewAccess {
+            cap_per_day,
+            ..renewing(&sid, "last")
+        };
+        let rounds = u32::try_from(RACE_ROUNDS).expect("few rounds");
+        assert_eq!(renew(&store, &capped(rounds)).await, RenewOutcome::Limit);
+        assert_eq!(
+            renew(&store, &capped(rounds + 1)).await,
+            RenewOutcome::Renewed
+        );
+    }
+
+    pub(crate) async fn user_sessions_are_listed_oldest_first(store: Arc<dyn Store>) {
+        let user = user_name("zoë.o-brien");
+        let other = format!("{user}-2");
+        let now = now_unix();
+        let entry = |user: &str, age, client_type| SessionRecord {
+            user_id: user.to_owned(),
+            client_type,
+            created_at: now - age,
+            ..session_record(&unique("sess"))
+        };
+        let newest = entry(&user, 100, ClientType::Web);
+        let oldest = entry(&user, 300, ClientType::Web);
+        let middle = entry(&user, 200, ClientType::Mobile);
+        let others = entry(&other, 400, ClientType::Api);
+        for record in [&newest, &others, &oldest, &middle] {
+            store.index_session(record).await.expect("index");
+        }
+        assert_eq!(
+            listed(&store, &user).await,
+            [&oldest, &middle, &newest].map(listing)
+        );
+        assert_eq!(listed(&store, &other).await, [listing(&others)]);
+
+        unindex(&store, &user, &middle.session_id).await;
+        assert_eq!(listed(&store, &user).await, [&oldest, &newest].map(listing));
+        // Unindexing under the wrong user removes nothing.
+        unindex(&store, &other, &oldest.session_id).await;
+        unindex(&store, &user, &others.session_id).await;
+        assert_eq!(listed(&store, &user).await, [&oldest, &newest].map(listing));
+        assert_eq!(listed(&store, &other).await, [listing(&others)]);
+        assert!(listed(&store, &user_name("nobody")).await.is_empty());
+    }
+
+    pub(crate) async fn expired_sessions_are_not_listed(store: Arc<dyn Store>) {
+        let user = user_name("ops-bot@build.example");
+        let now = now_unix();
+        let entry = |age, expires_at| SessionRecord {
+            user_id: user.clone(),
+            created_at: now - age,
+            expires_at,
+            ..session_record(&unique("sess"))
+        };
+        let short = entry(50, now + 2);
+        let long = entry(10, now + 3600);
+        let ended = entry(100, now - 10);
+        // The short one first: the index must outlive it for the long one's sake.
+        for record in [&short, &long, &ended] {
+            store.index_session(record).await.expect("index");
+        }
+        assert_eq!(listed(&store, &user).await, [&short, &long].map(listing));
+
+        sleep_until_unix(short.expires_at, Duration::from_millis(500)).await;
+        assert_eq!(listed(&store, &user).await, [listing(&long)]);
+    }
+
+    pub(crate) async fn users_are_blocked_one_by_one(store: Arc<dyn Store>) {
+        let ann = user_name("ann.lee-smith");
+        let bob = user_name("bob");
+        let blocked = |user: String| {
+            let store = store.clone();
+            async move { store.is_blocked(&user).await.expect("is_blocked") }
+        };
+        let set = |user: String, on| {
+            let store = store.clone();
+            async move { store.set_blocked(&user, on).await.expect("set_blocked") }
+        };
+        assert!(!blocked(ann.clone()).await);
+        assert!(!blocked(bob.clone()).await);
+
+        set(ann.clone(), true).await;
+        assert!(blocked(ann.clone()).await);
+        assert!(!blocked(bob.clone()).await);
+
+        set(bob.clone(), true).await;
+        set(ann.clone(), false).await;
+        assert!(!blocked(ann.clone()).await);
+        assert!(blocked(bob.clone()).await);
+
+        // Clearing a clear flag and setting a set one change nothing.
+        set(ann.clone(), false).await;
+        set(bob.clone(), true).await;
+        assert!(!blocked(ann).await);
+        assert!(blocked(bob).await);
+    }
+
     // ---- helpers ----
 
     /// Runs `n` copies of a future, released together, and returns their outputs in
@@ -408,9 +836,13 @@ mod cases {
     }
 
     async fn live_session(store: &Arc<dyn Store>) -> String {
+        live_record(store).await.session_id
+    }
+
+    async fn live_record(store: &Arc<dyn Store>) -> SessionRecord {
         let record = session_record(&unique("sess"));
         create(store, &record).await;
-        record.session_id
+        record
     }
 
     async fn create(store: &Arc<dyn Store>, record: &SessionRecord) {
@@ -458,6 +890,97 @@ mod cases {
             ticket_id,
             grant,
             ticket_ttl: Duration::from_secs(30),
+        }
+    }
+
+    /// A rotation from the session's device, without grace, far from the cap.
+    fn rotating<'a>(sid: &'a str, presented: &'a str, new: &'a str) -> RotateRefresh<'a> {
+        RotateRefresh {
+            session_id: sid,
+            device_id: DEVICE,
+            presented_hash: presented,
+            new_hash: new,
+            grace: Duration::ZERO,
+            cap_per_day: 100,
+        }
+    }
+
+    async fn rotate(store: &Arc<dyn Store>, rotation: &RotateRefresh<'_>) -> RotateOutcome {
+        store.rotate_refresh(rotation).await.expect("rotate")
+    }
+
+    /// Rotates, expecting success; returns the record as rotated.
+    async fn rotate_ok(store: &Arc<dyn Store>, rotation: &RotateRefresh<'_>) -> SessionRecord {
+        match rotate(store, rotation).await {
+            RotateOutcome::Rotated(record) => {
+                assert_eq!(record.refresh_hash, rotation.new_hash);
+                record
+            }
+            other => panic!("expected Rotated, got {other:?}"),
+        }
+    }
+
+    /// The session was revoked for reuse: unreadable, minting refused, and every token
+    /// of the family (even the newest) answers `Reused` from now on.
+    async fn assert_revoked_for_reuse(store: &Arc<dyn Store>, sid: &str, current: &str) {
+        assert_eq!(read(store, sid).await, None);
+        assert_eq!(
+            rotate(store, &rotating(sid, current, &fresh_hash())).await,
+            RotateOutcome::Reused
+        );
+        assert_eq!(
+            mint(store, &minting(sid, "n-gone", "t-gone", &grant(DEVICE))).await,
+            MintOutcome::SessionGone
+        );
+    }
+
+    fn renewing<'a>(sid: &'a str, jti: &'a str) -> RenewAccess<'a> {
+        RenewAccess {
+            session_id: sid,
+            jti,
+            jti_ttl: Duration::from_secs(60),
+            cap_per_day: 100,
+        }
+    }
+
+    async fn renew(store: &Arc<dyn Store>, renewal: &RenewAccess<'_>) -> RenewOutcome {
+        store.renew_access(renewal).await.expect("renew")
+    }
+
+    /// A random refresh-token hash.
+    fn fresh_hash() -> String {
+        let half = || uuid::Uuid::new_v4().simple().to_string();
+        half() + &half()
+    }
+
+    /// A unique user name with `.`, `-` and `@` in it.
+    fn user_name(name: &str) -> String {
+        format!("{}@example-corp.io", unique(name))
+    }
+
+    async fn listed(store: &Arc<dyn Store>, user: &str) -> Vec<UserSession> {
+        store.user_sessions(user).await.expect("user sessions")
+    }
+
+    async fn unindex(store: &Arc<dyn Store>, user: &str, sid: &str) {
+        store.unindex_session(user, sid).await.expect("unindex");
+    }
+
+    fn listing(record: &SessionRecord) -> UserSession {
+        UserSession {
+            session_id: record.session_id.clone(),
+            client_type: record.client_type,
+            created_at: record.created_at,
+        }
+    }
+
+    /// Waits out the last seconds of a UTC day, so that a case counting against the
+    /// daily cap runs within one day.
+    async fn clear_of_midnight() {
+        let now = now_unix();
+        let next_day = (utc_day(now) + 1) * 86_400;
+        if next_day - now < 10 {
+            sleep_until_unix(next_day, Duration::from_millis(100)).await;
         }
     }
 

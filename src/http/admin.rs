@@ -4,7 +4,6 @@
 use axum::body::Body;
 use axum::extract::Path;
 use axum::extract::{Request, State};
-use axum::http::header;
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -50,12 +49,7 @@ async fn require_admin_key(State(state): State<AppState>, req: Request, next: Ne
     let Some(expected) = state.config.admin_key.as_deref() else {
         return ApiError::AdminUnauthorized.into_response();
     };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = super::public::bearer(req.headers()).unwrap_or("");
     let digest = |s: &str| crate::auth::secrets::hmac32(b"admin-key-compare", s.as_bytes());
     // Comparing fixed-size digests keeps the comparison constant-time in the key length.
     if !ticketgate_sdk::signing::signatures_equal(&digest(given), &digest(expected)) {

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
         .fallback(public::not_found)
+        .method_not_allowed_fallback(public::not_found)
         .with_state(state)
 }
 

@@ -257,15 +257,18 @@ pub async fn app_login(
     Ok(Json(answer).into_response())
 }
 
-/// The Bearer token of a request.
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    headers
+/// The Bearer token of a request (the scheme name is case-insensitive, RFC 9110).
+pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::TokenInvalid)
+        .ok_or(ApiError::TokenInvalid)?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::TokenInvalid)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(ApiError::TokenInvalid);
+    }
+    Ok(token)
 }
 
 /// A Bearer + signed request whose signature and token verified.

@@ -5,6 +5,7 @@
 //! tg:{<sid>}:nonce:<nonce>     string "1"                        TTL = 2 × skew
 //! tg:{<sid>}:ticket:<id>       string TicketGrant::encode()      TTL = ticket lifetime
 //! tg:{<sid>}:renewed:<jti>     string "1"                        TTL = the token's remaining life
+//! tg:{<sid>}:reused            string "1"                        TTL = the session's remaining life
 //! tg:{u:<user>}:sessions       hash   sid → "ctp|created|expires" TTL = latest session expiry
 //! tg:{u:<user>}:blocked        string "1"                        no TTL
 //! tg:hub                       pub/sub channel of cross-node events
@@ -27,6 +28,12 @@ pub fn nonce(session_id: &str, nonce: &str) -> String {
 /// A ticket's key.
 pub fn ticket(session_id: &str, ticket_id: &str) -> String {
     format!("tg:{{{session_id}}}:ticket:{ticket_id}")
+}
+
+/// The marker of a session revoked for refresh-token reuse; it lives as long as the
+/// session would have, so every later refresh of that family answers "reused".
+pub fn reused(session_id: &str) -> String {
+    format!("tg:{{{session_id}}}:reused")
 }
 
 /// A renewed access token's marker.

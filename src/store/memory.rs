@@ -294,11 +294,20 @@ impl Store for MemoryStore {
         let today = utc_day(now_ms / 1000);
         let key = keys::session(r.session_id);
         // The shard's write lock is held for the whole check-and-rotate: atomic.
+        let reused = keys::reused(r.session_id);
+        let gone = || {
+            if self.read_live(&reused, |_| ()).is_some() {
+                RotateOutcome::Reused
+            } else {
+                RotateOutcome::SessionGone
+            }
+        };
         let Some(mut entry) = self.inner.entries.get_mut(&key) else {
-            return Ok(RotateOutcome::SessionGone);
+            return Ok(gone());
         };
         if !entry.is_live(now) {
-            return Ok(RotateOutcome::SessionGone);
+            drop(entry);
+            return Ok(gone());
         }
         let Value::Session(record, rotation) = &mut entry.value else {
             return Err(StoreError::Corrupt("session key holds another type".into()));
@@ -312,9 +321,12 @@ impl Store for MemoryStore {
             && rotation.prev_hash.as_deref() == Some(r.presented_hash)
             && now_ms - rotation.prev_at_ms <= grace_ms;
         if !current && !parent_in_grace {
-            // Reuse: the session dies now (expired in place, then removed).
+            // Reuse: the session dies now (expired in place, then removed), and a
+            // marker answers "reused" to the rest of the family for its remaining life.
+            let left = entry.expires_at.saturating_duration_since(now);
             entry.expires_at = now;
             drop(entry);
+            self.inner.entries.insert(reused, Entry::new(Value::Flag, left));
             self.inner.entries.remove_if(&key, |_, e| !e.is_live(now));
             return Ok(RotateOutcome::Reused);
         }
@@ -340,7 +352,10 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let today = utc_day(crate::auth::unix_now());
         let marker = keys::renewed(r.session_id, r.jti);
-        // Claim the jti first (set-if-absent), then count; one lock at a time.
+        if !self.session_is_live(r.session_id) {
+            return Ok(RenewOutcome::SessionGone);
+        }
+        // Claim the jti (set-if-absent), then count; one lock at a time.
         let claimed = match self.inner.entries.entry(marker.clone()) {
             MapEntry::Occupied(seen) if seen.get().is_live(now) => false,
             MapEntry::Occupied(mut stale) => {
@@ -386,12 +401,7 @@ impl Store for MemoryStore {
             return Ok(());
         };
         let now = Instant::now();
-        let value = format!(
-            "{}|{}|{}",
-            record.client_type.as_str(),
-            record.created_at,
-            record.expires_at
-        );
+        let value = super::index_value(record);
         let mut entry = self
             .inner
             .entries

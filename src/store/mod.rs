@@ -229,22 +229,41 @@ pub(crate) fn live_index_entries(
     entries: impl IntoIterator<Item = (String, String)>,
     now: i64,
 ) -> Vec<UserSession> {
-    let mut live: Vec<UserSession> = entries
+    let mut live: Vec<(i64, UserSession)> = entries
         .into_iter()
         .filter_map(|(sid, value)| {
             let mut parts = value.split('|');
             let client_type = ClientType::parse(parts.next()?)?;
-            let created_at = parts.next()?.parse().ok()?;
+            let created_ms: i64 = parts.next()?.parse().ok()?;
             let expires_at: i64 = parts.next()?.parse().ok()?;
-            (expires_at > now).then_some(UserSession {
+            let session = UserSession {
                 session_id: sid,
                 client_type,
-                created_at,
-            })
+                created_at: created_ms.div_euclid(1000),
+            };
+            (expires_at > now).then_some((created_ms, session))
         })
         .collect();
-    live.sort_by(|a, b| (a.created_at, &a.session_id).cmp(&(b.created_at, &b.session_id)));
-    live
+    live.sort_by(|a, b| (a.0, &a.1.session_id).cmp(&(b.0, &b.1.session_id)));
+    live.into_iter().map(|(_, session)| session).collect()
+}
+
+/// The index's ordering stamp of a session, in milliseconds: its login second, refined
+/// to the current millisecond when it is being indexed within that second (the normal
+/// case: right after login), so that logins within one second keep their order.
+pub(crate) fn index_value(record: &SessionRecord) -> String {
+    let now_ms = crate::auth::unix_now_ms();
+    let created_ms = if now_ms.div_euclid(1000) == record.created_at {
+        now_ms
+    } else {
+        record.created_at.saturating_mul(1000)
+    };
+    format!(
+        "{}|{}|{}",
+        record.client_type.as_str(),
+        created_ms,
+        record.expires_at
+    )
 }
 
 /// All server-side state, behind one interface with two implementations.

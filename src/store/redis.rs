@@ -347,8 +347,9 @@ impl Store for RedisStore {
             now_ms.to_string(),
             r.device_id.to_owned(),
         ];
+        let keys = vec![keys::session(r.session_id), keys::reused(r.session_id)];
         match self
-            .run(&self.rotate, vec![keys::session(r.session_id)], args)
+            .run(&self.rotate, keys, args)
             .await?
         {
             Value::Integer(1) => Ok(RotateOutcome::Reused),
@@ -392,12 +393,7 @@ impl Store for RedisStore {
         let keys = vec![keys::user_sessions(&record.user_id)];
         let args = vec![
             record.session_id.clone(),
-            format!(
-                "{}|{}|{}",
-                record.client_type.as_str(),
-                record.created_at,
-                record.expires_at
-            ),
+            super::index_value(record),
             record.expires_at.to_string(),
         ];
         self.run(&self.index_session, keys, args).await?;

@@ -110,6 +110,9 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 struct Presented {
     ticket: String,
     device_id: String,
+    /// Whether the client offered `ticketgate.v1`; the answer names it only then
+    /// (RFC 6455: a server must not pick a subprotocol the client did not offer).
+    offered_subprotocol: bool,
 }
 
 fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Presented, ApiError> {
@@ -141,7 +144,11 @@ fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Presented, ApiE
         ApiError::BadRequest("device_id query parameter missing or not a UUID".into())
     })?;
     let ticket = ticket.ok_or_else(|| ApiError::BadRequest("no ticket offered".into()))?;
-    Ok(Presented { ticket, device_id })
+    Ok(Presented {
+        ticket,
+        device_id,
+        offered_subprotocol: offered.contains(&SUBPROTOCOL),
+    })
 }
 
 async fn admit(
@@ -152,6 +159,7 @@ async fn admit(
     let handshake = check_handshake(req.headers())?;
     check_origin(state, req.headers())?;
     let presented = presented(req.headers(), req.uri().query())?;
+    let offered_subprotocol = presented.offered_subprotocol;
 
     state.limits.check(Limit::ConnectIp(ip))?;
     let permit = state
@@ -210,10 +218,12 @@ async fn admit(
     let h = response.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
+    if offered_subprotocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
     h.insert(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&handshake.accept_key).map_err(|_| ApiError::Internal)?,

@@ -2,6 +2,7 @@
 -- one. Atomic.
 --
 -- KEYS[1]  tg:{sid}:session         the session record (hash)
+-- KEYS[2]  tg:{sid}:reused          marker left by a reuse revocation
 -- ARGV[1]  keyed hash of the presented refresh token
 -- ARGV[2]  keyed hash of the new refresh token
 -- ARGV[3]  grace window for the immediate parent, milliseconds (0 = off)
@@ -10,11 +11,15 @@
 -- ARGV[6]  now, unix milliseconds
 -- ARGV[7]  the device of the signed request
 --
--- Returns 1 = reused (the session is deleted), 2 = session gone, 3 = cap reached,
+-- Returns 1 = reused (the session is deleted now, or was for an earlier reuse),
+-- 2 = session gone, 3 = cap reached,
 -- 4 = device mismatch, or the session's fields (HGETALL form) after rotating.
 
 local s = redis.call('HMGET', KEYS[1], 'refresh_hash', 'prev_hash', 'prev_at', 'rc_day', 'rc_n', 'device_id')
 if not s[1] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    return 1
+  end
   return 2
 end
 if s[6] ~= ARGV[7] then
@@ -25,6 +30,10 @@ local parent_in_grace = s[2] and s[2] == ARGV[1]
   and tonumber(ARGV[3]) > 0
   and tonumber(ARGV[6]) - tonumber(s[3] or '0') <= tonumber(ARGV[3])
 if not current and not parent_in_grace then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then
+    redis.call('SET', KEYS[2], '1', 'PX', left)
+  end
   redis.call('DEL', KEYS[1])
   return 1
 end
