@@ -153,7 +153,11 @@ both_stores!(
             answers.push(t.await.expect("task"));
         }
         // With the defaults (no grace) the losers are reuse, and the family is revoked.
-        assert_eq!(answers.iter().filter(|a| a.0 == 200).count(), 1, "{answers:?}");
+        assert_eq!(
+            answers.iter().filter(|a| a.0 == 200).count(),
+            1,
+            "{answers:?}"
+        );
         let reused = answers
             .iter()
             .filter(|a| **a == (401, "refresh_reused".to_owned()))

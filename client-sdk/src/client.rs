@@ -7,13 +7,17 @@
 //!
 //! ```text
 //! login / app_login ──► Session ──► mint_ticket ──► Ticket ──► connect ──► (WsStream, Welcome)
+//!                          ▲  │
+//!                          └──┘ refresh (new access + refresh token), logout
 //! ```
 //!
-//! Automatic renewal of the access token (refresh, `X-New-Token`, the `refresh` frame)
-//! and reconnect with backoff are coming in a later version. Until then the caller
-//! renews by logging in again and reconnects by minting a fresh ticket.
+//! These calls are one request each and keep no state: the caller stores what they
+//! answer. [`SessionHandle`](crate::SessionHandle) does that bookkeeping (renewal ahead
+//! of expiry, single-flight refresh, `X-New-Token`) and
+//! [`ManagedConnection`](crate::ManagedConnection) adds reconnects on top.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -33,9 +37,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::protocol::{
     ClientType, ErrorBody, ErrorCode, LoginRequest, LoginResponse, MintRequest, MintResponse,
-    ServerFrame, HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
-    SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX,
+    RefreshRequest, ServerFrame, HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE,
+    HEADER_TIMESTAMP, SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX,
 };
+use crate::session::EndReason;
 use crate::signing::{sign, SignedParts};
 
 /// Length of the nonces this client sends: 32 chars of `[A-Za-z0-9]`, about 190 bits.
@@ -76,7 +81,7 @@ pub struct Client {
     device_id: String,
 }
 
-/// A logged-in session: what login, app login (and later refresh) answer.
+/// A logged-in session: what login, app login and refresh answer.
 ///
 /// The fields are public so that an application can persist a session and build it
 /// again. `Debug` prints no secret: tokens and the signing key are redacted.
@@ -96,6 +101,9 @@ pub struct Session {
     /// When the access token expires, unix seconds, computed from `access_expires_in`
     /// when the answer arrived.
     pub access_expires_at: u64,
+    /// The access token's lifetime in seconds (`access_expires_in` of the last login or
+    /// refresh answer). Sets the renewal window, see [`Session::needs_refresh`].
+    pub access_lifetime: u64,
     /// When the refresh token (and so the session) expires, unix seconds.
     pub refresh_expires_at: u64,
 }
@@ -114,8 +122,9 @@ pub struct Ticket {
     /// `/v1/connect`".
     pub ws_url: String,
     /// A renewed access token of the same session, when the mint answer carried
-    /// `X-New-Token` (the presented token was inside its renewal window). Store it in
-    /// [`Session::access_token`] to keep the session's calls working.
+    /// `X-New-Token` (the presented token was inside its renewal window). Hand it to
+    /// [`Session::adopt_access_token`]; a [`SessionHandle`](crate::SessionHandle) does
+    /// that by itself.
     pub new_access_token: Option<String>,
 }
 
@@ -166,6 +175,20 @@ pub enum ClientError {
     /// A URL (the base URL or the ticket's `ws_url`) is not usable.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
+    /// The session is over and cannot be renewed: the user (or app) must log in again.
+    /// A [`SessionHandle`](crate::SessionHandle) answers every call with this once it
+    /// learnt so, without asking the server again.
+    #[error("the session has ended ({0}); log in again")]
+    SessionEnded(EndReason),
+    /// A refresh through a [`SessionHandle`](crate::SessionHandle) failed for a reason
+    /// that may pass (network, 429, 503). Every caller that waited for that one refresh
+    /// gets the same error; [`ClientError::code`] looks inside.
+    #[error("refresh failed: {0}")]
+    RefreshFailed(#[source] Arc<ClientError>),
+    /// The [`ManagedConnection`](crate::ManagedConnection) has stopped (closed, or ended
+    /// for a reason it reported as an event), or the runtime is shutting down.
+    #[error("the connection has stopped")]
+    Stopped,
 }
 
 impl ClientError {
@@ -185,6 +208,7 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Api { code, .. } => *code,
+            ClientError::RefreshFailed(inner) => inner.code(),
             _ => None,
         }
     }
@@ -302,7 +326,9 @@ impl Client {
             .send()
             .await?;
         let answer: LoginResponse = read_answer(response).await?;
-        self.session_from(answer)
+        let session = session_from(answer, &self.device_id)?;
+        tracing::debug!(session_id = %session.session_id, "logged in");
+        Ok(session)
     }
 
     /// Logs an API app in: `POST /v1/app/login`, signed with the app secret's UTF-8
@@ -325,13 +351,16 @@ impl Client {
             app_id: &'a str,
         }
         let request = self.signed_post(
-            None,
+            &self.device_id,
             app_secret.as_bytes(),
+            None,
             "/v1/app/login",
             &AppLoginRequest { app_id },
         )?;
         let answer: LoginResponse = read_answer(request.send().await?).await?;
-        self.session_from(answer)
+        let session = session_from(answer, &self.device_id)?;
+        tracing::debug!(session_id = %session.session_id, "logged in");
+        Ok(session)
     }
 
     /// Mints a one-time connection ticket: `POST /v1/tickets` with Bearer + signature.
@@ -345,15 +374,16 @@ impl Client {
     /// # -> Result<(), ticketgate_sdk::ClientError> {
     /// let ticket = client.mint_ticket(&session).await?;
     /// if let Some(token) = ticket.new_access_token.clone() {
-    ///     session.access_token = token;
+    ///     session.adopt_access_token(token);
     /// }
     /// # Ok(())
     /// # }
     /// ```
     pub async fn mint_ticket(&self, session: &Session) -> Result<Ticket, ClientError> {
         let request = self.signed_post(
-            Some(session),
+            &session.device_id,
             &session.signing_key,
+            Some(&session.access_token),
             "/v1/tickets",
             &MintRequest::default(),
         )?;
@@ -445,22 +475,106 @@ impl Client {
         Ok((socket, welcome))
     }
 
-    /// Builds a signed `POST` of `body` to `path` (protocol §2).
+    /// Renews a session: `POST /v1/token/refresh`, signed with the session's key, with
+    /// its refresh token in the body (no Bearer). The answer is the same session with a
+    /// new access token and a new refresh token; the old refresh token is dead from now
+    /// on, so store the returned session before anything else.
+    ///
+    /// This is one request: two concurrent refreshes of one session present the same
+    /// refresh token twice, which the server treats as theft and revokes the session.
+    /// [`SessionHandle`](crate::SessionHandle) makes sure that never happens.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `refresh_reused` (the session is now revoked),
+    /// `refresh_limit` (daily cap reached), `token_revoked` (logged out, kicked or
+    /// blocked): for all three the user must log in again. Also `bad_signature`,
+    /// `stale_request`, `rate_limited`. [`ClientError::Protocol`] when the session has no
+    /// refresh token (web cookie mode, which this client does not use).
+    ///
+    /// ```no_run
+    /// # async fn run(client: ticketgate_sdk::Client, mut session: ticketgate_sdk::Session)
+    /// # -> Result<(), ticketgate_sdk::ClientError> {
+    /// let now = std::time::SystemTime::now()
+    ///     .duration_since(std::time::UNIX_EPOCH)
+    ///     .map_or(0, |d| d.as_secs());
+    /// if session.needs_refresh(now) {
+    ///     session = client.refresh(&session).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn refresh(&self, session: &Session) -> Result<Session, ClientError> {
+        let Some(refresh_token) = session.refresh_token.clone() else {
+            return Err(ClientError::Protocol(
+                "the session has no refresh token (cookie mode)".to_owned(),
+            ));
+        };
+        let request = self.signed_post(
+            &session.device_id,
+            &session.signing_key,
+            None,
+            "/v1/token/refresh",
+            &RefreshRequest {
+                refresh_token: Some(refresh_token),
+            },
+        )?;
+        let answer: LoginResponse = read_answer(request.send().await?).await?;
+        if answer.session_id != session.session_id {
+            return Err(ClientError::Protocol(
+                "the refresh answer belongs to another session".to_owned(),
+            ));
+        }
+        tracing::debug!(session_id = %answer.session_id, "refreshed");
+        session_from(answer, &session.device_id)
+    }
+
+    /// Ends a session: `POST /v1/logout` with Bearer + signature, body `{}`.
+    ///
+    /// The server kills the refresh token, denies the session's access tokens and closes
+    /// its sockets with 4503.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] with `token_expired` (refresh first), `token_revoked` (the
+    /// session was over already), `bad_signature`, `rate_limited`.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ticketgate_sdk::Client, session: ticketgate_sdk::Session)
+    /// # -> Result<(), ticketgate_sdk::ClientError> {
+    /// client.logout(&session).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn logout(&self, session: &Session) -> Result<(), ClientError> {
+        /// Serializes as `{}`.
+        #[derive(Serialize)]
+        struct Empty {}
+        let request = self.signed_post(
+            &session.device_id,
+            &session.signing_key,
+            Some(&session.access_token),
+            "/v1/logout",
+            &Empty {},
+        )?;
+        read_empty_answer(request.send().await?).await?;
+        tracing::debug!(session_id = %session.session_id, "logged out");
+        Ok(())
+    }
+
+    /// Builds a signed `POST` of `body` to `path` (protocol §2) as `device_id`, with
+    /// `Authorization: Bearer` when an access token is given.
     ///
     /// The body is serialized once and exactly those bytes are both signed and sent.
-    /// With a session, the device is the session's and `Authorization: Bearer` is set;
-    /// without one (app login) the device is this client's.
     fn signed_post<T: Serialize>(
         &self,
-        session: Option<&Session>,
+        device_id: &str,
         key: &[u8],
+        bearer: Option<&str>,
         path: &str,
         body: &T,
     ) -> Result<reqwest::RequestBuilder, ClientError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| ClientError::Protocol(format!("cannot encode the request body: {e}")))?;
         let url = self.endpoint(path);
-        let device_id = session.map_or(self.device_id.as_str(), |s| s.device_id.as_str());
         let timestamp = i64::try_from(unix_now()).unwrap_or(i64::MAX);
         let nonce = new_nonce();
         let signature = sign(
@@ -483,8 +597,8 @@ impl Client {
             .header(HEADER_TIMESTAMP, timestamp.to_string())
             .header(HEADER_NONCE, nonce)
             .header(HEADER_SIGNATURE, signature);
-        if let Some(session) = session {
-            request = request.bearer_auth(&session.access_token);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
         }
         Ok(request.body(body))
     }
@@ -509,25 +623,68 @@ impl Client {
             .map_err(|()| ClientError::InvalidUrl(format!("{url}: cannot use as ws://")))?;
         Ok(url)
     }
+}
 
-    fn session_from(&self, answer: LoginResponse) -> Result<Session, ClientError> {
-        let signing_key = URL_SAFE_NO_PAD
-            .decode(answer.signing_key.trim_end_matches('='))
-            .map_err(|_| ClientError::Protocol("signing_key is not base64url".to_owned()))?;
-        if signing_key.is_empty() {
-            return Err(ClientError::Protocol("signing_key is empty".to_owned()));
-        }
-        let now = unix_now();
-        tracing::debug!(session_id = %answer.session_id, "logged in");
-        Ok(Session {
-            access_token: answer.access_token,
-            refresh_token: answer.refresh_token,
-            signing_key,
-            session_id: answer.session_id,
-            device_id: self.device_id.clone(),
-            access_expires_at: now.saturating_add(answer.access_expires_in),
-            refresh_expires_at: now.saturating_add(answer.refresh_expires_in),
-        })
+/// A session from a login, app login or refresh answer, bound to `device_id`.
+fn session_from(answer: LoginResponse, device_id: &str) -> Result<Session, ClientError> {
+    let signing_key = URL_SAFE_NO_PAD
+        .decode(answer.signing_key.trim_end_matches('='))
+        .map_err(|_| ClientError::Protocol("signing_key is not base64url".to_owned()))?;
+    if signing_key.is_empty() {
+        return Err(ClientError::Protocol("signing_key is empty".to_owned()));
+    }
+    let now = unix_now();
+    Ok(Session {
+        access_token: answer.access_token,
+        refresh_token: answer.refresh_token,
+        signing_key,
+        session_id: answer.session_id,
+        device_id: device_id.to_owned(),
+        access_expires_at: now.saturating_add(answer.access_expires_in),
+        access_lifetime: answer.access_expires_in,
+        refresh_expires_at: now.saturating_add(answer.refresh_expires_in),
+    })
+}
+
+/// Longest renewal window: an access token is renewed at the latest 5 minutes before
+/// it expires (protocol §3, the same window the server uses for `X-New-Token`).
+const MAX_RENEWAL_WINDOW_SECS: u64 = 5 * 60;
+
+impl Session {
+    /// True when the access token is inside its renewal window at `now` (unix seconds):
+    /// remaining ≤ min(5 min, 30 % of [`Session::access_lifetime`]), or expired.
+    ///
+    /// The server uses the same window for `X-New-Token` and the `expiring` frame.
+    ///
+    /// ```
+    /// # fn run(mut session: ticketgate_sdk::Session) {
+    /// session.access_lifetime = 900; // 15 minutes: the window is the last 270 s
+    /// session.access_expires_at = 10_000;
+    /// assert!(!session.needs_refresh(10_000 - 271));
+    /// assert!(session.needs_refresh(10_000 - 270));
+    /// assert!(session.needs_refresh(10_001));
+    /// # }
+    /// ```
+    pub fn needs_refresh(&self, now: u64) -> bool {
+        let window = MAX_RENEWAL_WINDOW_SECS.min(self.access_lifetime.saturating_mul(3) / 10);
+        self.access_expires_at.saturating_sub(now) <= window
+    }
+
+    /// Takes a renewed access token of this session, as sent in `X-New-Token` (see
+    /// [`Ticket::new_access_token`]). It expires one [`Session::access_lifetime`] from
+    /// now: the server gives every access token of a session the same lifetime. The
+    /// refresh token stays the same.
+    ///
+    /// ```
+    /// # fn run(mut session: ticketgate_sdk::Session, ticket: ticketgate_sdk::Ticket) {
+    /// if let Some(token) = ticket.new_access_token {
+    ///     session.adopt_access_token(token);
+    /// }
+    /// # }
+    /// ```
+    pub fn adopt_access_token(&mut self, access_token: String) {
+        self.access_token = access_token;
+        self.access_expires_at = unix_now().saturating_add(self.access_lifetime);
     }
 }
 
@@ -543,6 +700,7 @@ impl fmt::Debug for Session {
             .field("session_id", &self.session_id)
             .field("device_id", &self.device_id)
             .field("access_expires_at", &self.access_expires_at)
+            .field("access_lifetime", &self.access_lifetime)
             .field("refresh_expires_at", &self.refresh_expires_at)
             .finish()
     }
@@ -573,6 +731,18 @@ async fn read_answer<T: DeserializeOwned>(response: reqwest::Response) -> Result
     serde_json::from_slice(&body).map_err(|e| {
         ClientError::Protocol(format!("{status} answer is not the expected JSON: {e}"))
     })
+}
+
+/// Accepts a success answer whose body does not matter (204), or turns an error answer
+/// into [`ClientError::Api`].
+async fn read_empty_answer(response: reqwest::Response) -> Result<(), ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let headers = response.headers().clone();
+    let body = response.bytes().await?;
+    Err(api_error(status.as_u16(), &headers, &body))
 }
 
 /// Builds [`ClientError::Api`] from an error answer's status, headers and body.
@@ -690,7 +860,8 @@ fn new_nonce() -> String {
         .collect()
 }
 
-fn unix_now() -> u64 {
+/// The wall clock in unix seconds (0 before 1970).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -8,8 +8,15 @@
 //! - [`protocol`]: wire types (request and answer bodies, frames, error codes, close
 //!   codes, header names). Always compiled; the server uses it with default features off.
 //! - [`signing`]: the canonical string and its HMAC-SHA256 signature. Always compiled.
-//! - `client` (feature `client`, on by default): a typed client for login, ticket mint
-//!   and the WebSocket connect, with request signing built in.
+//! - `client` (feature `client`, on by default): [`Client`], one call per request:
+//!   login, refresh, logout, ticket mint and the WebSocket connect, with request
+//!   signing built in. [`Session`] holds what a login answers.
+//! - `session` (feature `client`): [`SessionHandle`], a session shared by many tasks:
+//!   renewal ahead of expiry, single-flight refresh, `X-New-Token`, and the
+//!   [`EndReason`] once the user must log in again.
+//! - `connection` (feature `client`): [`ManagedConnection`], a socket that answers
+//!   `expiring` by itself and reconnects by close code ([`close_action`]) with
+//!   jittered backoff ([`backoff_delay`]) and `resume` tickets.
 //!
 //! # A whole client flow
 //! ```no_run
@@ -28,13 +35,49 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # A long-lived connection
+//! The same, with renewal and reconnects handled by the SDK:
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # async fn flow() -> Result<(), ticketgate_sdk::ClientError> {
+//! use ticketgate_sdk::{Client, ClientType, ConnectOptions, Event, SessionHandle};
+//!
+//! let client = Client::new("http://127.0.0.1:8080")?;
+//! let session = client.login("alice", "secret", ClientType::Mobile).await?;
+//! let handle = SessionHandle::new(client, session);
+//! let mut connection = handle.connect_with_reconnect(ConnectOptions::default());
+//! while let Some(event) = connection.next().await {
+//!     match event {
+//!         Event::Push { topic, data, .. } => println!("{topic}: {data}"),
+//!         Event::Closed { code, will_reconnect: false, .. } => eprintln!("ended: {code}"),
+//!         _ => {}
+//!     }
+//! }
+//! if let Some(reason) = handle.ended() {
+//!     eprintln!("log in again: {reason}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod protocol;
 pub mod signing;
 
 #[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "client")]
+mod connection;
+#[cfg(feature = "client")]
+mod session;
 
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError, Session, Ticket, Welcome, WsStream};
+#[cfg(feature = "client")]
+pub use connection::{
+    backoff_delay, close_action, CloseAction, ConnectOptions, ConnectionSender, Event,
+    ManagedConnection,
+};
 pub use protocol::{ClientType, ErrorCode};
+#[cfg(feature = "client")]
+pub use session::{EndReason, SessionHandle};

@@ -122,6 +122,28 @@ pub struct MintResponse {
     pub ws_url: String,
 }
 
+/// `POST /v1/token/refresh` body. The answer is a [`LoginResponse`].
+///
+/// `Debug` does not print the token.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    /// The session's current refresh token, `<sid>.<random>`. Absent in web cookie
+    /// mode: the server then reads the `tg_refresh` cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 /// Every error answer's body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

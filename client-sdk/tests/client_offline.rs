@@ -88,6 +88,7 @@ fn session() -> Session {
         session_id: "sid123".to_owned(),
         device_id: DEVICE.to_owned(),
         access_expires_at: 1_795_000_900,
+        access_lifetime: 900,
         refresh_expires_at: 1_797_592_000,
     }
 }

@@ -13,13 +13,18 @@ pub mod public;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use ticketgate_sdk::protocol::{
+    HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::state::AppState;
 use client_ip::PeerAddr;
@@ -27,14 +32,50 @@ use client_ip::PeerAddr;
 /// Largest request head (request line + headers) accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
+/// CORS for browsers on `/v1/*`: the WebSocket origin allow list governs it too
+/// (credentials allowed, `X-New-Token` and `Retry-After` readable by scripts).
+fn cors(state: &AppState) -> CorsLayer {
+    let origins = match &state.config.ws.allowed_origins {
+        // "Any origin" with credentials cannot be `*`: echo the request's origin.
+        None => AllowOrigin::mirror_request(),
+        Some(list) => {
+            let values: Vec<HeaderValue> = list
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect();
+            AllowOrigin::list(values)
+        }
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(HEADER_DEVICE),
+            HeaderName::from_static(HEADER_TIMESTAMP),
+            HeaderName::from_static(HEADER_NONCE),
+            HeaderName::from_static(HEADER_SIGNATURE),
+        ])
+        .expose_headers([
+            HeaderName::from_static(HEADER_NEW_TOKEN),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
 /// The public router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/login", post(public::login))
         .route("/v1/tickets", post(public::mint))
         .route("/v1/token/refresh", post(public::refresh))
         .route("/v1/logout", post(public::logout))
         .route("/v1/app/login", post(public::app_login))
+        .layer(cors(&state));
+    Router::new()
+        .merge(api)
         .route("/v1/connect", get(crate::ws::admission::connect))
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/healthz", get(public::healthz))

@@ -326,7 +326,9 @@ impl Store for MemoryStore {
             let left = entry.expires_at.saturating_duration_since(now);
             entry.expires_at = now;
             drop(entry);
-            self.inner.entries.insert(reused, Entry::new(Value::Flag, left));
+            self.inner
+                .entries
+                .insert(reused, Entry::new(Value::Flag, left));
             self.inner.entries.remove_if(&key, |_, e| !e.is_live(now));
             return Ok(RotateOutcome::Reused);
         }

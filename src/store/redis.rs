@@ -348,10 +348,7 @@ impl Store for RedisStore {
             r.device_id.to_owned(),
         ];
         let keys = vec![keys::session(r.session_id), keys::reused(r.session_id)];
-        match self
-            .run(&self.rotate, keys, args)
-            .await?
-        {
+        match self.run(&self.rotate, keys, args).await? {
             Value::Integer(1) => Ok(RotateOutcome::Reused),
             Value::Integer(2) => Ok(RotateOutcome::SessionGone),
             Value::Integer(3) => Ok(RotateOutcome::Limit),

@@ -21,6 +21,7 @@ use super::registry::{ConnHandle, Outbound};
 use crate::auth::unix_now;
 use crate::limits::frame_limiter;
 use crate::state::AppState;
+use crate::store::{MintOutcome, MintTicket, TicketGrant};
 
 /// Who is on the other end of an admitted connection.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ const INBOX: usize = 32;
 
 /// Why the loop ended and how to close.
 enum Exit {
+    /// The node is shutting down: offer a resume ticket, then close with 1001.
+    Drain,
     /// Send a close frame with this code.
     Close(u16, &'static str),
     /// The peer is gone or closed; nothing more to send.
@@ -111,6 +114,15 @@ pub async fn run<S>(
         Ok(()) => serve(&mut ws, &mut info, &state, &mut inbox, &overflow).await,
         Err(_) => Exit::Gone,
     };
+    let exit = match exit {
+        Exit::Drain => {
+            if let Some(resume) = resume_ticket(&info, &state).await {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(text(&resume))).await;
+            }
+            Exit::Close(close::GOING_AWAY, "server shutting down")
+        }
+        other => other,
+    };
     if let Exit::Close(code, reason) = exit {
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -143,7 +155,7 @@ where
     let limiter = frame_limiter(state.config.rates.frames);
     let mut shutdown = state.shutdown.clone();
     if *shutdown.borrow() {
-        return Exit::Close(close::GOING_AWAY, "server shutting down");
+        return Exit::Drain;
     }
     let mut deadline = instant_at(info.expires_at);
     let mut expiring_sent = false;
@@ -153,7 +165,7 @@ where
     loop {
         let expiring_at = deadline.checked_sub(window).unwrap_or(deadline);
         tokio::select! {
-            _ = shutdown.changed() => return Exit::Close(close::GOING_AWAY, "server shutting down"),
+            _ = shutdown.changed() => return Exit::Drain,
             _ = overflow.cancelled() => return Exit::Close(close::SLOW_CONSUMER, "slow consumer"),
             _ = sleep_until(deadline) => return Exit::Close(close::SESSION_EXPIRED, "session expired"),
             _ = sleep_until(idle_deadline) => return Exit::Close(close::NORMAL, "idle timeout"),
@@ -259,5 +271,39 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, state: &AppState) -> Reply
             }
             Err(_) => Reply::Send(error_frame(ErrorCode::TokenInvalid, "access token invalid")),
         },
+    }
+}
+
+/// A one-time ticket for the same session and device, offered before a drain close so a
+/// mass reconnect after a deploy needs no mint round trip. `None` when the session has
+/// ended or the store does not answer within a second (the client then mints as usual).
+async fn resume_ticket(info: &ConnectionInfo, state: &AppState) -> Option<ServerFrame> {
+    let ttl = state.config.ttl.ticket;
+    let expires_at_ms = crate::auth::unix_now_ms() + ttl.as_millis() as i64;
+    let (ticket, ticket_id) = state.tickets.mint(&info.session_id, expires_at_ms);
+    let grant = TicketGrant {
+        device_id: info.device_id.clone(),
+        user_id: info.user_id.clone(),
+        client_type: info.client_type,
+        access_expires_at: info.expires_at,
+    };
+    // Server-made: the nonce only has to be unique.
+    let nonce = format!("resume-{}", crate::auth::random_b64(16));
+    let mint = MintTicket {
+        session_id: &info.session_id,
+        nonce: &nonce,
+        nonce_ttl: ttl,
+        ticket_id: &ticket_id,
+        grant: &grant,
+        ticket_ttl: ttl,
+    };
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(1), state.store.mint_ticket(&mint)).await;
+    match outcome {
+        Ok(Ok(MintOutcome::Minted)) => Some(ServerFrame::Resume {
+            ticket,
+            expires_in: ttl.as_secs().max(1),
+        }),
+        _ => None,
     }
 }
