@@ -533,3 +533,108 @@ async fn wait_until(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Before a drain close the node offers a resume ticket, and another node of the
+/// deployment admits it without a mint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_out_resume_tickets_that_another_node_admits() {
+    let redis = Arc::new(std::sync::Mutex::new(support::RedisServer::start()));
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let a = TestServer::builder()
+        .redis(redis.clone())
+        .data_dir(dir.clone())
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .redis(redis)
+        .data_dir(dir)
+        .start()
+        .await;
+    let (client, session) = a.login().await;
+    let ticket = client.mint_ticket(&session).await.expect("mint");
+    let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");
+    let stop = tokio::spawn(a.stop());
+    let frame = ws.next().await.expect("frame").expect("ok");
+    let resume: serde_json::Value =
+        serde_json::from_str(frame.to_text().expect("text")).expect("json");
+    assert_eq!(resume["type"], "resume");
+    assert_eq!(close_code(&mut ws).await, Some(close::GOING_AWAY));
+    stop.await.expect("stopped");
+
+    let mut resumed = ticket.clone();
+    resumed.ticket = resume["ticket"].as_str().expect("ticket").to_owned();
+    resumed.ws_url = format!("ws://{}/v1/connect", b.addr);
+    let (_ws, welcome) = client
+        .connect(&session, &resumed)
+        .await
+        .expect("resume admitted on b");
+    assert_eq!(welcome.session_id, session.session_id);
+    let err = client
+        .connect(&session, &resumed)
+        .await
+        .expect_err("single use");
+    assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
+}
+
+/// Browsers: CORS on `/v1/*` follows the origin allow list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_follows_the_origin_allow_list() {
+    let server = TestServer::builder()
+        .config(|c| c.ws.allowed_origins = Some(vec!["https://app.example".into()]))
+        .start()
+        .await;
+    let preflight = |origin: &'static str| {
+        let url = format!("{}/v1/tickets", server.url());
+        async move {
+            reqwest::Client::new()
+                .request(reqwest::Method::OPTIONS, url)
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, x-tg-signature",
+                )
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    let allowed = preflight("https://app.example").await;
+    let headers = allowed.headers();
+    assert_eq!(
+        headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        headers
+            .get("access-control-allow-credentials")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let refused = preflight("https://evil.example").await;
+    assert!(refused
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+    let login = reqwest::Client::new()
+        .post(format!("{}/v1/login", server.url()))
+        .header("origin", "https://app.example")
+        .json(
+            &serde_json::json!({"username": "alice", "password": support::PASSWORD,
+            "device_id": uuid::Uuid::new_v4().to_string(), "client_type": "web"}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    let exposed = login
+        .headers()
+        .get("access-control-expose-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        exposed.contains("x-new-token") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
+}

@@ -32,7 +32,7 @@ use client_ip::PeerAddr;
 /// Largest request head (request line + headers) accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// CORS for browsers on `/v1/*`: the WebSocket origin allow list governs it too
+/// CORS for browsers: the WebSocket origin allow list governs it too
 /// (credentials allowed, `X-New-Token` and `Retry-After` readable by scripts).
 fn cors(state: &AppState) -> CorsLayer {
     let origins = match &state.config.ws.allowed_origins {
@@ -67,15 +67,13 @@ fn cors(state: &AppState) -> CorsLayer {
 
 /// The public router.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let cors = cors(&state);
+    Router::new()
         .route("/v1/login", post(public::login))
         .route("/v1/tickets", post(public::mint))
         .route("/v1/token/refresh", post(public::refresh))
         .route("/v1/logout", post(public::logout))
         .route("/v1/app/login", post(public::app_login))
-        .layer(cors(&state));
-    Router::new()
-        .merge(api)
         .route("/v1/connect", get(crate::ws::admission::connect))
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/healthz", get(public::healthz))
@@ -83,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(public::not_found)
         .method_not_allowed_fallback(public::not_found)
         .with_state(state)
+        // Outermost, so preflight `OPTIONS` is answered before routing.
+        .layer(cors)
 }
 
 /// Serves `router` on `listener` until `shutdown` flips to true; then stops accepting
