@@ -213,16 +213,23 @@ impl Hub {
         let resubscriber = subscriber.clone();
         let store_for_recheck = store.clone();
         tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
-                if let Err(e) = resubscriber.resubscribe_all().await {
-                    tracing::warn!(cause = %e, "hub resubscribe failed");
-                    continue;
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                // Retry until subscribed again: a node that is not subscribed misses
+                // every kick and push.
+                let mut delay = Duration::from_millis(100);
+                while let Err(e) = resubscriber.resubscribe_all().await {
+                    tracing::warn!(cause = %e, "hub resubscribe failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 let Some(hub) = weak.upgrade() else { return };
                 tracing::info!("hub resubscribed; re-checking live sessions");
                 hub.recheck(store_for_recheck.clone()).await;
             }
-            drop(resubscriber);
         });
 
         let weak = Arc::downgrade(&hub);

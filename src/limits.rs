@@ -47,7 +47,8 @@ pub enum Limit<'a> {
     FailIp(IpAddr),
     /// Mints by a device (after its signature verified).
     MintDevice(&'a str),
-    /// Connects by a device (after its ticket's MAC verified).
+    /// Connects by a device, keyed on the session of a MAC-verified ticket (a session
+    /// belongs to one device; the presented device id is not covered by the MAC).
     ConnectDevice(&'a str),
     /// Connects from an IP.
     ConnectIp(IpAddr),

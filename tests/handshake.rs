@@ -638,3 +638,67 @@ async fn cors_follows_the_origin_allow_list() {
         "{exposed}"
     );
 }
+
+/// A revocation that lands while a socket is being admitted still closes it: the
+/// connection is registered before its ticket is consumed.
+both_stores!(
+    a_revocation_racing_an_admission_never_leaves_a_socket_open,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let state = server.state.clone();
+        let mut opened = 0;
+        for round in 0..60u64 {
+            let (client, session) = server.login_as("carol", ClientType::Web).await;
+            let ticket = client.mint_ticket(&session).await.expect("mint");
+            let sid = session.session_id.clone();
+            let connect = tokio::spawn(async move { client.connect(&session, &ticket).await });
+            // Revoke while the upgrade is in flight, at varying points of it.
+            tokio::time::sleep(Duration::from_micros((round % 12) * 400)).await;
+            ticketgate::auth::session::end_sessions(&state, "carol", vec![sid], close::REVOKED)
+                .await
+                .expect("revoke");
+            match connect.await.expect("task") {
+                Err(e) => assert_eq!(api_error(e), (401, Some(ErrorCode::TicketInvalid))),
+                Ok((mut ws, _)) => {
+                    opened += 1;
+                    assert_eq!(
+                        close_code(&mut ws).await,
+                        Some(close::REVOKED),
+                        "round {round}"
+                    );
+                }
+            }
+        }
+        assert!(opened > 0, "the race was never hit; adjust the delays");
+        wait_until(|| server.state.registry.is_empty()).await;
+    }
+);
+
+/// Replaying one's own (consumed) ticket with a victim's device id must not drain the
+/// victim's connect quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_tickets_naming_a_victim_device_do_not_cost_the_victim_its_connect_quota() {
+    let server = TestServer::builder()
+        .config(|c| {
+            c.rates.connect_device = ticketgate::config::Rate::parse("3/min").expect("rate")
+        })
+        .start()
+        .await;
+    let (attacker, attacker_session) = server.login_as("alice", ClientType::Mobile).await;
+    let (victim, victim_session) = server.login_as("bob", ClientType::Mobile).await;
+    let used = attacker.mint_ticket(&attacker_session).await.expect("mint");
+    let _ws = attacker
+        .connect(&attacker_session, &used)
+        .await
+        .expect("connect");
+    let mut posing = attacker_session.clone();
+    posing.device_id = victim_session.device_id.clone();
+    for _ in 0..5 {
+        assert!(attacker.connect(&posing, &used).await.is_err());
+    }
+    let ticket = victim.mint_ticket(&victim_session).await.expect("mint");
+    victim
+        .connect(&victim_session, &ticket)
+        .await
+        .expect("the victim still connects");
+}

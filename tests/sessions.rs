@@ -813,3 +813,23 @@ async fn after_keys_rotate_old_tokens_still_mint() {
         .expect("json");
     assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
 }
+
+/// Two logins of one user and client type racing each other: the newer survives, they
+/// never end each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_logins_leave_one_live_session() {
+    let server = Arc::new(TestServer::builder().start().await);
+    for _ in 0..10 {
+        let (s1, s2) = (server.clone(), server.clone());
+        let (a, b) = tokio::join!(
+            tokio::spawn(async move { s1.login_as("carol", ClientType::Mobile).await }),
+            tokio::spawn(async move { s2.login_as("carol", ClientType::Mobile).await }),
+        );
+        let ((ca, sa), (cb, sb)) = (a.expect("task"), b.expect("task"));
+        let alive = [
+            ca.mint_ticket(&sa).await.is_ok(),
+            cb.mint_ticket(&sb).await.is_ok(),
+        ];
+        assert_eq!(alive.iter().filter(|a| **a).count(), 1, "{alive:?}");
+    }
+}

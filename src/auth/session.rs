@@ -100,6 +100,18 @@ pub async fn open_session(
     };
     state.store.create_session(&record).await?;
     state.store.index_session(&record).await?;
+    // An admin block sets its flag before it lists the user's sessions to kick: a
+    // session indexed after that listing is caught here instead.
+    if state.store.is_blocked(user_id).await? {
+        end_sessions(
+            state,
+            user_id,
+            vec![session_id.clone()],
+            ticketgate_sdk::protocol::close::REVOKED,
+        )
+        .await?;
+        return Err(ApiError::BadCredentials);
+    }
     enforce_one_session_policy(state, &record).await?;
     let (access_token, claims) = issue_access_token(state, &record)?;
     use base64::Engine;
@@ -142,7 +154,9 @@ pub async fn end_sessions(
 }
 
 /// After a web or mobile login: keeps the newest `sessions_per_type` sessions of that
-/// (user, client type) and replaces the rest (4509). API sessions are never replaced.
+/// (user, client type) and replaces the rest (4509). The new session is ranked with the
+/// others, so two logins racing each other never end both: the newer one stays. API
+/// sessions are never replaced.
 async fn enforce_one_session_policy(
     state: &AppState,
     record: &SessionRecord,
@@ -150,17 +164,19 @@ async fn enforce_one_session_policy(
     if record.client_type == ClientType::Api {
         return Ok(());
     }
-    let others: Vec<String> = state
+    let same_type: Vec<String> = state
         .store
         .user_sessions(&record.user_id)
         .await?
         .into_iter()
-        .filter(|s| s.client_type == record.client_type && s.session_id != record.session_id)
+        .filter(|s| s.client_type == record.client_type)
         .map(|s| s.session_id)
         .collect();
-    let keep = state.config.sessions_per_type.saturating_sub(1);
-    let excess = others.len().saturating_sub(keep);
-    let replaced = others.into_iter().take(excess).collect();
+    let excess = same_type
+        .len()
+        .saturating_sub(state.config.sessions_per_type);
+    // Oldest first: the excess are the oldest.
+    let replaced = same_type.into_iter().take(excess).collect();
     end_sessions(
         state,
         &record.user_id,

@@ -22,6 +22,9 @@ use ticketgate_sdk::ClientType;
 
 use super::secrets::{create_exclusive, ensure_dir, SecretsError};
 
+/// The `kid` of a deployment's first key (its creation time reads as 0: always ripe).
+const FIRST_KID: &str = "k000000000000-first";
+
 /// The `iss` of every access token.
 pub const ISSUER: &str = "ticketgate";
 /// The `aud` of every access token.
@@ -89,7 +92,13 @@ impl KeyRing {
         ensure_dir(data_dir)?;
         ensure_dir(&dir)?;
         if read_keys(&dir)?.is_empty() {
-            KeyRing::rotate(data_dir, None)?;
+            // A fixed name, created exclusively: nodes started together on an empty
+            // data dir all end up with this one key instead of one each.
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            let pem = key
+                .to_pkcs8_pem(Default::default())
+                .map_err(|_| SecretsError::Malformed(dir.clone()))?;
+            create_exclusive(&dir.join(format!("{FIRST_KID}.pem")), pem.as_bytes())?;
         }
         KeyRing::load(data_dir, leeway, Duration::ZERO)
     }

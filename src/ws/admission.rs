@@ -169,9 +169,17 @@ async fn admit(
         .map_err(|_| ApiError::ServerBusy)?;
 
     let verified = state.tickets.verify(&presented.ticket, unix_now_ms())?;
+    // Keyed on the MAC-verified session, not the presented device id: the MAC does not
+    // cover the device, so a replayed ticket naming a victim's device must not drain
+    // the victim's quota. A session belongs to one device, so this is per device.
     state
         .limits
-        .check(Limit::ConnectDevice(&presented.device_id))?;
+        .check(Limit::ConnectDevice(&verified.session_id))?;
+
+    // Registered before the ticket is consumed: a revocation that lands between the
+    // admission script and the socket's start finds it and queues its close.
+    let conn_id = crate::auth::random_b64(9);
+    let registered = connection::register(state, conn_id.clone(), &verified.session_id);
 
     let outcome = state
         .store
@@ -187,9 +195,12 @@ async fn admit(
         AdmitOutcome::Unknown | AdmitOutcome::SessionGone => return Err(ApiError::TicketInvalid),
     };
 
+    registered
+        .registration
+        .admitted(&grant.user_id, &grant.device_id, grant.client_type);
     let on_upgrade = hyper::upgrade::on(&mut *req);
     let info = ConnectionInfo {
-        conn_id: crate::auth::random_b64(9),
+        conn_id,
         session_id: verified.session_id,
         user_id: grant.user_id,
         device_id: grant.device_id,
@@ -209,7 +220,7 @@ async fn admit(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        connection::run(ws, info, task_state, permit).await;
+        connection::run(ws, info, task_state, permit, registered).await;
     });
     metrics::counter!("ticketgate_admissions_total").increment(1);
 

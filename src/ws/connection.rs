@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::registry::{ConnHandle, Outbound};
+use super::registry::{ConnHandle, Outbound, Registration};
 use crate::auth::unix_now;
 use crate::limits::frame_limiter;
 use crate::state::AppState;
@@ -76,29 +76,56 @@ fn error_frame(code: ErrorCode, message: &str) -> Message {
     })
 }
 
+/// A connection registered before its ticket was consumed, so that a revocation that
+/// lands between admission and the socket's start still finds it (its close waits in
+/// the inbox).
+pub struct Registered {
+    /// Removes the connection from the registry when dropped.
+    pub registration: Registration,
+    /// Kicks, pushes and drains for this connection.
+    pub inbox: mpsc::Receiver<Outbound>,
+    /// Cancelled when the inbox overflowed (4010).
+    pub overflow: CancellationToken,
+}
+
+/// Registers a connection of `session_id` before admission; see [`Registered`].
+pub fn register(state: &AppState, conn_id: String, session_id: &str) -> Registered {
+    let (tx, inbox) = mpsc::channel(INBOX);
+    let overflow = CancellationToken::new();
+    let registration = state.registry.insert(
+        conn_id,
+        ConnHandle {
+            session_id: session_id.to_owned(),
+            user_id: String::new(),
+            device_id: String::new(),
+            client_type: ClientType::Web,
+            connected_at: unix_now(),
+            tx,
+            overflow: overflow.clone(),
+        },
+    );
+    Registered {
+        registration,
+        inbox,
+        overflow,
+    }
+}
+
 /// Runs a connection to its end, then unregisters it and frees its slot.
 pub async fn run<S>(
     mut ws: S,
     mut info: ConnectionInfo,
     state: AppState,
     permit: OwnedSemaphorePermit,
+    registered: Registered,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    let (tx, mut inbox) = mpsc::channel(INBOX);
-    let overflow = CancellationToken::new();
-    let _registration = state.registry.insert(
-        info.conn_id.clone(),
-        ConnHandle {
-            session_id: info.session_id.clone(),
-            user_id: info.user_id.clone(),
-            device_id: info.device_id.clone(),
-            client_type: info.client_type,
-            connected_at: unix_now(),
-            tx,
-            overflow: overflow.clone(),
-        },
-    );
+    let Registered {
+        registration: _registration,
+        mut inbox,
+        overflow,
+    } = registered;
     let span = tracing::info_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
     let _enter = span.enter();
     tracing::debug!("connection admitted");

@@ -71,6 +71,29 @@ pub struct Registration {
     conn_id: String,
 }
 
+impl Registration {
+    /// Completes a registration made before admission (indexed by session only) with
+    /// the identity the ticket granted, and indexes it by user.
+    pub fn admitted(&self, user_id: &str, device_id: &str, client_type: ClientType) {
+        let indexes = &self.registry.0;
+        if let Some(mut handle) = indexes.by_conn.get_mut(&self.conn_id) {
+            handle.user_id = user_id.to_owned();
+            handle.device_id = device_id.to_owned();
+            handle.client_type = client_type;
+        }
+        indexes
+            .by_user
+            .entry(user_id.to_owned())
+            .or_default()
+            .push(self.conn_id.clone());
+    }
+
+    /// The registered connection's id.
+    pub fn conn_id(&self) -> &str {
+        &self.conn_id
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.remove(&self.conn_id);
@@ -85,18 +108,21 @@ fn detach(index: &DashMap<String, Vec<String>>, key: &str, conn_id: &str) {
 }
 
 impl Registry {
-    /// Registers a connection.
+    /// Registers a connection. A handle with an empty `user_id` is indexed by session
+    /// only, until [`Registration::admitted`].
     pub fn insert(&self, conn_id: String, handle: ConnHandle) -> Registration {
         self.0
             .by_session
             .entry(handle.session_id.clone())
             .or_default()
             .push(conn_id.clone());
-        self.0
-            .by_user
-            .entry(handle.user_id.clone())
-            .or_default()
-            .push(conn_id.clone());
+        if !handle.user_id.is_empty() {
+            self.0
+                .by_user
+                .entry(handle.user_id.clone())
+                .or_default()
+                .push(conn_id.clone());
+        }
         self.0.by_conn.insert(conn_id.clone(), handle);
         metrics::gauge!("ticketgate_connections").increment(1.0);
         Registration {
