@@ -639,8 +639,8 @@ async fn cors_follows_the_origin_allow_list() {
     );
 }
 
-/// A revocation that lands while a socket is being admitted still closes it: the
-/// connection is registered before its ticket is consumed.
+// A revocation that lands while a socket is being admitted still closes it: the
+// connection is registered before its ticket is consumed.
 both_stores!(
     a_revocation_racing_an_admission_never_leaves_a_socket_open,
     |kind| async move {
