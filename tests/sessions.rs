@@ -833,3 +833,37 @@ async fn racing_logins_leave_one_live_session() {
         assert_eq!(alive.iter().filter(|a| **a).count(), 1, "{alive:?}");
     }
 }
+
+/// A client that stops reading is closed as a slow consumer and leaves the registry;
+/// pushes to it are not counted as delivered once its inbox is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
+    let server = TestServer::builder().start().await;
+    let (client, session) = server.login().await;
+    let _ws = socket(&server, &client, &session).await; // never read again
+    let payload = "x".repeat(50_000);
+    let mut undelivered = 0;
+    for _ in 0..600 {
+        let answer: Value = admin(
+            &server,
+            "/admin/v1/publish",
+            json!({"user_id": "alice", "topic": "t", "data": payload}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+        if answer["delivered"] == 0 {
+            undelivered += 1;
+            if undelivered > 3 {
+                break;
+            }
+        }
+    }
+    assert!(undelivered > 0, "the inbox never filled");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server.state.registry.is_empty() {
+        assert!(Instant::now() < deadline, "slow consumer still registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -198,20 +198,21 @@ where
             _ = sleep_until(idle_deadline) => return Exit::Close(close::NORMAL, "idle timeout"),
             _ = sleep_until(expiring_at), if !expiring_sent => {
                 expiring_sent = true;
-                if ws.send(text(&ServerFrame::Expiring { expires_at: info.expires_at })).await.is_err() {
-                    return Exit::Gone;
+                let frame = text(&ServerFrame::Expiring { expires_at: info.expires_at });
+                if let Err(exit) = send(ws, frame, overflow).await {
+                    return exit;
                 }
             }
             _ = sleep_until(next_ping) => {
                 next_ping = Instant::now() + cfg.ping_interval;
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return Exit::Gone;
+                if let Err(exit) = send(ws, Message::Ping(Default::default()), overflow).await {
+                    return exit;
                 }
             }
             out = inbox.recv() => match out {
                 Some(Outbound::Text(t)) => {
-                    if ws.send(Message::text(t)).await.is_err() {
-                        return Exit::Gone;
+                    if let Err(exit) = send(ws, Message::text(t), overflow).await {
+                        return exit;
                     }
                 }
                 Some(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
@@ -233,23 +234,23 @@ where
                     Message::Text(t) => match handle_frame(t.as_str(), info, state) {
                         Reply::None => {}
                         Reply::Send(m) => {
-                            if ws.send(m).await.is_err() {
-                                return Exit::Gone;
+                            if let Err(exit) = send(ws, m, overflow).await {
+                                return exit;
                             }
                         }
                         Reply::Extend(m) => {
                             deadline = instant_at(info.expires_at);
                             expiring_sent = false;
-                            if ws.send(m).await.is_err() {
-                                return Exit::Gone;
+                            if let Err(exit) = send(ws, m, overflow).await {
+                                return exit;
                             }
                         }
                     },
                     Message::Binary(_) => return Exit::Close(close::POLICY, "binary frames are not allowed"),
                     // tungstenite queues the pong itself; flushing sends it.
                     Message::Ping(_) => {
-                        if ws.flush().await.is_err() {
-                            return Exit::Gone;
+                        if let Err(exit) = flush(ws, overflow).await {
+                            return exit;
                         }
                     }
                     Message::Pong(_) | Message::Frame(_) => {}
@@ -257,6 +258,43 @@ where
                 }
             }
         }
+    }
+}
+
+/// How long one write may wait for a client that does not read before it is closed
+/// as a slow consumer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends a frame, giving up on a client that stopped reading: the write takes longer
+/// than [`SEND_TIMEOUT`], or the inbox overflowed meanwhile (4010 either way).
+async fn send<S>(ws: &mut S, msg: Message, overflow: &CancellationToken) -> Result<(), Exit>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer");
+    tokio::select! {
+        sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Gone),
+            Err(_) => Err(slow()),
+        },
+        _ = overflow.cancelled() => Err(slow()),
+    }
+}
+
+/// Flushes queued control frames (pongs) under the same rules as [`send`].
+async fn flush<S>(ws: &mut S, overflow: &CancellationToken) -> Result<(), Exit>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer");
+    tokio::select! {
+        flushed = tokio::time::timeout(SEND_TIMEOUT, ws.flush()) => match flushed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::Gone),
+            Err(_) => Err(slow()),
+        },
+        _ = overflow.cancelled() => Err(slow()),
     }
 }
 

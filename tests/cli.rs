@@ -1,0 +1,177 @@
+//! The `ticketgate` binary: config validation, user management, keys, and a graceful
+//! shutdown on SIGTERM.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
+
+fn ticketgate(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TICKETGATE_USERS_FILE", dir.join("users.toml"))
+        .env("TICKETGATE_DATA_DIR", dir.join("data"));
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn every_config_error_is_reported_at_once_with_exit_code_78() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = ticketgate(dir.path())
+        .args(["serve"])
+        .env("TICKETGATE_TICKET_TTL", "soon")
+        .env("TICKETGATE_RATE_MINT_DEVICE", "30/week")
+        .env("TICKETGATE_LISTEN", "nowhere")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in [
+        "TICKETGATE_TICKET_TTL",
+        "TICKETGATE_RATE_MINT_DEVICE",
+        "TICKETGATE_LISTEN",
+    ] {
+        assert!(err.contains(name), "{name} missing from: {err}");
+    }
+}
+
+#[test]
+fn users_are_added_from_stdin_and_blocked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = ticketgate(dir.path())
+        .args(["user", "add", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"s3cret-pass\n")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    let text = std::fs::read_to_string(dir.path().join("users.toml")).expect("users file");
+    assert!(text.contains("$argon2id$") && !text.contains("s3cret-pass"));
+    let status = ticketgate(dir.path())
+        .args(["user", "block", "alice"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success());
+    assert!(std::fs::read_to_string(dir.path().join("users.toml"))
+        .expect("read")
+        .contains("blocked = true"));
+    let status = ticketgate(dir.path())
+        .args(["user", "block", "nobody"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(65));
+    // An empty password is refused.
+    let out = ticketgate(dir.path())
+        .args(["user", "add", "bob", "--password-stdin"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(65));
+}
+
+#[test]
+fn keys_rotate_adds_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for _ in 0..2 {
+        let status = ticketgate(dir.path())
+            .args(["keys", "rotate"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run");
+        assert!(status.success());
+    }
+    let keys = std::fs::read_dir(dir.path().join("data/jwt"))
+        .expect("jwt dir")
+        .count();
+    assert_eq!(keys, 2);
+}
+
+/// SIGTERM: stop accepting, close sockets with 1001, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut add = ticketgate(dir.path())
+        .args(["user", "add", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    add.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"pw-alice-1234")
+        .expect("write");
+    assert!(add.wait().expect("wait").success());
+
+    let (port, admin) = (free_port(), free_port());
+    let mut server = ticketgate(dir.path())
+        .arg("serve")
+        .env("TICKETGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TICKETGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("TICKETGATE_SHUTDOWN_GRACE", "3s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{url}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = ticketgate_sdk::Client::new(&url).expect("client");
+    let session = client
+        .login("alice", "pw-alice-1234", ticketgate_sdk::ClientType::Mobile)
+        .await
+        .expect("login");
+    let ticket = client.mint_ticket(&session).await.expect("mint");
+    let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(Message::Close(frame)) = msg {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time");
+    assert_eq!(code, Some(1001));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
