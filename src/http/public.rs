@@ -169,16 +169,8 @@ pub async fn refresh(
 /// `POST /v1/logout`: Bearer + signed; ends the session everywhere.
 pub async fn logout(
     State(state): State<AppState>,
-    Extension(peer): Extension<PeerAddr>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Body,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
-    let auth = authenticate(&state, &method, uri.path(), &headers, body)
-        .await
-        .map_err(|e| state.charge_failure(ip, e))?;
     if !state
         .store
         .record_nonce(
@@ -271,7 +263,8 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-/// A Bearer + signed request whose signature and token verified.
+/// A Bearer + signed request whose signature and token verified. As an extractor it
+/// runs [`authenticate`] and charges failures to the client IP's failure quota.
 pub struct Authenticated {
     /// The access token's claims.
     pub claims: Claims,
@@ -279,6 +272,28 @@ pub struct Authenticated {
     pub signed: SignedHeaders,
     /// The raw body.
     pub body: axum::body::Bytes,
+}
+
+impl axum::extract::FromRequest<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let peer = parts
+            .extensions
+            .get::<PeerAddr>()
+            .map(|p| p.0)
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let ip = client_ip(peer, &parts.headers, &state.config.trusted_proxies);
+        // The path as the client sent it, before any router nesting.
+        let path = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or(parts.uri.path(), |u| u.0.path());
+        authenticate(state, &parts.method, path, &parts.headers, body)
+            .await
+            .map_err(|e| state.charge_failure(ip, e))
+    }
 }
 
 /// Authenticates a Bearer + signed request, cheapest check first: body size, header
@@ -316,16 +331,9 @@ pub async fn authenticate(
 /// `POST /v1/tickets`.
 pub async fn mint(
     State(state): State<AppState>,
-    Extension(peer): Extension<PeerAddr>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Body,
+    auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
-    let auth = authenticate(&state, &method, uri.path(), &headers, body)
-        .await
-        .map_err(|e| state.charge_failure(ip, e))?;
     let req: MintRequest = parse_json(&auth.body)?;
     if req.scope.as_ref().is_some_and(|s| s.len() > 256) {
         return Err(ApiError::BadRequest("scope longer than 256 bytes".into()));
