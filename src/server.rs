@@ -173,6 +173,7 @@ impl Server {
                 loop {
                     tick.tick().await;
                     state.limits.retain_recent();
+                    state.keys.sweep();
                 }
             })
         };

@@ -233,12 +233,23 @@ fn kid_created(kid: &str) -> Option<i64> {
     kid.strip_prefix('k')?.split('-').next()?.parse().ok()
 }
 
+/// Verified tokens kept at most; past it the cache starts over (a bound, not an LRU:
+/// a miss only costs one signature check).
+const VERIFIED_CACHE_MAX: usize = 100_000;
+
 /// The key ring of a running node, reloaded from the data dir on a timer.
+///
+/// It also remembers tokens it verified, keyed by the SHA-256 of the whole token: a
+/// client mints many tickets with one access token, and an Ed25519 check costs about
+/// a hundred times more than the hash. A hit is an exact match of a token that
+/// verified, and `exp` is checked again on every hit; revocation is not this cache's
+/// business (the store decides it on every mint).
 #[derive(Clone)]
 pub struct KeyStore {
     ring: Arc<std::sync::RwLock<KeyRing>>,
     data_dir: PathBuf,
     activation: Duration,
+    verified: Arc<dashmap::DashMap<[u8; 32], Claims>>,
 }
 
 impl KeyStore {
@@ -255,6 +266,7 @@ impl KeyStore {
             ring: Arc::new(std::sync::RwLock::new(ring)),
             data_dir: data_dir.to_owned(),
             activation,
+            verified: Arc::default(),
         })
     }
 
@@ -277,9 +289,30 @@ impl KeyStore {
         self.current().issue(claims)
     }
 
-    /// See [`KeyRing::verify`].
+    /// See [`KeyRing::verify`]; tokens verified before are answered from the cache.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.current().verify(token)
+        use sha2::Digest;
+        let ring = self.current();
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.get(&digest) {
+            let leeway = i64::try_from(ring.leeway.as_secs()).unwrap_or(0);
+            if claims.exp + leeway < super::unix_now() {
+                return Err(TokenError::Expired);
+            }
+            return Ok(claims.clone());
+        }
+        let claims = ring.verify(token)?;
+        if self.verified.len() >= VERIFIED_CACHE_MAX {
+            self.verified.clear();
+        }
+        self.verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    /// Drops cached verifications of expired tokens (called by the node's sweeper).
+    pub fn sweep(&self) {
+        let now = super::unix_now();
+        self.verified.retain(|_, c| c.exp >= now);
     }
 
     /// See [`KeyRing::jwks`].
@@ -462,6 +495,30 @@ mod tests {
         // The day-old key was superseded an hour ago (> 30 min): gone. The hour-old key
         // was superseded just now: kept.
         assert_eq!(ring.jwks()["keys"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn the_verification_cache_answers_only_exact_tokens_and_rechecks_expiry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            KeyStore::open(dir.path(), Duration::ZERO, Duration::from_secs(10)).expect("keys");
+        let token = store.issue(&claims(1)).expect("issue");
+        assert!(store.verify(&token).is_ok());
+        assert!(store.verify(&token).is_ok(), "from the cache");
+        // A one-character change is a different token: verified from scratch, refused.
+        let mut tampered = token.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert_eq!(store.verify(&tampered), Err(TokenError::Invalid));
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(
+            store.verify(&token),
+            Err(TokenError::Expired),
+            "expiry rechecked on a hit"
+        );
+        store.sweep();
+        assert!(store.verified.is_empty());
     }
 
     #[test]

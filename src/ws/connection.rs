@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::registry::{ConnHandle, Outbound, Registration};
 use crate::auth::unix_now;
@@ -112,7 +113,25 @@ pub fn register(state: &AppState, conn_id: String, session_id: &str) -> Register
 }
 
 /// Runs a connection to its end, then unregisters it and frees its slot.
+///
+/// The span is at debug level: an enabled span costs memory for the socket's whole
+/// life, and a node holds up to `max_connections` of them.
 pub async fn run<S>(
+    ws: S,
+    info: ConnectionInfo,
+    state: AppState,
+    permit: OwnedSemaphorePermit,
+    registered: Registered,
+) where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let span = tracing::debug_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
+    drive(ws, info, state, permit, registered)
+        .instrument(span)
+        .await;
+}
+
+async fn drive<S>(
     mut ws: S,
     mut info: ConnectionInfo,
     state: AppState,
@@ -126,8 +145,6 @@ pub async fn run<S>(
         mut inbox,
         overflow,
     } = registered;
-    let span = tracing::info_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
-    let _enter = span.enter();
     tracing::debug!("connection admitted");
 
     let welcome = ServerFrame::Welcome {
