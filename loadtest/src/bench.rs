@@ -1,0 +1,1092 @@
+//! `flood bench`: one command that starts its own Redis, ticketgate nodes and the
+//! baseline, runs the main scenarios against both, and prints the figures, the ratios
+//! ticketgate / baseline, the bar and how cost grows with work.
+//!
+//! Order of the phases (each time- and count-boxed):
+//! 1. setup: users file (argon2, via `ticketgate user add`), Redis, node A, baseline,
+//!    one login per pool device;
+//! 2. baseline handshake; mint → admit → replay on the same tickets; a `MONITOR` probe
+//!    for round trips; full handshake; forged tickets; the baseline again (a change
+//!    between its two runs means something else used the CPU);
+//! 3. node L (the real mint quota, 1 s tickets): expired tickets, then the mint flood;
+//! 4. conn-storm: cold, then two drains of a node started for the purpose;
+//! 5. nodes B and C: kick across nodes, push over 1/2/3 nodes;
+//! 6. idle sockets on processes started for it (node I, then a second baseline), so
+//!    that their RSS holds nothing from the earlier phases: RSS per socket, then the
+//!    handshake rate while holding 10,000 / 5,000 / 0 of them.
+//!
+//! Every child process is held by a guard that kills it on drop, so an error, a panic
+//! or Ctrl-C leaves nothing running.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use rand::distributions::Alphanumeric;
+use rand::Rng as _;
+use ticketgate_sdk::ClientType;
+
+use crate::host::{self, CpuMeter};
+use crate::progress::status;
+use crate::redis_stats::RedisStats;
+use crate::report::{fmt_us, BarRow, GrowthRow, Memory, NodeSettings, Report, Verdict};
+use crate::scenarios::conn_storm::{self, DrainOutcome};
+use crate::scenarios::idle::{self, HeldSockets};
+use crate::scenarios::kick::{self, KickSetup};
+use crate::scenarios::mint_flood::{self, FloodOutcome, FloodPlan};
+use crate::scenarios::push::{self, PushSetup};
+use crate::scenarios::{admit, forged, handshake, replay, Plan};
+use crate::spawn::{self, Baseline, Node, RedisServer};
+use crate::stats::Figures;
+use crate::target::{self, login, mint_many, Admin, Device, Users};
+use crate::ws::Dialer;
+
+/// Pool users (`lt0`..`lt50`), two devices (web + mobile) each.
+const POOL_USERS: usize = 51;
+/// Devices logged in once: 100 honest devices and one flooder for the mint flood;
+/// the other scenarios use them too.
+const POOL_DEVICES: usize = 102;
+/// Honest devices of the mint flood.
+const HONEST_DEVICES: usize = 100;
+/// Workers of the rate runs, the same for ticketgate and the baseline.
+const RUN_CONCURRENCY: usize = 32;
+/// Workers opening idle sockets.
+const OPEN_CONCURRENCY: usize = 64;
+/// Operations of each kind in the `MONITOR` probe.
+const PROBE_OPS: usize = 200;
+/// Expired tickets presented.
+const EXPIRED_TICKETS: usize = 300;
+/// A rate that never limits anything here.
+const UNLIMITED: &str = "1000000/s";
+/// The mint flood's offered rate, fixed so the honest figures mean the same anywhere.
+const FLOOD_RATE: u32 = 2_000;
+/// A change of the baseline rate during the run that is worth a warning.
+const DRIFT_WARNING: f64 = 0.10;
+/// Ticket lifetime on node L, so that expired tickets are at hand quickly.
+const SHORT_TICKET_TTL: &str = "1s";
+
+/// `flood bench` options.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Smaller and shorter (2,000 idle sockets instead of 10,000, shorter runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep the temp dir (node and Redis logs, users file) and print where it is.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// How big and long each phase is.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    run: Duration,
+    max_ops: u64,
+    idle_levels: [usize; 3],
+    idle_run: Duration,
+    storm_clients: usize,
+    kick: [(usize, usize); 3],
+    push_sockets: usize,
+    push_messages: u64,
+    push_run: Duration,
+    flood_phase: Duration,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            run: Duration::from_secs(5),
+            max_ops: 60_000,
+            idle_levels: [0, 5_000, 10_000],
+            idle_run: Duration::from_secs(3),
+            storm_clients: 1_000,
+            kick: [(1, 10), (100, 3), (1_000, 1)],
+            push_sockets: 60,
+            push_messages: 100,
+            push_run: Duration::from_secs(3),
+            flood_phase: Duration::from_secs(6),
+        }
+    }
+
+    fn quick() -> Sizes {
+        Sizes {
+            run: Duration::from_secs(3),
+            max_ops: 30_000,
+            idle_levels: [0, 1_000, 2_000],
+            idle_run: Duration::from_secs(2),
+            storm_clients: 500,
+            kick: [(1, 5), (100, 2), (1_000, 1)],
+            push_sockets: 30,
+            push_messages: 50,
+            push_run: Duration::from_secs(2),
+            flood_phase: Duration::from_secs(4),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        Plan {
+            duration: self.run,
+            max_ops: self.max_ops,
+            concurrency: RUN_CONCURRENCY,
+        }
+    }
+}
+
+/// The key figures the bar is made of.
+#[derive(Default)]
+struct Findings {
+    baseline_handshake: Option<Figures>,
+    admit: Option<Figures>,
+    handshake: Option<Figures>,
+    forged: Option<Figures>,
+    mint_round_trips: Option<f64>,
+    admit_round_trips: Option<f64>,
+    forged_commands: Option<f64>,
+    expired_commands: Option<f64>,
+    flood: Option<FloodOutcome>,
+    rss_ticketgate: Option<Memory>,
+    rss_baseline: Option<Memory>,
+    kick: Option<Figures>,
+}
+
+/// Everything the phases share.
+struct Bench {
+    sizes: Sizes,
+    dir: PathBuf,
+    binary: PathBuf,
+    users: Users,
+    admin_key: String,
+    env: Vec<(String, String)>,
+    redis: RedisStats,
+    node_a: Node,
+    baseline: Baseline,
+    a: Arc<Dialer>,
+    base: Arc<Dialer>,
+    devices: Vec<Device>,
+    report: Report,
+    found: Findings,
+    /// Dropped last: the nodes go first.
+    _redis_server: RedisServer,
+}
+
+/// Runs the whole bench.
+///
+/// # Errors
+/// When a child process cannot be started or a setup step fails; the scenarios'
+/// own failures are counted in their figures instead.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let mode = if args.quick { "bench --quick" } else { "bench" };
+    let idle_max = sizes.idle_levels[2] as u64;
+    let fd = host::raise_fd_limit(idle_max + 2_000);
+    let report = Report::new(mode, Some(fd));
+
+    let temp = tempfile::Builder::new()
+        .prefix("ticketgate-bench-")
+        .tempdir()
+        .context("create a temp dir")?;
+    // Without --keep the guard removes the dir on every exit path.
+    let (dir, _remove_on_drop) = if args.keep {
+        let kept = temp.keep();
+        status(format!("logs are kept in {}", kept.display()));
+        (kept, None)
+    } else {
+        (temp.path().to_owned(), Some(temp))
+    };
+    let drops_before = host::listen_drops();
+    let mut bench = Bench::setup(sizes, &dir, report).await?;
+    bench.phase_rates().await?;
+    bench.phase_limits().await?;
+    bench.phase_storm().await?;
+    bench.phase_cluster().await?;
+    bench.phase_idle().await?;
+    bench.compose_bar();
+    for (log, count, message) in spawn::panics_in_logs(&dir) {
+        bench.report.note(format!(
+            "{log}: the process panicked {count} time(s), first: {message}"
+        ));
+    }
+    if let (Some(before), Some(after)) = (drops_before, host::listen_drops()) {
+        if after > before {
+            bench.report.note(format!(
+                "the kernel dropped {} connection attempts (TcpExt ListenDrops: an accept queue \
+                 was full); latencies near 1 s or 3 s are SYN retransmissions",
+                after - before
+            ));
+        }
+    }
+
+    let Bench {
+        mut report,
+        node_a,
+        baseline,
+        ..
+    } = bench;
+    drop(node_a);
+    drop(baseline);
+    report.note(format!(
+        "bench took {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    report.print();
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    Ok(())
+}
+
+fn random_text(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// `(variable, value)` pairs for a node, `TICKETGATE_RATE_*` raised.
+fn main_env(redis_url: &str, dir: &Path, admin_key: &str) -> Vec<(String, String)> {
+    let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    let mut env: Vec<(String, String)> = vec![
+        ("TICKETGATE_REDIS_URL".into(), redis_url.into()),
+        ("TICKETGATE_DATA_DIR".into(), path("data")),
+        ("TICKETGATE_USERS_FILE".into(), path("users.toml")),
+        ("TICKETGATE_ADMIN_KEY".into(), admin_key.into()),
+        ("TICKETGATE_LOG_FORMAT".into(), "text".into()),
+    ];
+    for rate in [
+        "LOGIN_IP",
+        "LOGIN_USER",
+        "LOGIN_DEVICE",
+        "FAIL_IP",
+        "MINT_DEVICE",
+        "CONNECT_DEVICE",
+        "CONNECT_IP",
+    ] {
+        env.push((format!("TICKETGATE_RATE_{rate}"), UNLIMITED.into()));
+    }
+    env
+}
+
+/// A node's settings for the report, the admin key masked.
+fn settings(node: &Node, role: &str) -> NodeSettings {
+    let env = node
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = if k == "TICKETGATE_ADMIN_KEY" {
+                format!("<random, {} characters>", v.len())
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect::<Vec<_>>();
+    let mut env = env;
+    for var in spawn::REMOVED_VARS {
+        env.push((var.to_owned(), "(removed from the environment)".to_owned()));
+    }
+    NodeSettings {
+        node: node.name.clone(),
+        role: role.to_owned(),
+        env,
+    }
+}
+
+impl Bench {
+    async fn setup(sizes: Sizes, dir: &Path, mut report: Report) -> anyhow::Result<Bench> {
+        let binary = spawn::ticketgate_binary()?;
+        let users = Users {
+            prefix: "lt".into(),
+            count: POOL_USERS,
+            password: random_text(24),
+        };
+        let mut names: Vec<String> = (0..users.count).map(|i| users.name(i)).collect();
+        names.push(users.kick_user());
+        names.push(users.push_user());
+        status(format!(
+            "writing {} users with {} user add",
+            names.len(),
+            binary.display()
+        ));
+        let users_file = dir.join("users.toml");
+        {
+            let (binary, users_file, password) =
+                (binary.clone(), users_file.clone(), users.password.clone());
+            tokio::task::spawn_blocking(move || {
+                spawn::add_users(&binary, &users_file, &names, &password)
+            })
+            .await
+            .context("users task")??;
+        }
+
+        status("starting redis-server");
+        let redis_server = RedisServer::start(dir).await?;
+        let redis = RedisStats::at(redis_server.addr);
+        let admin_key = random_text(32);
+        let env = main_env(&redis_server.url(), dir, &admin_key);
+        status("starting ticketgate node-a and the baseline");
+        let node_a = Node::start(&binary, dir, "node-a", &env).await?;
+        report
+            .nodes
+            .push(settings(&node_a, "every scenario; rates raised"));
+        let baseline = Baseline::start(dir, "baseline").await?;
+        let a = Arc::new(Dialer::new(node_a.public));
+        let base = Arc::new(Dialer::new(baseline.addr));
+
+        status(format!(
+            "logging in {POOL_DEVICES} devices (argon2, on purpose slow)"
+        ));
+        let devices = target::login_devices(&node_a.public_url(), &users, POOL_DEVICES).await?;
+
+        Ok(Bench {
+            sizes,
+            dir: dir.to_owned(),
+            binary,
+            users,
+            admin_key,
+            env,
+            redis,
+            node_a,
+            baseline,
+            a,
+            base,
+            devices,
+            report,
+            found: Findings::default(),
+            _redis_server: redis_server,
+        })
+    }
+}
+
+impl Bench {
+    /// Baseline handshake; mint → admit → replay; round-trip probe; full handshake;
+    /// forged tickets.
+    async fn phase_rates(&mut self) -> anyhow::Result<()> {
+        let plan = self.sizes.plan();
+        let before = self
+            .baseline_handshake("connect + welcome + close (before)")
+            .await;
+
+        status("ticketgate: mint, then admit the minted tickets, then replay them");
+        let node = Some(self.node_a.pid());
+        let snap = self.redis.snapshot()?;
+        let cpu = CpuMeter::start(node);
+        let (tickets, mint) = mint_many(
+            "mint (keep-alive)",
+            &self.devices,
+            usize::try_from(plan.max_ops).unwrap_or(usize::MAX),
+            RUN_CONCURRENCY,
+            plan.duration,
+        )
+        .await;
+        let mut mint_cost = snap.cost("mint", mint.ok)?;
+        self.report.run_cpu("mint", "ticketgate", mint, &cpu);
+
+        let snap = self.redis.snapshot()?;
+        let cpu = CpuMeter::start(node);
+        let (admitted, consumed) = admit::run(
+            "socket + welcome + close",
+            Arc::new(tickets),
+            self.a.clone(),
+            &plan,
+        )
+        .await;
+        let mut admit_cost = snap.cost("admit", admitted.ok)?;
+        self.report
+            .run_cpu("admit", "ticketgate", admitted.clone(), &cpu);
+        self.found.admit = Some(admitted);
+
+        let snap = self.redis.snapshot()?;
+        let cpu = CpuMeter::start(node);
+        let replayed = replay::run(
+            "consumed tickets again",
+            Arc::new(consumed),
+            self.a.clone(),
+            &plan,
+        )
+        .await;
+        let replay_cost = snap.cost("replay", replayed.ok + replayed.error_count())?;
+        self.report.run_cpu("replay", "ticketgate", replayed, &cpu);
+
+        status("MONITOR probe: round trips per mint and per admit");
+        let probe =
+            admit::probe_round_trips(&self.redis, &self.devices, self.a.clone(), PROBE_OPS).await?;
+        let background = probe.background_per_s;
+        self.report.note(format!(
+            "Redis background: {background:.1} client commands/s from the nodes themselves \
+             (heartbeats), subtracted from the round trips"
+        ));
+        mint_cost = mint_cost.with_round_trips(&probe.mint.0, probe.mint.1, background);
+        admit_cost = admit_cost.with_round_trips(&probe.admit.0, probe.admit.1, background);
+        self.found.mint_round_trips = mint_cost.round_trips_per_op;
+        self.found.admit_round_trips = admit_cost.round_trips_per_op;
+        self.report
+            .redis
+            .extend([mint_cost, admit_cost, replay_cost]);
+
+        status("ticketgate: full handshake (mint over keep-alive + admit)");
+        let snap = self.redis.snapshot()?;
+        let cpu = CpuMeter::start(node);
+        let full = handshake::ticketgate(
+            "mint + socket + welcome + close",
+            &self.devices,
+            self.a.clone(),
+            &plan,
+        )
+        .await;
+        self.report
+            .redis
+            .push(snap.cost("handshake (mint + admit)", full.ok)?);
+        self.report
+            .run_cpu("handshake", "ticketgate", full.clone(), &cpu);
+        self.found.handshake = Some(full);
+
+        status("ticketgate: forged tickets at the upgrade");
+        let sample_device = &self.devices[0];
+        let sample = sample_device
+            .client
+            .mint_ticket(&sample_device.session)
+            .await
+            .context("mint the forger's sample ticket")?;
+        let sample = forged::Sample {
+            ticket: sample.ticket,
+            device_id: sample_device.id().to_owned(),
+        };
+        let snap = self.redis.snapshot()?;
+        let cpu = CpuMeter::start(node);
+        let runs = forged::run("forged", sample, self.a.clone(), &plan).await;
+        if let Some(all) = runs.first() {
+            let cost = snap.cost("forged", all.ok + all.error_count())?;
+            self.found.forged_commands = Some(cost.commands_per_op);
+            self.found.forged = Some(all.clone());
+            self.report.redis.push(cost);
+        }
+        let mut runs = runs.into_iter();
+        if let Some(all) = runs.next() {
+            self.report.run_cpu("forged", "ticketgate", all, &cpu);
+        }
+        for figures in runs {
+            self.report.run("forged", "ticketgate", figures);
+        }
+
+        // The baseline again: machine load that changed during the ticketgate runs
+        // shows as a difference between the two.
+        let after = self
+            .baseline_handshake("connect + welcome + close (after)")
+            .await;
+        let mean = (before.rate + after.rate) / 2.0;
+        let drift = (before.rate - after.rate).abs() / mean.max(1e-9);
+        if drift > DRIFT_WARNING {
+            self.report.note(format!(
+                "the baseline handshake rate moved by {:.0} % between the start and the end of \
+                 the rate runs ({:.0}/s, then {:.0}/s): something else used this machine's CPU; \
+                 the ratios are less reliable",
+                drift * 100.0,
+                before.rate,
+                after.rate
+            ));
+        }
+        let mut combined = before;
+        combined.label = "connect + welcome + close (mean of both)".into();
+        combined.rate = mean;
+        self.found.baseline_handshake = Some(combined);
+        Ok(())
+    }
+
+    /// One baseline handshake run (connect + welcome + close).
+    async fn baseline_handshake(&mut self, label: &str) -> Figures {
+        status(format!("baseline: {label}"));
+        let cpu = CpuMeter::start(Some(self.baseline.pid()));
+        let figures = handshake::baseline(label, self.base.clone(), &self.sizes.plan()).await;
+        self.report
+            .run_cpu("handshake", "baseline", figures.clone(), &cpu);
+        figures
+    }
+
+    /// Node L: the real mint quota and 1 s tickets. Expired tickets, then the flood.
+    async fn phase_limits(&mut self) -> anyhow::Result<()> {
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k != "TICKETGATE_RATE_MINT_DEVICE")
+            .cloned()
+            .collect();
+        env.push(("TICKETGATE_TICKET_TTL".into(), SHORT_TICKET_TTL.into()));
+        status("starting node-l (default mint quota, 1 s tickets)");
+        let node_l = Node::start(&self.binary, &self.dir, "node-l", &env).await?;
+        self.report.nodes.push(settings(
+            &node_l,
+            "mint flood and expired tickets; TICKETGATE_RATE_MINT_DEVICE left at its default (30/min)",
+        ));
+        let on_l = self
+            .devices
+            .iter()
+            .map(|d| d.on(&node_l.public_url()))
+            .collect::<anyhow::Result<Vec<Device>>>()?;
+        let honest = &on_l[..HONEST_DEVICES];
+
+        status("expired tickets: mint on node-l, wait for them to expire, present them on node-a");
+        let (expired, _) = mint_many(
+            "expired: mint",
+            honest,
+            EXPIRED_TICKETS,
+            16,
+            Duration::from_secs(20),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let snap = self.redis.snapshot()?;
+        let figures = forged::expired(
+            "expired tickets",
+            Arc::new(expired),
+            self.a.clone(),
+            &self.sizes.plan(),
+        )
+        .await;
+        let cost = snap.cost("expired", figures.ok + figures.error_count())?;
+        self.found.expired_commands = Some(cost.commands_per_op);
+        self.report.redis.push(cost);
+        self.report.run("forged", "ticketgate", figures);
+
+        status(format!(
+            "mint flood: 1 device at {FLOOD_RATE}/s, {HONEST_DEVICES} honest devices minting every 2 s"
+        ));
+        let outcome = mint_flood::run(
+            honest,
+            &on_l[HONEST_DEVICES],
+            &FloodPlan {
+                honest_interval: Duration::from_secs(2),
+                flood_rate: FLOOD_RATE,
+                phase: self.sizes.flood_phase,
+            },
+        )
+        .await;
+        for figures in [&outcome.unloaded, &outcome.loaded, &outcome.flood] {
+            self.report.run("mint-flood", "ticketgate", figures.clone());
+        }
+        self.found.flood = Some(outcome);
+        drop(node_l);
+        Ok(())
+    }
+
+    /// conn-storm: cold, then drains of a node started for the purpose.
+    async fn phase_storm(&mut self) -> anyhow::Result<()> {
+        let n = self.sizes.storm_clients;
+        status(format!("conn-storm: {n} clients mint and connect at once"));
+        let cold = conn_storm::cold(
+            "cold: mint + connect at once",
+            &self.devices,
+            self.a.clone(),
+            n,
+        )
+        .await;
+        self.report.run("conn-storm", "ticketgate", cold);
+
+        status(format!(
+            "conn-storm: {n} clients on a node that is stopped; they move to node-a with resume tickets"
+        ));
+        let with_resume = self.drain_storm("node-drain-1", n, true).await?;
+        if with_resume.resumes_received == 0 {
+            self.report.note(
+                "conn-storm with resume tickets: not available on this server (no resume frame \
+                 came before the 1001 close); every client minted a fresh ticket",
+            );
+            let mut figures = with_resume.figures;
+            figures.label = "drain: reconnect with a fresh mint (no resume frames)".into();
+            self.report.run("conn-storm", "ticketgate", figures);
+            return Ok(());
+        }
+        let mut figures = with_resume.figures;
+        figures.label = format!(
+            "drain: reconnect with resume ({} of {n} resumed)",
+            with_resume.resumes_used
+        );
+        self.report.run("conn-storm", "ticketgate", figures);
+
+        status(format!(
+            "conn-storm: {n} clients on a stopped node, reconnecting with fresh mints"
+        ));
+        let without = self.drain_storm("node-drain-2", n, false).await?;
+        let mut figures = without.figures;
+        figures.label = "drain: reconnect with a fresh mint".into();
+        self.report.run("conn-storm", "ticketgate", figures);
+        Ok(())
+    }
+
+    async fn drain_storm(
+        &mut self,
+        name: &str,
+        n: usize,
+        use_resume: bool,
+    ) -> anyhow::Result<DrainOutcome> {
+        let mut node = Node::start(&self.binary, &self.dir, name, &self.env).await?;
+        let draining = Arc::new(Dialer::new(node.public));
+        let outcome = conn_storm::after_drain(
+            &format!("drain {name}"),
+            &self.devices,
+            draining,
+            self.a.clone(),
+            n,
+            use_resume,
+            || node.terminate(),
+        )
+        .await?;
+        if !node.wait_exit(Duration::from_secs(15)).await {
+            self.report
+                .note(format!("{name} did not exit within 15 s of SIGTERM"));
+        }
+        Ok(outcome)
+    }
+
+    /// Nodes B and C: kick across nodes, push over 1/2/3 nodes.
+    async fn phase_cluster(&mut self) -> anyhow::Result<()> {
+        status("starting node-b and node-c");
+        let node_b = Node::start(&self.binary, &self.dir, "node-b", &self.env).await?;
+        let node_c = Node::start(&self.binary, &self.dir, "node-c", &self.env).await?;
+        self.report
+            .nodes
+            .push(settings(&node_b, "kick and push; same settings as node-a"));
+        self.report
+            .nodes
+            .push(settings(&node_c, "push; same settings as node-a"));
+        let b = Arc::new(Dialer::new(node_b.public));
+        let c = Arc::new(Dialer::new(node_c.public));
+        let admin = Admin::new(&self.node_a.admin_url(), &self.admin_key)?;
+
+        self.kick(&admin, b.clone()).await?;
+        self.push(&admin, &[self.a.clone(), b, c]).await?;
+        drop(node_b);
+        drop(node_c);
+        Ok(())
+    }
+
+    async fn kick(&mut self, admin: &Admin, sockets_on: Arc<Dialer>) -> anyhow::Result<()> {
+        let public_url = self.node_a.public_url();
+        let user = self.users.kick_user();
+        let setup = KickSetup {
+            public_url: &public_url,
+            user: &user,
+            password: &self.users.password,
+            admin,
+            socket_nodes: std::slice::from_ref(&sockets_on),
+        };
+        let mut available = true;
+        for (size, reps) in self.sizes.kick {
+            let level = size.to_string();
+            if !available {
+                self.report.growth.push(na_row(
+                    "sockets of the kicked user",
+                    &level,
+                    "kick-to-close p50 / p99",
+                ));
+                continue;
+            }
+            status(format!(
+                "kick: {reps} × a user with {size} sockets on node-b, kicked through node-a"
+            ));
+            let label = format!("{size} sockets on node-b, kick via node-a");
+            match kick::run(&label, &setup, size, reps).await? {
+                None => {
+                    available = false;
+                    self.report.note(
+                        "kick: not available on this server (POST /admin/v1/users/{user_id}/kick answered 404)",
+                    );
+                    self.report.growth.push(na_row(
+                        "sockets of the kicked user",
+                        &level,
+                        "kick-to-close p50 / p99",
+                    ));
+                }
+                Some(figures) => {
+                    self.report.growth.push(latency_row(
+                        "sockets of the kicked user",
+                        &level,
+                        "kick-to-close p50 / p99",
+                        &figures,
+                    ));
+                    if size == 100 {
+                        self.found.kick = Some(figures.clone());
+                    }
+                    self.report.run("kick", "ticketgate", figures);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, admin: &Admin, nodes: &[Arc<Dialer>]) -> anyhow::Result<()> {
+        let user = self.users.push_user();
+        let device = login(
+            &self.node_a.public_url(),
+            &user,
+            &self.users.password,
+            ClientType::Web,
+        )
+        .await?;
+        let setup = PushSetup {
+            device: &device,
+            user: &user,
+            admin,
+        };
+        let sockets = self.sizes.push_sockets;
+        for count in 1..=nodes.len() {
+            let level = count.to_string();
+            status(format!(
+                "push: {} messages to {sockets} sockets on {count} node(s), published via node-a",
+                self.sizes.push_messages
+            ));
+            let label = format!("latency: {sockets} sockets on {count} node(s)");
+            let figures = push::latency(
+                &label,
+                &setup,
+                &nodes[..count],
+                sockets,
+                self.sizes.push_messages,
+                Duration::from_millis(10),
+            )
+            .await?;
+            let Some(figures) = figures else {
+                self.report.note(
+                    "push: not available on this server (POST /admin/v1/publish answered 404)",
+                );
+                for n in count..=nodes.len() {
+                    self.report.growth.push(na_row(
+                        "nodes",
+                        &n.to_string(),
+                        "push latency p50 / p99",
+                    ));
+                }
+                self.report.growth.push(na_row(
+                    "nodes",
+                    &nodes.len().to_string(),
+                    "push deliveries/s",
+                ));
+                return Ok(());
+            };
+            self.report.growth.push(latency_row(
+                "nodes",
+                &level,
+                "push latency p50 / p99",
+                &figures,
+            ));
+            self.report.run("push", "ticketgate", figures);
+        }
+        status("push: publishers as fast as they can, sockets on every node");
+        let plan = Plan {
+            duration: self.sizes.push_run,
+            max_ops: self.sizes.max_ops,
+            concurrency: 8,
+        };
+        let label = format!("throughput: {sockets} sockets on {} nodes", nodes.len());
+        if let Some((deliveries, publishes)) =
+            push::throughput(&label, &setup, nodes, sockets, &plan).await?
+        {
+            self.report.growth.push(GrowthRow {
+                work: "nodes".into(),
+                level: nodes.len().to_string(),
+                figure: "push deliveries/s".into(),
+                shown: format!("{:.0}/s", deliveries.rate),
+                value: Some(deliveries.rate),
+            });
+            self.report.run("push", "ticketgate", deliveries);
+            self.report.run("push", "ticketgate", publishes);
+        }
+        Ok(())
+    }
+
+    /// Idle sockets, on processes started for it (their heap holds nothing from the
+    /// earlier phases, in particular no argon2 blocks from logins): RSS per socket,
+    /// then the handshake rate while holding them.
+    async fn phase_idle(&mut self) -> anyhow::Result<()> {
+        let [low, mid, max] = self.sizes.idle_levels;
+        status("starting node-i (fresh heap) for the idle sockets");
+        let node_i = Node::start(&self.binary, &self.dir, "node-i", &self.env).await?;
+        self.report.nodes.push(settings(
+            &node_i,
+            "idle sockets and handshakes while holding them; a fresh process, same settings as node-a",
+        ));
+        let i = Arc::new(Dialer::new(node_i.public));
+        let pid = node_i.pid();
+
+        // Tickets are minted on node-a and admitted on node-i, so node-i's RSS grows
+        // by admissions only.
+        let mut held = HeldSockets::default();
+        let before = host::settled_rss_kib(pid, Duration::from_millis(500)).await?;
+        status(format!("idle: {max} sockets on node-i"));
+        let figures = idle::hold_ticketgate(
+            &format!("hold {max} sockets"),
+            &self.devices,
+            i.clone(),
+            max,
+            OPEN_CONCURRENCY,
+            &mut held,
+        )
+        .await;
+        self.report.run("idle", "ticketgate", figures);
+        let after = host::settled_rss_kib(pid, Duration::from_secs(1)).await?;
+        let memory = memory_row("ticketgate", held.still_open(), before, after);
+        self.report.memory.push(memory.clone());
+        self.found.rss_ticketgate = Some(memory);
+
+        // Handshakes on node-i (mint there too) while holding max, mid, then low sockets.
+        let on_i = self
+            .devices
+            .iter()
+            .map(|d| d.on(&node_i.public_url()))
+            .collect::<anyhow::Result<Vec<Device>>>()?;
+        let plan = Plan {
+            duration: self.sizes.idle_run,
+            ..self.sizes.plan()
+        };
+        let mut rows = Vec::new();
+        for level in [max, mid, low] {
+            held.truncate(level).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            status(format!(
+                "handshake on node-i while holding {} idle sockets",
+                held.still_open()
+            ));
+            let cpu = CpuMeter::start(Some(pid));
+            let figures = handshake::ticketgate(
+                &format!("handshake with {level} idle"),
+                &on_i,
+                i.clone(),
+                &plan,
+            )
+            .await;
+            rows.push(GrowthRow {
+                work: "idle sockets held".into(),
+                level: level.to_string(),
+                figure: "handshake rate".into(),
+                shown: format!("{:.0}/s", figures.rate),
+                value: Some(figures.rate),
+            });
+            self.report.run_cpu("idle", "ticketgate", figures, &cpu);
+        }
+        rows.reverse();
+        self.report.growth.extend(rows);
+        if held.still_open() < low {
+            self.report.note(format!(
+                "idle: node-i closed {} of the held sockets",
+                low - held.still_open()
+            ));
+        }
+        held.release().await;
+        drop(node_i);
+
+        status(format!("idle: {max} sockets on a fresh baseline"));
+        let baseline = Baseline::start(&self.dir, "baseline-idle").await?;
+        let pid = baseline.pid();
+        let dialer = Arc::new(Dialer::new(baseline.addr));
+        let mut held = HeldSockets::default();
+        let before = host::settled_rss_kib(pid, Duration::from_millis(500)).await?;
+        let figures = idle::hold_baseline(
+            &format!("hold {max} sockets"),
+            dialer,
+            max,
+            OPEN_CONCURRENCY,
+            &mut held,
+        )
+        .await;
+        self.report.run("idle", "baseline", figures);
+        let after = host::settled_rss_kib(pid, Duration::from_secs(1)).await?;
+        let memory = memory_row("baseline", held.still_open(), before, after);
+        held.release().await;
+        self.report.memory.push(memory.clone());
+        self.found.rss_baseline = Some(memory);
+        Ok(())
+    }
+}
+
+fn memory_row(target: &str, sockets: usize, before: u64, after: u64) -> Memory {
+    let per_socket = if sockets == 0 {
+        0.0
+    } else {
+        after.saturating_sub(before) as f64 / sockets as f64
+    };
+    Memory {
+        target: target.to_owned(),
+        sockets: sockets as u64,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        per_socket_kib: per_socket,
+    }
+}
+
+fn na_row(work: &str, level: &str, figure: &str) -> GrowthRow {
+    GrowthRow {
+        work: work.to_owned(),
+        level: level.to_owned(),
+        figure: figure.to_owned(),
+        shown: "n/a".into(),
+        value: None,
+    }
+}
+
+fn latency_row(work: &str, level: &str, figure: &str, figures: &Figures) -> GrowthRow {
+    match figures.latency {
+        Some(l) => GrowthRow {
+            work: work.to_owned(),
+            level: level.to_owned(),
+            figure: figure.to_owned(),
+            shown: format!("{} / {}", fmt_us(l.p50_us), fmt_us(l.p99_us)),
+            value: Some(l.p99_us as f64 / 1000.0),
+        },
+        None => na_row(work, level, figure),
+    }
+}
+
+/// `x.xx×` of two rates.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+fn shown_ratio(r: Option<f64>) -> String {
+    r.map_or("-".to_owned(), |r| format!("{r:.2}×"))
+}
+
+fn rate_row(figure: &str, tg: Option<&Figures>, base: Option<&Figures>, at_least: f64) -> BarRow {
+    let (Some(tg), Some(base)) = (tg, base) else {
+        return missing_row(figure, &format!("≥ {at_least:.1} × baseline"));
+    };
+    let r = ratio(tg.rate, base.rate);
+    BarRow {
+        figure: figure.to_owned(),
+        ticketgate: format!("{:.0}/s", tg.rate),
+        baseline: format!("{:.0}/s", base.rate),
+        ratio: shown_ratio(r),
+        bar: format!("≥ {at_least:.1} × baseline"),
+        verdict: Verdict::of(r.is_some_and(|r| r >= at_least) && tg.error_count() == 0),
+        value: r,
+    }
+}
+
+fn missing_row(figure: &str, bar: &str) -> BarRow {
+    BarRow {
+        figure: figure.to_owned(),
+        ticketgate: "n/a".into(),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        bar: bar.to_owned(),
+        verdict: Verdict::NotAvailable,
+        value: None,
+    }
+}
+
+impl Bench {
+    fn compose_bar(&mut self) {
+        let f = &self.found;
+        let base = f.baseline_handshake.as_ref();
+        let mut rows = vec![
+            rate_row(
+                "admit rate (pre-minted ticket → socket → welcome → close)",
+                f.admit.as_ref(),
+                base,
+                0.8,
+            ),
+            rate_row(
+                "full handshake rate (mint over keep-alive + admit)",
+                f.handshake.as_ref(),
+                base,
+                0.5,
+            ),
+        ];
+
+        rows.push(match (f.mint_round_trips, f.admit_round_trips) {
+            (Some(m), Some(a)) => BarRow {
+                figure: "Redis round trips per mint / per admit".into(),
+                ticketgate: format!("{m:.2} / {a:.2}"),
+                baseline: "-".into(),
+                ratio: "-".into(),
+                bar: "exactly 1 / 1".into(),
+                verdict: Verdict::of((m - 1.0).abs() <= 0.02 && (a - 1.0).abs() <= 0.02),
+                value: Some(m.max(a)),
+            },
+            _ => missing_row("Redis round trips per mint / per admit", "exactly 1 / 1"),
+        });
+
+        rows.push(match (f.forged_commands, f.expired_commands) {
+            (Some(fc), Some(ec)) => BarRow {
+                figure: "Redis commands per forged / expired ticket".into(),
+                ticketgate: format!("{fc:.3} / {ec:.3}"),
+                baseline: "-".into(),
+                ratio: "-".into(),
+                bar: "0".into(),
+                verdict: Verdict::of(fc < 0.005 && ec < 0.005),
+                value: Some(fc.max(ec)),
+            },
+            _ => missing_row("Redis commands per forged / expired ticket", "0"),
+        });
+
+        rows.push(rate_row(
+            "forged-ticket rejection rate",
+            f.forged.as_ref(),
+            base,
+            1.0,
+        ));
+
+        let flood_figure = "honest devices during a mint flood from one device";
+        let flood_bar = "≥ 99 % succeed, p99 ≤ 2 × unloaded";
+        rows.push(match &f.flood {
+            Some(flood) => match (flood.loaded.p99_ms(), flood.unloaded.p99_ms()) {
+                (Some(loaded), Some(unloaded)) => {
+                    let share = flood.loaded.success_ratio();
+                    let r = ratio(loaded, unloaded);
+                    BarRow {
+                        figure: flood_figure.into(),
+                        ticketgate: format!(
+                            "{:.1} % ok, p99 {loaded:.2} ms (unloaded {unloaded:.2} ms)",
+                            share * 100.0
+                        ),
+                        baseline: "-".into(),
+                        ratio: r.map_or("-".into(), |r| format!("{r:.2}× unloaded")),
+                        bar: flood_bar.into(),
+                        verdict: Verdict::of(share >= 0.99 && r.is_some_and(|r| r <= 2.0)),
+                        value: r,
+                    }
+                }
+                _ => missing_row(flood_figure, flood_bar),
+            },
+            None => missing_row(flood_figure, flood_bar),
+        });
+
+        rows.push(match (&f.rss_ticketgate, &f.rss_baseline) {
+            (Some(tg), Some(base)) => BarRow {
+                figure: format!("RSS per idle admitted socket at {} sockets", tg.sockets),
+                ticketgate: format!("{:.2} KiB", tg.per_socket_kib),
+                baseline: format!("{:.2} KiB", base.per_socket_kib),
+                ratio: shown_ratio(ratio(tg.per_socket_kib, base.per_socket_kib)),
+                bar: "≤ 8 KiB".into(),
+                verdict: Verdict::of(tg.per_socket_kib <= 8.0),
+                value: Some(tg.per_socket_kib),
+            },
+            _ => missing_row("RSS per idle admitted socket", "≤ 8 KiB"),
+        });
+
+        let kick_figure = "kick-to-close across two nodes (100 sockets)";
+        rows.push(match f.kick.as_ref().and_then(Figures::p99_ms) {
+            Some(p99) => BarRow {
+                figure: kick_figure.into(),
+                ticketgate: format!("p99 {p99:.2} ms"),
+                baseline: "-".into(),
+                ratio: "-".into(),
+                bar: "p99 ≤ 10 ms".into(),
+                verdict: Verdict::of(
+                    p99 <= 10.0 && f.kick.as_ref().is_some_and(|k| k.error_count() == 0),
+                ),
+                value: Some(p99),
+            },
+            None => missing_row(kick_figure, "p99 ≤ 10 ms"),
+        });
+        self.report.bar = rows;
+    }
+}
