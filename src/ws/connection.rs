@@ -8,16 +8,18 @@
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::sync::Arc;
 use ticketgate_sdk::protocol::{close, ClientFrame, ServerFrame};
 use ticketgate_sdk::{ClientType, ErrorCode};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::inbox::{Inbox, Next};
 use super::registry::{ConnHandle, Outbound, Registration};
 use crate::auth::unix_now;
 use crate::limits::frame_limiter;
@@ -84,15 +86,12 @@ pub struct Registered {
     /// Removes the connection from the registry when dropped.
     pub registration: Registration,
     /// Kicks, pushes and drains for this connection.
-    pub inbox: mpsc::Receiver<Outbound>,
-    /// Cancelled when the inbox overflowed (4010).
-    pub overflow: CancellationToken,
+    pub inbox: Arc<Inbox>,
 }
 
 /// Registers a connection of `session_id` before admission; see [`Registered`].
 pub fn register(state: &AppState, conn_id: String, session_id: &str) -> Registered {
-    let (tx, inbox) = mpsc::channel(INBOX);
-    let overflow = CancellationToken::new();
+    let inbox = Arc::new(Inbox::new(INBOX));
     let registration = state.registry.insert(
         conn_id,
         ConnHandle {
@@ -101,14 +100,12 @@ pub fn register(state: &AppState, conn_id: String, session_id: &str) -> Register
             device_id: String::new(),
             client_type: ClientType::Web,
             connected_at: unix_now(),
-            tx,
-            overflow: overflow.clone(),
+            inbox: inbox.clone(),
         },
     );
     Registered {
         registration,
         inbox,
-        overflow,
     }
 }
 
@@ -142,8 +139,7 @@ async fn drive<S>(
 {
     let Registered {
         registration: _registration,
-        mut inbox,
-        overflow,
+        inbox,
     } = registered;
     tracing::debug!("connection admitted");
 
@@ -155,7 +151,7 @@ async fn drive<S>(
         expires_at: info.expires_at,
     };
     let exit = match ws.send(text(&welcome)).await {
-        Ok(()) => serve(&mut ws, &mut info, &state, &mut inbox, &overflow).await,
+        Ok(()) => serve(&mut ws, &mut info, &state, &inbox).await,
         Err(_) => Exit::Gone,
     };
     let exit = match exit {
@@ -184,13 +180,7 @@ async fn drive<S>(
     drop(permit);
 }
 
-async fn serve<S>(
-    ws: &mut S,
-    info: &mut ConnectionInfo,
-    state: &AppState,
-    inbox: &mut mpsc::Receiver<Outbound>,
-    overflow: &CancellationToken,
-) -> Exit
+async fn serve<S>(ws: &mut S, info: &mut ConnectionInfo, state: &AppState, inbox: &Inbox) -> Exit
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
@@ -210,30 +200,29 @@ where
         let expiring_at = deadline.checked_sub(window).unwrap_or(deadline);
         tokio::select! {
             _ = shutdown.changed() => return Exit::Drain,
-            _ = overflow.cancelled() => return Exit::Close(close::SLOW_CONSUMER, "slow consumer"),
             _ = sleep_until(deadline) => return Exit::Close(close::SESSION_EXPIRED, "session expired"),
             _ = sleep_until(idle_deadline) => return Exit::Close(close::NORMAL, "idle timeout"),
             _ = sleep_until(expiring_at), if !expiring_sent => {
                 expiring_sent = true;
                 let frame = text(&ServerFrame::Expiring { expires_at: info.expires_at });
-                if let Err(exit) = send(ws, frame, overflow).await {
+                if let Err(exit) = send(ws, frame, inbox).await {
                     return exit;
                 }
             }
             _ = sleep_until(next_ping) => {
                 next_ping = Instant::now() + cfg.ping_interval;
-                if let Err(exit) = send(ws, Message::Ping(Default::default()), overflow).await {
+                if let Err(exit) = send(ws, Message::Ping(Default::default()), inbox).await {
                     return exit;
                 }
             }
-            out = inbox.recv() => match out {
-                Some(Outbound::Text(t)) => {
-                    if let Err(exit) = send(ws, Message::text(t), overflow).await {
+            next = inbox.next() => match next {
+                Next::Message(Outbound::Text(t)) => {
+                    if let Err(exit) = send(ws, Message::text(t), inbox).await {
                         return exit;
                     }
                 }
-                Some(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
-                None => return Exit::Close(close::GOING_AWAY, "unregistered"),
+                Next::Message(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
+                Next::Overflowed => return Exit::Close(close::SLOW_CONSUMER, "slow consumer"),
             },
             msg = ws.next() => {
                 let msg = match msg {
@@ -251,14 +240,14 @@ where
                     Message::Text(t) => match handle_frame(t.as_str(), info, state) {
                         Reply::None => {}
                         Reply::Send(m) => {
-                            if let Err(exit) = send(ws, m, overflow).await {
+                            if let Err(exit) = send(ws, m, inbox).await {
                                 return exit;
                             }
                         }
                         Reply::Extend(m) => {
                             deadline = instant_at(info.expires_at);
                             expiring_sent = false;
-                            if let Err(exit) = send(ws, m, overflow).await {
+                            if let Err(exit) = send(ws, m, inbox).await {
                                 return exit;
                             }
                         }
@@ -266,7 +255,7 @@ where
                     Message::Binary(_) => return Exit::Close(close::POLICY, "binary frames are not allowed"),
                     // tungstenite queues the pong itself; flushing sends it.
                     Message::Ping(_) => {
-                        if let Err(exit) = flush(ws, overflow).await {
+                        if let Err(exit) = flush(ws, inbox).await {
                             return exit;
                         }
                     }
@@ -284,7 +273,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends a frame, giving up on a client that stopped reading: the write takes longer
 /// than [`SEND_TIMEOUT`], or the inbox overflowed meanwhile (4010 either way).
-async fn send<S>(ws: &mut S, msg: Message, overflow: &CancellationToken) -> Result<(), Exit>
+async fn send<S>(ws: &mut S, msg: Message, inbox: &Inbox) -> Result<(), Exit>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
@@ -295,12 +284,12 @@ where
             Ok(Err(_)) => Err(Exit::Gone),
             Err(_) => Err(slow()),
         },
-        _ = overflow.cancelled() => Err(slow()),
+        _ = inbox.overflow() => Err(slow()),
     }
 }
 
 /// Flushes queued control frames (pongs) under the same rules as [`send`].
-async fn flush<S>(ws: &mut S, overflow: &CancellationToken) -> Result<(), Exit>
+async fn flush<S>(ws: &mut S, inbox: &Inbox) -> Result<(), Exit>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
@@ -311,7 +300,7 @@ where
             Ok(Err(_)) => Err(Exit::Gone),
             Err(_) => Err(slow()),
         },
-        _ = overflow.cancelled() => Err(slow()),
+        _ = inbox.overflow() => Err(slow()),
     }
 }
 

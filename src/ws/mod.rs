@@ -3,4 +3,5 @@
 
 pub mod admission;
 pub mod connection;
+pub mod inbox;
 pub mod registry;

@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
+use super::inbox::Inbox;
 use dashmap::DashMap;
 use ticketgate_sdk::ClientType;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// What can be sent to a live connection from elsewhere (kick, push, shutdown).
 #[derive(Debug, Clone)]
@@ -34,23 +33,14 @@ pub struct ConnHandle {
     /// Unix seconds of admission.
     pub connected_at: i64,
     /// The connection's inbox.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the inbox overflows: the connection closes with 4010.
-    pub overflow: CancellationToken,
+    pub inbox: Arc<Inbox>,
 }
 
 impl ConnHandle {
     /// Queues `msg` without waiting. A full inbox means the client does not keep up:
     /// the connection is told to close with 4010 and `false` is returned.
     pub fn deliver(&self, msg: Outbound) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        self.inbox.push(msg)
     }
 }
 
@@ -193,16 +183,16 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn handle(sid: &str, user: &str) -> (ConnHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(4);
+    fn handle(sid: &str, user: &str) -> (ConnHandle, Arc<Inbox>) {
+        let inbox = Arc::new(Inbox::new(4));
+        let rx = inbox.clone();
         let h = ConnHandle {
             session_id: sid.into(),
             user_id: user.into(),
             device_id: "d".into(),
             client_type: ClientType::Web,
             connected_at: 0,
-            tx,
-            overflow: CancellationToken::new(),
+            inbox,
         };
         (h, rx)
     }
@@ -211,7 +201,7 @@ mod tests {
     fn registrations_leave_every_index_on_drop() {
         let r = Registry::default();
         let (h1, _rx1) = handle("s1", "alice");
-        let (h2, mut rx2) = handle("s1", "alice");
+        let (h2, rx2) = handle("s1", "alice");
         let (h3, _rx3) = handle("s2", "bob");
         let g1 = r.insert("c1".into(), h1);
         let g2 = r.insert("c2".into(), h2);
@@ -220,7 +210,11 @@ mod tests {
         assert_eq!(r.of_user("alice").len(), 2);
         drop(g1);
         assert_eq!(r.send_to_session("s1", Outbound::Close(4503, "kicked")), 1);
-        assert!(matches!(rx2.try_recv(), Ok(Outbound::Close(4503, _))));
+        let next = futures_util::FutureExt::now_or_never(rx2.next());
+        assert!(matches!(
+            next,
+            Some(super::super::inbox::Next::Message(Outbound::Close(4503, _)))
+        ));
         drop(g2);
         drop(g3);
         assert_eq!(r.index_sizes(), (0, 0, 0));
