@@ -46,6 +46,9 @@ pub enum UsersError {
     /// Hashing failed.
     #[error("password hashing failed")]
     Hash,
+    /// The blocking task checking a password died.
+    #[error("password check task failed: {0}")]
+    Task(String),
 }
 
 /// One user's record.
@@ -159,6 +162,10 @@ pub struct Users {
     /// Verified against when the user does not exist, so unknown users take as long
     /// as wrong passwords.
     dummy_hash: Arc<String>,
+    /// Bounds concurrent argon2 checks: each takes 19 MiB and a core for tens of
+    /// milliseconds, so a login storm must queue instead of spawning a blocking thread
+    /// (and its memory) per request.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Users {
@@ -168,6 +175,9 @@ impl Users {
             path: path.to_owned(),
             cache: Arc::new(Mutex::new((None, Arc::new(UsersFile::default())))),
             dummy_hash: Arc::new(hash_password("ticketgate dummy password")?),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         };
         users.current()?;
         Ok(users)
@@ -189,6 +199,19 @@ impl Users {
     /// Whether the user exists and is blocked.
     pub fn is_blocked(&self, name: &str) -> Result<bool, UsersError> {
         Ok(self.current()?.users.get(name).is_some_and(|u| u.blocked))
+    }
+
+    /// Checks a password on a blocking thread, at most one per core at a time.
+    pub async fn verify(&self, name: &str, password: String) -> Result<PasswordCheck, UsersError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| UsersError::Task(e.to_string()))?;
+        let (users, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || users.check_password(&name, &password))
+            .await
+            .map_err(|e| UsersError::Task(e.to_string()))?
     }
 
     /// Checks a password. CPU-heavy by design (argon2id): call from a blocking thread.

@@ -47,16 +47,12 @@ pub async fn login(
     if is_valid_name(&req.username) {
         state.limits.check(Limit::LoginUser(&req.username))?;
     }
-    let users = state.users.clone();
-    let (name, password) = (req.username.clone(), req.password);
-    let verdict = tokio::task::spawn_blocking(move || users.check_password(&name, &password))
+    let verdict = state
+        .users
+        .verify(&req.username, req.password)
         .await
         .map_err(|e| {
-            tracing::error!(cause = %e, "password check task failed");
-            ApiError::Internal
-        })?
-        .map_err(|e| {
-            tracing::error!(cause = %e, "users file unreadable");
+            tracing::error!(cause = %e, "password check failed");
             ApiError::Internal
         })?;
     if verdict != PasswordCheck::Ok || state.store.is_blocked(&req.username).await? {
