@@ -66,6 +66,13 @@ pub struct Limits<C: Clock + Clone = DefaultClock> {
     clock: C,
 }
 
+impl<C: Clock + Clone> Limits<C> {
+    /// The clock every limiter of this node runs on.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+}
+
 fn keyed<K: Hash + Eq + Clone, C: Clock + Clone>(rate: Rate, clock: &C) -> Keyed<K, C> {
     RateLimiter::dashmap_with_clock(quota(rate), clock.clone())
 }
@@ -148,9 +155,10 @@ impl<C: Clock + Clone> Limits<C> {
 /// The per-connection frame limiter.
 pub type FrameLimiter = governor::DefaultDirectRateLimiter;
 
-/// A new frame limiter for one connection.
-pub fn frame_limiter(rate: Rate) -> FrameLimiter {
-    RateLimiter::direct(quota(rate))
+/// A new frame limiter for one connection, on a clock shared by all of them (a new
+/// `quanta` clock per connection would calibrate itself, CPUID included, every time).
+pub fn frame_limiter(rate: Rate, clock: &DefaultClock) -> FrameLimiter {
+    RateLimiter::direct_with_clock(quota(rate), clock.clone())
 }
 
 #[cfg(test)]

@@ -62,10 +62,22 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// Accept queue length: a reconnect storm after a deploy arrives all at once, and the
+/// default (1024) drops SYNs that then retry only after a second. The kernel caps it
+/// at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
 /// The store and the hub that goes with it.
@@ -102,8 +114,8 @@ impl Server {
         let apps = Apps::open(config.apps_file.as_deref())?;
         let registry = Registry::default();
         let (store, hub) = open_store(&config, &registry).await?;
-        let public = bind(config.listen).await?;
-        let admin = bind(config.admin_listen).await?;
+        let public = bind(config.listen)?;
+        let admin = bind(config.admin_listen)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = AppState::new(Shared {
             tickets: TicketCodec::new(*secrets.ticket_mac_key()),

@@ -420,10 +420,17 @@ impl Bench {
         status("MONITOR probe: round trips per mint and per admit");
         let probe =
             admit::probe_round_trips(&self.redis, &self.devices, self.a.clone(), PROBE_OPS).await?;
-        let background = probe.background_per_s;
+        let background = &probe.background;
+        let names: Vec<&str> = background.top_level.keys().map(String::as_str).collect();
         self.report.note(format!(
-            "Redis background: {background:.1} client commands/s from the nodes themselves \
-             (heartbeats), subtracted from the round trips"
+            "Redis background: {:.1} commands/s that the idle nodes send themselves ({}); \
+             left out of the round trips per operation",
+            background.top_level_rate(),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
         ));
         mint_cost = mint_cost.with_round_trips(&probe.mint.0, probe.mint.1, background);
         admit_cost = admit_cost.with_round_trips(&probe.admit.0, probe.admit.1, background);
@@ -544,18 +551,23 @@ impl Bench {
         )
         .await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let plan = Plan {
+            duration: self.sizes.run / 2,
+            ..self.sizes.plan()
+        };
         let snap = self.redis.snapshot()?;
+        let cpu = CpuMeter::start(Some(self.node_a.pid()));
         let figures = forged::expired(
-            "expired tickets",
+            &format!("expired tickets ({} tickets, cycled)", EXPIRED_TICKETS),
             Arc::new(expired),
             self.a.clone(),
-            &self.sizes.plan(),
+            &plan,
         )
         .await;
         let cost = snap.cost("expired", figures.ok + figures.error_count())?;
         self.found.expired_commands = Some(cost.commands_per_op);
         self.report.redis.push(cost);
-        self.report.run("forged", "ticketgate", figures);
+        self.report.run_cpu("forged", "ticketgate", figures, &cpu);
 
         status(format!(
             "mint flood: 1 device at {FLOOD_RATE}/s, {HONEST_DEVICES} honest devices minting every 2 s"

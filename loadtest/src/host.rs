@@ -173,3 +173,19 @@ pub fn listen_drops() -> Option<u64> {
         .find(|(name, _)| *name == "ListenDrops")
         .and_then(|(_, value)| value.parse().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_figures_are_readable() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).expect("rss") > 0);
+        cpu_time(pid).expect("cpu time");
+        let meter = CpuMeter::start(Some(pid));
+        let per_op = meter.per_op(10);
+        assert!(per_op.server_us.is_some() && per_op.harness_us.is_some());
+        assert!(listen_drops().is_some());
+    }
+}

@@ -15,6 +15,8 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::Serialize;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Below this many per operation, a command also seen while idle is background.
+const BACKGROUND_SHARE: f64 = 0.1;
 /// How often the monitor thread looks at its stop flag.
 const MONITOR_POLL: Duration = Duration::from_millis(100);
 
@@ -276,7 +278,7 @@ pub struct RedisCost {
     /// Round trips per operation (commands a node sent itself), from a `MONITOR` probe;
     /// `None` when no probe ran.
     pub round_trips_per_op: Option<f64>,
-    /// The same, per command name, as the probe saw them (background not subtracted).
+    /// The same, per command name (background left out).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub round_trips_by_command: BTreeMap<String, f64>,
     /// Every command per operation, script-internal ones included, from commandstats.
@@ -299,26 +301,31 @@ impl RedisCost {
         }
     }
 
-    /// Adds the round trips a probe of `probe_ops` operations saw, less the commands
-    /// the nodes send anyway (`background_per_s`, e.g. cross-node heartbeats) over the
-    /// probe's duration.
+    /// Adds the round trips a probe of `probe_ops` operations saw. Commands the nodes
+    /// also send when idle (`background`, e.g. cross-node heartbeats) are left out when
+    /// they are rare in the probe (under one per ten operations): they are not on the
+    /// operation's path. A command on the path runs about once per operation or more,
+    /// so it is never left out.
     pub fn with_round_trips(
         mut self,
         probe: &MonitorCounts,
         probe_ops: u64,
-        background_per_s: f64,
+        background: &MonitorCounts,
     ) -> RedisCost {
-        if probe_ops > 0 {
-            let top: u64 = probe.top_level.values().sum();
-            let background = background_per_s * probe.elapsed.as_secs_f64();
-            let own = (top as f64 - background).max(0.0);
-            self.round_trips_per_op = Some(own / probe_ops as f64);
-            self.round_trips_by_command = probe
-                .top_level
-                .iter()
-                .map(|(name, &n)| (name.clone(), n as f64 / probe_ops as f64))
-                .collect();
+        if probe_ops == 0 {
+            return self;
         }
+        let mut own = 0;
+        self.round_trips_by_command.clear();
+        for (name, &n) in &probe.top_level {
+            let per_op = n as f64 / probe_ops as f64;
+            if background.top_level.contains_key(name) && per_op < BACKGROUND_SHARE {
+                continue;
+            }
+            own += n;
+            self.round_trips_by_command.insert(name.clone(), per_op);
+        }
+        self.round_trips_per_op = Some(own as f64 / probe_ops as f64);
         self
     }
 }

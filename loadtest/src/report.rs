@@ -312,12 +312,12 @@ impl Report {
                 let breakdown: Vec<String> = c
                     .breakdown
                     .iter()
-                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .map(|(k, v)| format!("{k} {}", per_op(*v)))
                     .collect();
                 let round_trips: Vec<String> = c
                     .round_trips_by_command
                     .iter()
-                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .map(|(k, v)| format!("{k} {}", per_op(*v)))
                     .collect();
                 vec![
                     c.op.clone(),
@@ -325,7 +325,7 @@ impl Report {
                     c.round_trips_per_op
                         .map_or("-".to_owned(), |v| format!("{v:.2}")),
                     round_trips.join(", "),
-                    format!("{:.2}", c.commands_per_op),
+                    per_op(c.commands_per_op),
                     breakdown.join(", "),
                 ]
             })
@@ -433,6 +433,16 @@ pub fn fmt_us(us: u64) -> String {
         format!("{ms:.1} ms")
     } else {
         format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+/// A per-operation count: two decimals, more when it is small but not zero (so that
+/// background noise does not read as 0.00 or as a real cost).
+fn per_op(v: f64) -> String {
+    if v > 0.0 && v < 0.01 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2}")
     }
 }
 

@@ -204,14 +204,14 @@ async fn mint_then_admit(ctx: &mut Ctx) -> anyhow::Result<Vec<target::Minted>> {
                     *cost = cost.clone().with_round_trips(
                         &probe.mint.0,
                         probe.mint.1,
-                        probe.background_per_s,
+                        &probe.background,
                     )
                 }
                 "admit" => {
                     *cost = cost.clone().with_round_trips(
                         &probe.admit.0,
                         probe.admit.1,
-                        probe.background_per_s,
+                        &probe.background,
                     )
                 }
                 _ => {}

@@ -234,3 +234,39 @@ impl Budget {
         self.started.elapsed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_records_add_counts_latencies_and_keep_the_first_example() {
+        let mut a = Recorder::new();
+        a.ok(Duration::from_millis(1));
+        a.error_with("refused 429", "first");
+        let mut b = Recorder::new();
+        b.ok(Duration::from_millis(3));
+        b.error_with("refused 429", "second");
+        b.error("timeout");
+        a.merge(&b);
+        let f = a.figures("run", Duration::from_secs(2));
+        assert_eq!((f.ok, f.error_count()), (2, 3));
+        assert!((f.rate - 1.0).abs() < 1e-9);
+        assert_eq!(
+            f.examples.get("refused 429").map(String::as_str),
+            Some("first")
+        );
+        let l = f.latency.expect("timed");
+        assert_eq!(l.samples, 2);
+        assert!(l.max_us >= 2_990 && l.max_us <= 3_010, "{}", l.max_us);
+        assert!((f.success_ratio() - 0.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_budget_stops_at_its_count() {
+        let budget = Budget::new("test", Duration::from_secs(60), 3);
+        let taken = (0..10).filter(|_| budget.take()).count();
+        assert_eq!(taken, 3);
+        budget.finish();
+    }
+}

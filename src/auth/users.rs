@@ -154,11 +154,21 @@ pub enum PasswordCheck {
     Refused,
 }
 
-/// The users file, cached and re-read when it changes.
+/// How often the users file's modification time is looked at.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The parsed users file and when it was last looked at.
+struct Cache {
+    mtime: Option<SystemTime>,
+    checked: Option<std::time::Instant>,
+    file: Arc<UsersFile>,
+}
+
+/// The users file, cached and re-read when it changes (looked at once a second).
 #[derive(Clone)]
 pub struct Users {
     path: PathBuf,
-    cache: Arc<Mutex<(Option<SystemTime>, Arc<UsersFile>)>>,
+    cache: Arc<Mutex<Cache>>,
     /// Verified against when the user does not exist, so unknown users take as long
     /// as wrong passwords.
     dummy_hash: Arc<String>,
@@ -173,7 +183,11 @@ impl Users {
     pub fn open(path: &Path) -> Result<Users, UsersError> {
         let users = Users {
             path: path.to_owned(),
-            cache: Arc::new(Mutex::new((None, Arc::new(UsersFile::default())))),
+            cache: Arc::new(Mutex::new(Cache {
+                mtime: None,
+                checked: None,
+                file: Arc::new(UsersFile::default()),
+            })),
             dummy_hash: Arc::new(hash_password("ticketgate dummy password")?),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -184,16 +198,22 @@ impl Users {
     }
 
     fn current(&self) -> Result<Arc<UsersFile>, UsersError> {
+        // A std mutex: held only to swap an Arc, never across an await.
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Every mint asks whether its user is blocked: look at the file's modification
+        // time at most once a second, not on every call.
+        if cache.checked.is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
+            return Ok(cache.file.clone());
+        }
         let mtime = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
-        // A std mutex: held only to swap an Arc, never across an await.
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.0 != mtime || mtime.is_none() {
-            let file = Arc::new(read(&self.path)?);
-            *cache = (mtime, file);
+        if cache.mtime != mtime || mtime.is_none() {
+            cache.file = Arc::new(read(&self.path)?);
+            cache.mtime = mtime;
         }
-        Ok(cache.1.clone())
+        cache.checked = Some(std::time::Instant::now());
+        Ok(cache.file.clone())
     }
 
     /// Whether the user exists and is blocked.
@@ -267,6 +287,8 @@ mod tests {
             .expect("open")
             .set_modified(later)
             .expect("touch");
+        // The file is looked at again once RECHECK_EVERY has passed.
+        std::thread::sleep(RECHECK_EVERY + std::time::Duration::from_millis(100));
         assert_eq!(
             users.check_password("alice", "pw-alice").expect("check"),
             PasswordCheck::Refused

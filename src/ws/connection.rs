@@ -186,7 +186,7 @@ where
 {
     let cfg = &state.config.ws;
     let window = renewal_window(state.config.ttl.access);
-    let limiter = frame_limiter(state.config.rates.frames);
+    let limiter = frame_limiter(state.config.rates.frames, state.limits.clock());
     let mut shutdown = state.shutdown.clone();
     if *shutdown.borrow() {
         return Exit::Drain;

@@ -16,8 +16,9 @@ use crate::ws::{self, Dialer};
 
 /// Operations in flight during a round-trip probe.
 const PROBE_CONCURRENCY: usize = 4;
-/// How long the probe listens to the nodes' own traffic before the operations.
-const BACKGROUND_WINDOW: Duration = Duration::from_secs(1);
+/// How long the probe listens to the nodes' own traffic before the operations: longer
+/// than ticketgate's hub heartbeat (2 s), so that every periodic command shows.
+const BACKGROUND_WINDOW: Duration = Duration::from_millis(2_500);
 /// Time allowed to each half of a probe.
 const PROBE_LIMIT: Duration = Duration::from_secs(20);
 
@@ -73,8 +74,8 @@ pub async fn run(
 
 /// Round trips seen by a `MONITOR` probe: a few mints, then admitting their tickets.
 pub struct RoundTrips {
-    /// Client commands per second while nothing ran (the nodes' own heartbeats).
-    pub background_per_s: f64,
+    /// Client commands while nothing ran (the nodes' own heartbeats).
+    pub background: MonitorCounts,
     /// Commands seen while minting, and how many mints succeeded.
     pub mint: (MonitorCounts, u64),
     /// Commands seen while admitting (and closing), and how many admissions succeeded.
@@ -94,7 +95,7 @@ pub async fn probe_round_trips(
 ) -> anyhow::Result<RoundTrips> {
     let monitor = redis.monitor()?;
     tokio::time::sleep(BACKGROUND_WINDOW).await;
-    let background_per_s = monitor.finish().top_level_rate();
+    let background = monitor.finish();
 
     let monitor = redis.monitor()?;
     let (tickets, minted) =
@@ -116,7 +117,7 @@ pub async fn probe_round_trips(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let admit = (monitor.finish(), admitted.ok_count());
     Ok(RoundTrips {
-        background_per_s,
+        background,
         mint,
         admit,
     })

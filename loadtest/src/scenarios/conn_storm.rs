@@ -275,3 +275,16 @@ async fn close_all(sockets: Vec<Ws>) {
         let _ = c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_frames_give_their_ticket() {
+        let frame = r#"{"type":"resume","ticket":"1.abc.123.def.ghi","expires_in":30}"#;
+        assert_eq!(resume_ticket(frame).as_deref(), Some("1.abc.123.def.ghi"));
+        assert_eq!(resume_ticket(r#"{"type":"pong"}"#), None);
+        assert_eq!(resume_ticket("not json"), None);
+    }
+}

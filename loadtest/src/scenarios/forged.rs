@@ -91,14 +91,21 @@ pub async fn run(label: &str, sample: Sample, dialer: Arc<Dialer>, plan: &Plan) 
     ]
 }
 
-/// Real tickets past their expiry, each presented once by its own device.
+/// Real tickets past their expiry, presented by their own devices, round-robin until
+/// the plan ends (an expired ticket stays expired, so each attempt is the same test;
+/// cycling gives enough attempts for commands per attempt to mean something).
 pub async fn expired(
     label: &str,
     tickets: Arc<Vec<Minted>>,
     dialer: Arc<Dialer>,
     plan: &Plan,
 ) -> Figures {
-    let budget = Budget::new(label, plan.duration, tickets.len() as u64);
+    let budget = Budget::new(label, plan.duration, plan.max_ops);
+    if tickets.is_empty() {
+        let mut record = Recorder::new();
+        record.error("no expired tickets to present");
+        return record.figures(label, budget.finish());
+    }
     let next = Arc::new(AtomicUsize::new(0));
     let record = run_workers(plan.concurrency, |_| {
         let (budget, dialer, tickets, next) = (
@@ -110,9 +117,7 @@ pub async fn expired(
         async move {
             let mut record = Recorder::new();
             while budget.take() {
-                let Some(minted) = tickets.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
+                let minted = &tickets[next.fetch_add(1, Ordering::Relaxed) % tickets.len()];
                 let started = Instant::now();
                 match dialer
                     .expect_refusal(&minted.device_id, &minted.ticket)

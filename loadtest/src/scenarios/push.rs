@@ -263,3 +263,15 @@ pub async fn throughput(
         publishes.figures(format!("{label}: publish calls"), elapsed),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_frames_carry_their_send_time() {
+        let frame = r#"{"type":"push","id":"m1","topic":"flood","data":{"seq":3,"t":1234}}"#;
+        assert_eq!(sent_at_us(frame), Some(1234));
+        assert_eq!(sent_at_us(r#"{"type":"welcome","data":{"t":1}}"#), None);
+    }
+}
