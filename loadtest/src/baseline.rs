@@ -20,17 +20,10 @@ use ticketgate_sdk::protocol::{MAX_BODY_BYTES, SUBPROTOCOL};
 /// The baseline's first frame.
 const WELCOME: &str = r#"{"type":"welcome"}"#;
 
-/// ticketgate's `ws_config` (src/ws/admission.rs) with its default frame limit
-/// (`TICKETGATE_MAX_FRAME_BYTES` = 64 KiB): small buffers, most sockets are idle.
+/// ticketgate's own WebSocket settings with its default frame limit
+/// (`TICKETGATE_MAX_FRAME_BYTES` = 64 KiB): the same buffers, by construction.
 pub fn ws_config() -> WebSocketConfig {
-    let max = MAX_BODY_BYTES;
-    WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max * 4)
-        .accept_unmasked_frames(false)
+    ticketgate::ws::admission::ws_config_for(MAX_BODY_BYTES)
 }
 
 /// Serves until the process is stopped.

@@ -242,15 +242,25 @@ async fn admit(
     Ok(response)
 }
 
-/// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
-/// and small buffers: most sockets are idle most of the time.
+/// The WebSocket settings of this node.
 pub fn ws_config(state: &AppState) -> WebSocketConfig {
-    let max = state.config.ws.max_frame_bytes;
+    ws_config_for(state.config.ws.max_frame_bytes)
+}
+
+/// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
+/// and small buffers: most sockets are idle most of the time, and tungstenite's read
+/// buffer is allocated up front for every socket. The load harness's baseline server
+/// uses this same function, so both are measured with the same buffer settings.
+pub fn ws_config_for(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(4 * 1024)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
-        .max_write_buffer_size(max * 4)
+        .max_write_buffer_size(max_frame_bytes * 4)
         .accept_unmasked_frames(false)
 }
+
+/// tungstenite's read buffer per socket. Client frames are small JSON; a larger frame
+/// grows the buffer for its own length only.
+pub const READ_BUFFER_BYTES: usize = 1024;
