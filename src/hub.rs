@@ -289,7 +289,7 @@ impl Hub {
             Transport::Local => return Ok(vec![self.apply(&op)]),
             Transport::Redis { pool } => pool,
         };
-        let id = crate::auth::random_b64(12);
+        let id = crate::auth::random_id(12);
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.pending.insert(id.clone(), tx);
         let _cleanup = PendingGuard {

@@ -32,7 +32,17 @@ pub fn unix_now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// `n` random bytes from the OS, base64url without padding.
+/// `n` random bytes for an identifier that is not a secret (connection ids, request
+/// ids), base64url: the thread's generator, no system call per id.
+pub fn random_id(n: usize) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut buf = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// `n` random bytes from the OS, base64url without padding: for every secret.
 pub fn random_b64(n: usize) -> String {
     use base64::Engine;
     use rand::RngCore;

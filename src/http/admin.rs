@@ -168,7 +168,7 @@ async fn publish(
             ))
         }
     };
-    let id = crate::auth::random_b64(12);
+    let id = crate::auth::random_id(12);
     let answers = state
         .hub
         .request(Op::Push {

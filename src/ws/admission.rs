@@ -178,7 +178,7 @@ async fn admit(
 
     // Registered before the ticket is consumed: a revocation that lands between the
     // admission script and the socket's start finds it and queues its close.
-    let conn_id = crate::auth::random_b64(9);
+    let conn_id = crate::auth::random_id(9);
     let registered = connection::register(state, conn_id.clone(), &verified.session_id);
 
     let outcome = state
