@@ -79,6 +79,10 @@ pub struct TargetArgs {
     /// mint-flood: honest devices.
     #[arg(long, default_value_t = 100)]
     honest: usize,
+    /// kick: how many kicks of a user with one socket (then 3 × 100 and 1 × 1000
+    /// sockets).
+    #[arg(long, default_value_t = 10)]
+    kick_reps: usize,
 }
 
 /// What every single-scenario command sets up.
@@ -379,7 +383,7 @@ pub async fn kick(args: TargetArgs) -> anyhow::Result<()> {
         admin: &admin,
         socket_nodes: &socket_nodes,
     };
-    for (size, reps) in [(1, 10), (100, 3), (1_000, 1)] {
+    for (size, reps) in [(1, ctx.args.kick_reps.max(1)), (100, 3), (1_000, 1)] {
         status(format!("kick: {reps} × a user with {size} sockets"));
         let label = format!("{size} sockets");
         match kick::run(&label, &setup, size, reps).await? {
