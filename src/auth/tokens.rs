@@ -459,6 +459,21 @@ mod tests {
     }
 
     #[test]
+    fn not_yet_valid_tokens_are_refused_beyond_the_leeway() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = KeyRing::load_or_create(dir.path(), Duration::from_secs(5)).expect("keys");
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(ring.current_kid().to_owned());
+        let with_nbf = |nbf: i64| {
+            let mut v = serde_json::to_value(claims(600)).expect("json");
+            v["nbf"] = serde_json::json!(crate::auth::unix_now() + nbf);
+            jsonwebtoken::encode(&header, &v, &ring.signer.encoding).expect("encode")
+        };
+        assert_eq!(ring.verify(&with_nbf(120)), Err(TokenError::Invalid));
+        assert!(ring.verify(&with_nbf(2)).is_ok(), "within the leeway");
+    }
+
+    #[test]
     fn after_rotation_old_tokens_still_verify_and_the_new_key_signs() {
         let (dir, ring) = ring();
         let old = ring.issue(&claims(60)).expect("issue");
