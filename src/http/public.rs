@@ -114,7 +114,7 @@ fn signed_headers(state: &AppState, headers: &HeaderMap) -> Result<SignedHeaders
 
 /// `POST /v1/token/refresh` body.
 #[derive(serde::Deserialize)]
-struct RefreshRequest {
+pub struct RefreshRequest {
     #[serde(default)]
     refresh_token: Option<String>,
     #[serde(default)]
@@ -124,37 +124,24 @@ struct RefreshRequest {
 /// `POST /v1/token/refresh`: signed with the session's key; rotates the refresh token.
 pub async fn refresh(
     State(state): State<AppState>,
-    Extension(peer): Extension<PeerAddr>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Body,
+    request: SignedBody<RefreshRequest>,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
-    let charge = |e| state.charge_failure(ip, e);
-    let bytes = read_limited(&headers, body).await.map_err(charge)?;
-    let signed = signed_headers(&state, &headers).map_err(charge)?;
-    let req: RefreshRequest = parse_json(&bytes).map_err(charge)?;
-    let from_cookie = req.refresh_token.is_none();
-    let token = req
+    let from_cookie = request.json.refresh_token.is_none();
+    let token = request
+        .json
         .refresh_token
-        .or_else(|| refresh_cookie(&headers))
-        .ok_or_else(|| charge(ApiError::BadRequest("refresh_token missing".into())))?;
-    let sid =
-        session::refresh_token_session(&token).ok_or_else(|| charge(ApiError::TokenInvalid))?;
-    let key = state.secrets.session_signing_key(sid);
-    check_signature(&key, method.as_str(), uri.path(), &signed, &bytes)
-        .map_err(|e| charge(e.into()))?;
+        .clone()
+        .or_else(|| refresh_cookie(&request.headers))
+        .ok_or_else(|| {
+            request.failed(&state, ApiError::BadRequest("refresh_token missing".into()))
+        })?;
+    let sid = session::refresh_token_session(&token)
+        .ok_or_else(|| request.failed(&state, ApiError::TokenInvalid))?;
+    request.verify(&state, &state.secrets.session_signing_key(sid))?;
     // Authenticated from here on. A replayed request must not count as token reuse.
-    if !state
-        .store
-        .record_nonce(sid, &signed.nonce, state.config.ttl.skew * 2)
-        .await?
-    {
-        return Err(ApiError::ReplayedRequest);
-    }
-    let refreshed = session::refresh(&state, sid, &signed.device_id, &token).await?;
-    let cookie_mode = req.refresh_in_cookie || from_cookie;
+    record_nonce(&state, sid, &request.signed.nonce).await?;
+    let refreshed = session::refresh(&state, sid, &request.signed.device_id, &token).await?;
+    let cookie_mode = request.json.refresh_in_cookie || from_cookie;
     Ok(with_refresh_cookie(
         refreshed.answer,
         refreshed.client_type,
@@ -162,22 +149,22 @@ pub async fn refresh(
     ))
 }
 
+/// Records a verified request's nonce; a nonce seen before is a replay.
+async fn record_nonce(state: &AppState, scope: &str, nonce: &str) -> Result<(), ApiError> {
+    let ttl = state.config.ttl.skew * 2;
+    if state.store.record_nonce(scope, nonce, ttl).await? {
+        Ok(())
+    } else {
+        Err(ApiError::ReplayedRequest)
+    }
+}
+
 /// `POST /v1/logout`: Bearer + signed; ends the session everywhere.
 pub async fn logout(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    if !state
-        .store
-        .record_nonce(
-            &auth.claims.sid,
-            &auth.signed.nonce,
-            state.config.ttl.skew * 2,
-        )
-        .await?
-    {
-        return Err(ApiError::ReplayedRequest);
-    }
+    record_nonce(&state, &auth.claims.sid, &auth.signed.nonce).await?;
     session::end_sessions(
         &state,
         &auth.claims.sub,
@@ -197,27 +184,21 @@ pub async fn logout(
 
 /// `POST /v1/app/login` body.
 #[derive(serde::Deserialize)]
-struct AppLoginRequest {
+pub struct AppLoginRequest {
     app_id: String,
 }
 
 /// `POST /v1/app/login`: signed with the app secret; opens an `api` session.
 pub async fn app_login(
     State(state): State<AppState>,
-    Extension(peer): Extension<PeerAddr>,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    body: Body,
+    request: SignedBody<AppLoginRequest>,
 ) -> Result<Response, ApiError> {
-    let ip = client_ip(peer.0, &headers, &state.config.trusted_proxies);
-    state.limits.check(Limit::LoginIp(ip))?;
-    let charge = |e| state.charge_failure(ip, e);
-    let bytes = read_limited(&headers, body).await.map_err(charge)?;
-    let signed = signed_headers(&state, &headers).map_err(charge)?;
-    let req: AppLoginRequest = parse_json(&bytes).map_err(charge)?;
-    state.limits.check(Limit::LoginDevice(&signed.device_id))?;
-    let secret = state.apps.secret(&req.app_id).map_err(|e| {
+    state.limits.check(Limit::LoginIp(request.ip))?;
+    state
+        .limits
+        .check(Limit::LoginDevice(&request.signed.device_id))?;
+    let app_id = &request.json.app_id;
+    let secret = state.apps.secret(app_id).map_err(|e| {
         tracing::error!(cause = %e, "apps file unreadable");
         ApiError::Internal
     })?;
@@ -225,24 +206,95 @@ pub async fn app_login(
     let key = secret
         .clone()
         .unwrap_or_else(|| b"ticketgate unknown app".to_vec());
-    let verified = check_signature(&key, method.as_str(), uri.path(), &signed, &bytes);
+    let verified = request.verify(&state, &key);
     if secret.is_none() || verified.is_err() {
-        return Err(charge(ApiError::BadCredentials));
+        return Err(request.failed(&state, ApiError::BadCredentials));
     }
-    let user_id = format!("app:{}", req.app_id);
-    if !state
-        .store
-        .record_nonce(&user_id, &signed.nonce, state.config.ttl.skew * 2)
-        .await?
-    {
-        return Err(ApiError::ReplayedRequest);
-    }
+    let user_id = format!("app:{app_id}");
+    record_nonce(&state, &user_id, &request.signed.nonce).await?;
     if session::user_is_blocked(&state, &user_id).await? {
         return Err(ApiError::BadCredentials);
     }
     let answer =
-        session::open_session(&state, &user_id, &signed.device_id, ClientType::Api).await?;
+        session::open_session(&state, &user_id, &request.signed.device_id, ClientType::Api).await?;
     Ok(Json(answer).into_response())
+}
+
+/// A signed request whose key is known only once its body is read (refresh: from the
+/// refresh token; app login: from the app id). Extracting it checks the body size,
+/// the `X-TG-*` form and freshness and parses the JSON; [`SignedBody::verify`] then
+/// checks the signature. Failures are charged to the client IP's failure quota.
+pub struct SignedBody<T> {
+    /// The client IP that limits are keyed on.
+    pub ip: std::net::IpAddr,
+    method: Method,
+    path: String,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The `X-TG-*` headers, well formed and fresh, not yet verified.
+    pub signed: SignedHeaders,
+    body: axum::body::Bytes,
+    /// The parsed body.
+    pub json: T,
+}
+
+impl<T> SignedBody<T> {
+    /// Checks the signature with `key` (constant time).
+    pub fn verify(&self, state: &AppState, key: &[u8]) -> Result<(), ApiError> {
+        check_signature(
+            key,
+            self.method.as_str(),
+            &self.path,
+            &self.signed,
+            &self.body,
+        )
+        .map_err(|e| self.failed(state, e.into()))
+    }
+
+    /// Charges a failure to the IP's failure quota (see [`AppState::charge_failure`]).
+    pub fn failed(&self, state: &AppState, err: ApiError) -> ApiError {
+        state.charge_failure(self.ip, err)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<AppState> for SignedBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let ip = request_ip(&parts, state);
+        let charge = |e| state.charge_failure(ip, e);
+        let body = read_limited(&parts.headers, body).await.map_err(charge)?;
+        let signed = signed_headers(state, &parts.headers).map_err(charge)?;
+        let json = parse_json(&body).map_err(charge)?;
+        Ok(SignedBody {
+            ip,
+            path: original_path(&parts).to_owned(),
+            method: parts.method,
+            headers: parts.headers,
+            signed,
+            body,
+            json,
+        })
+    }
+}
+
+/// The client IP of a request's parts.
+fn request_ip(parts: &axum::http::request::Parts, state: &AppState) -> std::net::IpAddr {
+    let peer = parts
+        .extensions
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    client_ip(peer, &parts.headers, &state.config.trusted_proxies)
+}
+
+/// The path as the client sent it (what it signed), before any router nesting.
+fn original_path(parts: &axum::http::request::Parts) -> &str {
+    parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(parts.uri.path(), |u| u.0.path())
 }
 
 /// The Bearer token of a request (the scheme name is case-insensitive, RFC 9110).
@@ -275,20 +327,16 @@ impl axum::extract::FromRequest<AppState> for Authenticated {
 
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
-        let peer = parts
-            .extensions
-            .get::<PeerAddr>()
-            .map(|p| p.0)
-            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let ip = client_ip(peer, &parts.headers, &state.config.trusted_proxies);
-        // The path as the client sent it, before any router nesting.
-        let path = parts
-            .extensions
-            .get::<OriginalUri>()
-            .map_or(parts.uri.path(), |u| u.0.path());
-        authenticate(state, &parts.method, path, &parts.headers, body)
-            .await
-            .map_err(|e| state.charge_failure(ip, e))
+        let ip = request_ip(&parts, state);
+        authenticate(
+            state,
+            &parts.method,
+            original_path(&parts),
+            &parts.headers,
+            body,
+        )
+        .await
+        .map_err(|e| state.charge_failure(ip, e))
     }
 }
 
