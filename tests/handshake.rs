@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::{close_code, wait_until};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,23 +15,6 @@ use ticketgate_sdk::{ClientError, ClientType, ErrorCode, Ticket};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = ticketgate_sdk::WsStream;
-
-/// Reads frames until the server closes; returns the close code (None: no close frame).
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    let deadline = Duration::from_secs(10);
-    tokio::time::timeout(deadline, async {
-        while let Some(msg) = ws.next().await {
-            match msg {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    })
-    .await
-    .expect("server closed the socket in time")
-}
 
 fn api_error(err: ClientError) -> (u16, Option<ErrorCode>) {
     match err {
@@ -524,14 +509,6 @@ fn data_commands(
         })
         .map(|(k, v)| v - before.get(k).copied().unwrap_or(0))
         .sum()
-}
-
-async fn wait_until(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Before a drain close the node offers a resume ticket, and another node of the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{error_of, RedisServer, Signed, StoreKind, TestServer, PASSWORD};
+use support::{close_code, error_of, RedisServer, Signed, StoreKind, TestServer, PASSWORD};
 use ticketgate_sdk::protocol::{close, LoginResponse};
 use ticketgate_sdk::{ClientType, Session};
 use tokio_tungstenite::tungstenite::Message;
@@ -66,21 +66,6 @@ async fn socket(server: &TestServer, client: &ticketgate_sdk::Client, session: &
     let _ = server;
     let ticket = client.mint_ticket(session).await.expect("mint");
     client.connect(session, &ticket).await.expect("connect").0
-}
-
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(msg) = ws.next().await {
-            match msg {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed in time")
 }
 
 fn mint_error(err: ticketgate_sdk::ClientError) -> (u16, String) {

@@ -292,3 +292,34 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String) {
         body["error"].as_str().unwrap_or_default().to_owned(),
     )
 }
+
+/// Reads frames until the server closes; the close code (None: closed without a close
+/// frame). Fails the test after 10 s.
+pub async fn close_code(ws: &mut ticketgate_sdk::WsStream) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("server closed the socket in time")
+}
+
+/// Waits until `cond` holds; fails the test after 10 s.
+pub async fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
