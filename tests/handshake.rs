@@ -679,3 +679,15 @@ async fn replayed_tickets_naming_a_victim_device_do_not_cost_the_victim_its_conn
         .await
         .expect("the victim still connects");
 }
+
+/// A client that closes gets the server's close reply: the close handshake completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let server = TestServer::builder().start().await;
+    let (mut ws, _) = connected(&server).await;
+    ws.send(Message::Close(None)).await.expect("close");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("in time");
+    assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
+}

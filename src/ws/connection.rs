@@ -260,7 +260,12 @@ where
                         }
                     }
                     Message::Pong(_) | Message::Frame(_) => {}
-                    Message::Close(_) => return Exit::Gone,
+                    // tungstenite queued the close reply; flush it so the client sees
+                    // the close handshake complete, then the socket is done.
+                    Message::Close(_) => {
+                        let _ = flush(ws, inbox).await;
+                        return Exit::Gone;
+                    }
                 }
             }
         }
