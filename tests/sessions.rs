@@ -406,7 +406,8 @@ async fn a_refresh_frame_extends_the_connection() {
         .expect("ok");
     let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
     assert_eq!(frame["type"], "expiring");
-    tokio::time::sleep(Duration::from_millis(1100)).await; // a later exp than the old token's
+    // `expiring` comes 1.8-2.8 s after login, so a token issued now has a later `exp`
+    // (whole seconds) than the one the socket was admitted with.
     let renewed = refreshed(
         &server,
         &session,
