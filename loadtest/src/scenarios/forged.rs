@@ -13,7 +13,6 @@
 //! `expired` presents real tickets whose lifetime is over (bench mints them on a node
 //! with 1 s tickets and waits).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +23,7 @@ use rand::distributions::Alphanumeric;
 use rand::Rng as _;
 use sha2::Sha256;
 
-use super::{run_workers, Plan};
+use super::Plan;
 use crate::stats::{Budget, Figures, Recorder};
 use crate::target::Minted;
 use crate::ws::Dialer;
@@ -100,39 +99,14 @@ pub async fn expired(
     dialer: Arc<Dialer>,
     plan: &Plan,
 ) -> Figures {
-    let budget = Budget::new(label, plan.duration, plan.max_ops);
-    if tickets.is_empty() {
-        let mut record = Recorder::new();
-        record.error("no expired tickets to present");
-        return record.figures(label, budget.finish());
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let record = run_workers(plan.concurrency, |_| {
-        let (budget, dialer, tickets, next) = (
-            budget.clone(),
-            dialer.clone(),
-            tickets.clone(),
-            next.clone(),
-        );
-        async move {
-            let mut record = Recorder::new();
-            while budget.take() {
-                let minted = &tickets[next.fetch_add(1, Ordering::Relaxed) % tickets.len()];
-                let started = Instant::now();
-                match dialer
-                    .expect_refusal(&minted.device_id, &minted.ticket)
-                    .await
-                {
-                    Ok(401) => record.ok(started.elapsed()),
-                    Ok(status) => record.error(format!("refused {status}")),
-                    Err(e) => record.error_with(e.kind(), &e),
-                }
-            }
-            record
-        }
-    })
-    .await;
-    record.figures(label, budget.finish())
+    super::replay::present_refused(
+        label,
+        tickets,
+        dialer,
+        plan,
+        "no expired tickets to present",
+    )
+    .await
 }
 
 fn random_field(len: usize) -> String {

@@ -19,10 +19,30 @@ pub async fn run(
     dialer: Arc<Dialer>,
     plan: &Plan,
 ) -> Figures {
+    present_refused(
+        label,
+        consumed,
+        dialer,
+        plan,
+        "no consumed tickets to replay",
+    )
+    .await
+}
+
+/// Presents `tickets` by their own devices, round-robin until the plan ends; each must
+/// be refused with 401 (counted as ok), anything else is an error. Shared by `replay`
+/// (consumed tickets) and `forged` (expired tickets).
+pub async fn present_refused(
+    label: &str,
+    consumed: Arc<Vec<Minted>>,
+    dialer: Arc<Dialer>,
+    plan: &Plan,
+    when_empty: &str,
+) -> Figures {
     let budget = Budget::new(label, plan.duration, plan.max_ops);
     if consumed.is_empty() {
         let mut record = Recorder::new();
-        record.error("no consumed tickets to replay");
+        record.error(when_empty);
         return record.figures(label, budget.finish());
     }
     let next = Arc::new(AtomicUsize::new(0));
