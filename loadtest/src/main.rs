@@ -8,6 +8,7 @@
 //! flood bench [--quick]                  everything: Redis, nodes, baseline, all scenarios, the bar
 //! flood <scenario> --target URL ...      one scenario against a running deployment
 //! flood baseline-server --listen ADDR    the baseline (bench starts it itself)
+//! flood plain --target URL               connect + welcome + close against the baseline
 //! ```
 //!
 //! Every run is bounded in count and time, sends traffic to loopback addresses only,
@@ -54,6 +55,9 @@ enum Command {
     Kick(standalone::TargetArgs),
     /// Push fan-out latency and throughput (over the target and --peer nodes).
     Push(standalone::TargetArgs),
+    /// Connect + welcome + close against a plain WebSocket server (the baseline), to
+    /// measure or profile it the same way as ticketgate.
+    Plain(standalone::PlainArgs),
     /// The baseline: a plain tokio-tungstenite echo server without authentication.
     BaselineServer(BaselineArgs),
 }
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::BaselineServer(args) => baseline::serve(args.listen).await,
             Command::Bench(args) => until_interrupted(bench::run(args)).await,
+            Command::Plain(args) => until_interrupted(standalone::plain(args)).await,
             Command::Handshake(args) => until_interrupted(standalone::handshake(args)).await,
             Command::Admit(args) => until_interrupted(standalone::admit(args)).await,
             Command::Forged(args) => until_interrupted(standalone::forged(args)).await,

@@ -85,6 +85,45 @@ pub struct TargetArgs {
     kick_reps: usize,
 }
 
+/// Options of `flood plain`: no users, no Redis, just a server address.
+#[derive(Args, Debug, Clone)]
+pub struct PlainArgs {
+    /// URL of a plain WebSocket server that sends a welcome frame (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:9099")]
+    target: String,
+    /// How long the run lasts at most (`500ms`, `10s`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    duration: Duration,
+    /// Workers.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Operations at most.
+    #[arg(long, default_value_t = 100_000)]
+    max_ops: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `flood plain`: the baseline's handshake loop against `--target`.
+pub async fn plain(args: PlainArgs) -> anyhow::Result<()> {
+    let fd = host::raise_fd_limit(0);
+    let dialer = Arc::new(Dialer::new(target::socket_addr(&args.target)?));
+    let plan = Plan {
+        duration: args.duration,
+        max_ops: args.max_ops,
+        concurrency: args.concurrency,
+    };
+    let mut report = Report::new("plain", Some(fd));
+    let figures = handshake::baseline("connect + welcome + close", dialer, &plan).await;
+    report.run("handshake", "plain", figures);
+    report.print();
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    Ok(())
+}
+
 /// What every single-scenario command sets up.
 struct Ctx {
     args: TargetArgs,
