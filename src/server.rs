@@ -171,12 +171,14 @@ impl Server {
             crate::http::router(state.clone()),
             header_timeout,
             shutdown.subscribe(),
+            Some(state.clone()),
         ));
         let admin_task = tokio::spawn(crate::http::serve(
             admin,
             crate::http::admin::router(state.clone(), crate::metrics::handle()),
             header_timeout,
             shutdown.subscribe(),
+            None,
         ));
         let sweeper = {
             let state = state.clone();

@@ -1522,6 +1522,111 @@ async fn a_wrong_method_on_a_known_path_is_a_json_error() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The two ways in: the first request of a connection is read without hyper; a connect
+// request later on a kept-alive connection goes through hyper. Both must behave alike.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `req` on an open connection and reads one answer (and what came after it).
+async fn exchange_on(stream: &mut TcpStream, addr: SocketAddr, req: &Req) -> (Answer, Vec<u8>) {
+    stream
+        .write_all(&req.to_bytes(addr))
+        .await
+        .expect("write request");
+    tokio::time::timeout(LIMIT, read_answer(stream))
+        .await
+        .expect("answered within the limit")
+        .expect("an HTTP answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_after_a_mint_on_the_same_connection_is_admitted() {
+    let server = TestServer::builder().start().await;
+    let (_client, session) = server.login().await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (minted, _) =
+        exchange_on(&mut stream, server.addr, &Signed::mint(&session).request()).await;
+    assert_minted(&minted);
+    let ticket = Ticket {
+        ticket: minted.json()["ticket"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        expires_in: 30,
+        ws_url: String::new(),
+        new_access_token: None,
+    };
+    let (answer, rest) = exchange_on(&mut stream, server.addr, &upgrade(&session, &ticket)).await;
+    assert_eq!(answer.status, 101, "{answer:?} {}", answer.text());
+    assert_eq!(answer.header("sec-websocket-protocol"), Some(SUBPROTOCOL));
+    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
+    let welcome = first_frame(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["session_id"], session.session_id.as_str());
+    // Single use holds on this path too.
+    assert_error(
+        &upgrade(&session, &ticket).send_raw(&server).await,
+        401,
+        "ticket_invalid",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_leaves_the_connection_open_for_the_next_request() {
+    let server = TestServer::builder().start().await;
+    let (session, ticket) = ticket_for(&server).await;
+    let forged = Ticket {
+        ticket: format!("{}x", ticket.ticket),
+        ..ticket.clone()
+    };
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (refused, _) = exchange_on(&mut stream, server.addr, &upgrade(&session, &forged)).await;
+    assert_error(&refused, 401, "ticket_invalid");
+    assert!(refused.header("date").is_some(), "{refused:?}");
+    let (health, _) = exchange_on(&mut stream, server.addr, &Req::new("GET", "/healthz")).await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    // And the real ticket was not touched by the refusal.
+    assert_admitted(&server, &upgrade(&session, &ticket), &session).await;
+}
+
+/// A head that arrives in pieces is still one request; frames a client sends right
+/// after its head, before the 101 arrives, are not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_pieces_and_a_frame_before_the_101_are_both_served() {
+    let server = TestServer::builder().start().await;
+    let (session, ticket) = ticket_for(&server).await;
+    let mut bytes = upgrade(&session, &ticket).to_bytes(server.addr);
+    // A masked ping "hi" (RFC 6455 §5.5.2), sent with the last piece of the head.
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x89, 0x82]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend_from_slice(&[b'h' ^ mask[0], b'i' ^ mask[1]]);
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (first, second) = bytes.split_at(20);
+    let (second, third) = second.split_at(second.len() / 2);
+    for piece in [first, second, third] {
+        stream.write_all(piece).await.expect("write");
+        stream.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (answer, rest) = tokio::time::timeout(LIMIT, read_answer(&mut stream))
+        .await
+        .expect("answered in time")
+        .expect("an HTTP answer");
+    assert_eq!(answer.status, 101, "{answer:?} {}", answer.text());
+    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
+    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    let pong = tokio::time::timeout(LIMIT, ws.next())
+        .await
+        .expect("a pong in time")
+        .expect("a frame")
+        .expect("a valid frame");
+    assert_eq!(
+        pong,
+        tokio_tungstenite::tungstenite::Message::Pong(b"hi".to_vec().into())
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // Per-IP failure quota
 // ---------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod client_ip;
 pub mod error;
+pub mod first;
 pub mod public;
 
 use std::convert::Infallible;
@@ -18,10 +19,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
 use ticketgate_sdk::protocol::{
     HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
 };
-use tokio::net::TcpListener;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -88,11 +91,16 @@ pub fn router(state: AppState) -> Router {
 /// Serves `router` on `listener` until `shutdown` flips to true; then stops accepting
 /// and lets in-flight requests finish. Upgraded WebSockets are not tracked here: they
 /// watch the same signal themselves.
+///
+/// With `direct` (the public listener), the first request of each connection is read
+/// by [`first`]: a connect request is admitted without hyper, anything else goes on to
+/// hyper with the bytes already read.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
+    direct: Option<AppState>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -109,32 +117,88 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        let direct = direct.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                let router = router.clone();
-                async move {
-                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
-                }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = &mut conn => {}
-                _ = until_shutdown(&mut shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
-            }
+            let Some(state) = direct else {
+                return serve_hyper(
+                    first::Prefixed::new(Vec::new(), stream),
+                    peer,
+                    router,
+                    header_timeout,
+                    shutdown,
+                )
+                .await;
+            };
+            let Some((stream, read)) =
+                serve_first(state, stream, peer, header_timeout, shutdown.clone()).await
+            else {
+                return;
+            };
+            // Boxed: the task of a socket admitted above keeps its state for the
+            // socket's whole life, and hyper's state machine is large.
+            Box::pin(serve_hyper(
+                first::Prefixed::new(read, stream),
+                peer,
+                router,
+                header_timeout,
+                shutdown,
+            ))
+            .await;
         });
+    }
+}
+
+/// The first request of a public connection: `None` when it was a connect request
+/// that was admitted (the socket has run to its end) or the client is gone; else the
+/// connection and the bytes read so far, for hyper.
+async fn serve_first(
+    state: AppState,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<(TcpStream, Vec<u8>)> {
+    let read = tokio::select! {
+        read = tokio::time::timeout(header_timeout, first::read(&mut stream, MAX_HEAD_BYTES)) => read.ok()?,
+        _ = until_shutdown(&mut shutdown) => return None,
+    };
+    match read {
+        first::First::Gone => None,
+        first::First::Other(read) => Some((stream, read)),
+        first::First::Connect(request) => first::serve_connect(state, stream, peer, request).await,
+    }
+}
+
+/// hyper's HTTP/1 on one connection, with upgrades and the header timeout, until the
+/// client leaves or `shutdown` (then in-flight requests get 5 s).
+async fn serve_hyper(
+    io: first::Prefixed<TcpStream>,
+    peer: SocketAddr,
+    router: Router,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {})) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = &mut conn => {}
+        _ = until_shutdown(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }
 

@@ -10,8 +10,11 @@
 //!    costs no store command and is charged to the IP's failure quota.
 //! 5. The device's connect quota is charged (only for a ticket whose MAC verified).
 //! 6. ONE store round trip consumes the ticket and checks device and session.
-//! 7. Only then does the 101 go out; the socket task starts when hyper hands over the
-//!    connection.
+//! 7. Only then does the 101 go out, and the socket starts ([`Admitted::run`]).
+//!
+//! [`admit`] is the same for both transports: a connect request that is the first
+//! request of its connection (nearly all) is read by [`crate::http::first`] and answered
+//! without hyper; a later one on a kept-alive connection comes through axum ([`connect`]).
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,11 +22,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use ticketgate_sdk::protocol::{SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use super::connection::{self, ConnectionInfo};
+use super::connection::{self, ConnectionInfo, Welcome};
 use crate::auth::signing::is_device_id;
 use crate::auth::unix_now_ms;
 use crate::http::client_ip::{client_ip, PeerAddr};
@@ -32,7 +40,8 @@ use crate::limits::Limit;
 use crate::state::AppState;
 use crate::store::{AdmitOutcome, AdmitTicket};
 
-/// `GET /v1/connect`.
+/// `GET /v1/connect` through hyper and axum: the path of a connect request that was not
+/// the first request of its connection (see [`crate::http::first`] for the usual path).
 pub async fn connect(State(state): State<AppState>, mut req: Request) -> Response {
     let peer = req
         .extensions()
@@ -40,14 +49,27 @@ pub async fn connect(State(state): State<AppState>, mut req: Request) -> Respons
         .map(|p| p.0)
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
-    match admit(&state, ip, &mut req).await {
-        Ok(response) => response,
-        Err(err) => {
-            metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
-                .increment(1);
-            state.charge_failure(ip, err).into_response()
+    let admitted = match admit(&state, ip, req.headers(), req.uri().query()).await {
+        Ok(admitted) => admitted,
+        Err(err) => return refused(&state, ip, err).into_response(),
+    };
+    let response = admitted.switching_protocols();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => admitted.run_upgraded(state, TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(cause = %e, "client left before the upgrade completed"),
         }
-    }
+    });
+    response
+}
+
+/// Counts a refused admission and charges it to the IP's failure quota when it failed
+/// authentication: the error to answer with.
+pub fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
+    metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
+        .increment(1);
+    state.charge_failure(ip, err)
 }
 
 /// The handshake headers a WebSocket upgrade needs, checked.
@@ -151,15 +173,114 @@ fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Presented, ApiE
     })
 }
 
-async fn admit(
+/// A consumed ticket: the socket may open. Holds the connection's slot and its early
+/// registration until [`Admitted::run`] takes them over.
+pub struct Admitted {
+    accept_key: String,
+    /// Whether the answer names `ticketgate.v1` (only when the client offered it).
+    offered_subprotocol: bool,
+    info: ConnectionInfo,
+    permit: OwnedSemaphorePermit,
+    registered: connection::Registered,
+}
+
+impl Admitted {
+    /// The `101 Switching Protocols` answer, for hyper.
+    pub fn switching_protocols(&self) -> Response {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = response.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if self.offered_subprotocol {
+            h.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(SUBPROTOCOL),
+            );
+        }
+        if let Ok(accept) = HeaderValue::from_str(&self.accept_key) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        response
+    }
+
+    /// Runs the socket on `io`, a connection hyper upgraded after
+    /// [`Admitted::switching_protocols`].
+    pub async fn run_upgraded<S>(self, state: AppState, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.start(state, io, Vec::new(), Welcome::Send).await;
+    }
+
+    /// For a connection served without hyper: writes the 101 answer and the welcome
+    /// frame in one write (one segment instead of two, for the client and for us), then
+    /// runs the socket. `read_ahead` holds bytes the client sent after its request head
+    /// that were already read.
+    pub async fn answer_and_run(self, state: AppState, mut io: TcpStream, read_ahead: Vec<u8>) {
+        let mut out = self.switching_protocols_head();
+        let welcome = Frame::message(
+            connection::welcome_text(&self.info),
+            OpCode::Data(Data::Text),
+            true,
+        );
+        if welcome.format(&mut out).is_err() {
+            // Writing into a Vec cannot fail; nothing was sent, so just drop the client.
+            return;
+        }
+        if let Err(e) = io.write_all(&out).await {
+            tracing::debug!(cause = %e, "client left before the upgrade completed");
+            return;
+        }
+        self.start(state, io, read_ahead, Welcome::Sent).await;
+    }
+
+    /// The socket on `io` until it ends; `read_ahead`: bytes after the request head.
+    async fn start<S>(self, state: AppState, io: S, read_ahead: Vec<u8>, welcome: Welcome)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = Some(ws_config(&state));
+        let ws = WebSocketStream::from_partially_read(io, read_ahead, Role::Server, config).await;
+        let Admitted {
+            info,
+            permit,
+            registered,
+            ..
+        } = self;
+        connection::run(ws, info, state, permit, registered, welcome).await;
+    }
+
+    /// The 101 answer as raw HTTP/1.1 bytes (the same fields as
+    /// [`Admitted::switching_protocols`]).
+    fn switching_protocols_head(&self) -> Vec<u8> {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+        );
+        if self.offered_subprotocol {
+            head.extend_from_slice(b"sec-websocket-protocol: ");
+            head.extend_from_slice(SUBPROTOCOL.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"sec-websocket-accept: ");
+        head.extend_from_slice(self.accept_key.as_bytes());
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+}
+
+/// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
+/// ticket was consumed and the socket may open.
+pub async fn admit(
     state: &AppState,
     ip: std::net::IpAddr,
-    req: &mut Request,
-) -> Result<Response, ApiError> {
-    let handshake = check_handshake(req.headers())?;
-    check_origin(state, req.headers())?;
-    let presented = presented(req.headers(), req.uri().query())?;
-    let offered_subprotocol = presented.offered_subprotocol;
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Admitted, ApiError> {
+    let handshake = check_handshake(headers)?;
+    check_origin(state, headers)?;
+    let presented = presented(headers, query)?;
 
     state.limits.check(Limit::ConnectIp(ip))?;
     let permit = state
@@ -198,48 +319,21 @@ async fn admit(
     registered
         .registration
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
-    let on_upgrade = hyper::upgrade::on(&mut *req);
-    let info = ConnectionInfo {
-        conn_id,
-        session_id: verified.session_id,
-        user_id: grant.user_id,
-        device_id: grant.device_id,
-        client_type: grant.client_type,
-        expires_at: grant.access_expires_at,
-    };
-    let ws_config = ws_config(state);
-    let task_state = state.clone();
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(cause = %e, "client left before the upgrade completed");
-                return;
-            }
-        };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        connection::run(ws, info, task_state, permit, registered).await;
-    });
     metrics::counter!("ticketgate_admissions_total").increment(1);
-
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if offered_subprotocol {
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-    }
-    h.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&handshake.accept_key).map_err(|_| ApiError::Internal)?,
-    );
-    Ok(response)
+    Ok(Admitted {
+        accept_key: handshake.accept_key,
+        offered_subprotocol: presented.offered_subprotocol,
+        info: ConnectionInfo {
+            conn_id,
+            session_id: verified.session_id,
+            user_id: grant.user_id,
+            device_id: grant.device_id,
+            client_type: grant.client_type,
+            expires_at: grant.access_expires_at,
+        },
+        permit,
+        registered,
+    })
 }
 
 /// The WebSocket settings of this node.

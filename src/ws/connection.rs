@@ -109,6 +109,28 @@ pub fn register(state: &AppState, conn_id: String, session_id: &str) -> Register
     }
 }
 
+/// Whether the welcome frame still has to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Welcome {
+    /// Send it first.
+    Send,
+    /// It already went out with the 101 answer.
+    Sent,
+}
+
+/// The welcome frame's text: the first frame of every admitted connection.
+pub fn welcome_text(info: &ConnectionInfo) -> String {
+    let welcome = ServerFrame::Welcome {
+        session_id: info.session_id.clone(),
+        conn_id: info.conn_id.clone(),
+        user_id: info.user_id.clone(),
+        device_id: info.device_id.clone(),
+        expires_at: info.expires_at,
+    };
+    // Serializing our own enum of strings and numbers cannot fail.
+    serde_json::to_string(&welcome).unwrap_or_default()
+}
+
 /// Runs a connection to its end, then unregisters it and frees its slot.
 ///
 /// The span is at debug level: an enabled span costs memory for the socket's whole
@@ -119,11 +141,12 @@ pub async fn run<S>(
     state: AppState,
     permit: OwnedSemaphorePermit,
     registered: Registered,
+    welcome: Welcome,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let span = tracing::debug_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
-    drive(ws, info, state, permit, registered)
+    drive(ws, info, state, permit, registered, welcome)
         .instrument(span)
         .await;
 }
@@ -134,6 +157,7 @@ async fn drive<S>(
     state: AppState,
     permit: OwnedSemaphorePermit,
     registered: Registered,
+    welcome: Welcome,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
@@ -143,14 +167,11 @@ async fn drive<S>(
     } = registered;
     tracing::debug!("connection admitted");
 
-    let welcome = ServerFrame::Welcome {
-        session_id: info.session_id.clone(),
-        conn_id: info.conn_id.clone(),
-        user_id: info.user_id.clone(),
-        device_id: info.device_id.clone(),
-        expires_at: info.expires_at,
+    let welcomed = match welcome {
+        Welcome::Sent => Ok(()),
+        Welcome::Send => ws.send(Message::text(welcome_text(&info))).await,
     };
-    let exit = match ws.send(text(&welcome)).await {
+    let exit = match welcomed {
         Ok(()) => serve(&mut ws, &mut info, &state, &inbox).await,
         Err(_) => Exit::Gone,
     };

@@ -1,0 +1,358 @@
+//! The first request of a public connection, read before hyper sees it.
+//!
+//! Admissions are the hot path of a node: one per socket, and a whole fleet reconnects
+//! at once after a deploy. Through hyper, an upgrade costs axum's routing and CORS
+//! layers, a second task, a oneshot hand-over and a boxed transport, for a request that
+//! needs none of them. So the accept loop reads the first request head itself (parsed
+//! by `httparse`, hyper's own parser) and:
+//! - a complete `GET /v1/connect` head is admitted here ([`admission::admit`], the same
+//!   function the axum route calls); the 101 and the welcome frame are written as one
+//!   buffer and the socket runs in this same task;
+//! - anything else (other paths and methods, a head cut short by the client, malformed
+//!   or oversized requests, a GET with a body) goes to hyper together with the bytes
+//!   already read, so hyper answers it exactly as it always did.
+//!
+//! A refused connect request is answered here, and the rest of the connection
+//! (keep-alive) goes to hyper. The header timeout covers this read as it covers
+//! hyper's.
+//!
+//! [`Prefixed`] is written by hand because no crate hands hyper a connection whose
+//! first bytes were already read: it is `AsyncRead`/`AsyncWrite` forwarding that serves
+//! those bytes first.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::client_ip::client_ip;
+use crate::state::AppState;
+use crate::ws::admission;
+
+/// The path served without hyper.
+const CONNECT_PATH: &str = "/v1/connect";
+/// Room for the first read: a connect request head is about 400 bytes.
+const FIRST_READ_BYTES: usize = 2048;
+/// Headers parsed in place; a request with more goes to hyper (which allows 100).
+const MAX_HEADERS: usize = 64;
+/// Largest error body read back from a refusal (they are small JSON objects).
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// What the first read of a connection found.
+pub enum First {
+    /// A complete `GET /v1/connect` request head.
+    Connect(ConnectRequest),
+    /// Anything else: these bytes go to hyper before the rest of the connection.
+    Other(Vec<u8>),
+    /// The client left before sending a complete head.
+    Gone,
+}
+
+/// A connect request read off the socket.
+pub struct ConnectRequest {
+    headers: HeaderMap,
+    query: Option<String>,
+    /// Bytes after the head, already read (frames a client sent before the 101).
+    rest: Vec<u8>,
+}
+
+/// Reads until the first request head is complete, `max_head` bytes were read, or the
+/// client is gone. The caller bounds it in time (the header timeout).
+pub async fn read(stream: &mut TcpStream, max_head: usize) -> First {
+    let mut buf = Vec::with_capacity(FIRST_READ_BYTES);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return First::Gone,
+            Ok(_) => {}
+        }
+        match parse(&buf) {
+            Parsed::Connect {
+                headers,
+                query,
+                head_len,
+            } => {
+                let rest = buf.split_off(head_len);
+                return First::Connect(ConnectRequest {
+                    headers,
+                    query,
+                    rest,
+                });
+            }
+            Parsed::Partial if buf.len() < max_head => {}
+            Parsed::Partial | Parsed::Other => return First::Other(buf),
+        }
+    }
+}
+
+enum Parsed {
+    Connect {
+        headers: HeaderMap,
+        query: Option<String>,
+        head_len: usize,
+    },
+    Partial,
+    Other,
+}
+
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        // Malformed, or too many headers: hyper gives the answer it always gave.
+        Err(_) => return Parsed::Other,
+    };
+    if request.method != Some(Method::GET.as_str()) || request.version != Some(1) {
+        return Parsed::Other;
+    }
+    let target = request.path.unwrap_or_default();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    if path != CONNECT_PATH {
+        return Parsed::Other;
+    }
+    let mut map = HeaderMap::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Other;
+        };
+        // A GET with a body: framing is hyper's business.
+        if name == axum::http::header::CONTENT_LENGTH
+            || name == axum::http::header::TRANSFER_ENCODING
+        {
+            return Parsed::Other;
+        }
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Parsed::Other;
+        };
+        map.append(name, value);
+    }
+    Parsed::Connect {
+        headers: map,
+        query: query.map(str::to_owned),
+        head_len,
+    }
+}
+
+/// Admits `request`: on success writes the 101 and runs the socket to its end (`None`);
+/// on refusal writes the error answer and gives the connection back for hyper, with the
+/// bytes already read after the head (`Some`). `None` too when the client is gone.
+pub async fn serve_connect(
+    state: AppState,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    request: ConnectRequest,
+) -> Option<(TcpStream, Vec<u8>)> {
+    let ip = client_ip(peer, &request.headers, &state.config.trusted_proxies);
+
+    match admission::admit(&state, ip, &request.headers, request.query.as_deref()).await {
+        Ok(admitted) => {
+            admitted.answer_and_run(state, stream, request.rest).await;
+            None
+        }
+        Err(err) => {
+            let response = admission::refused(&state, ip, err).into_response();
+            match write_response(&mut stream, response).await {
+                Ok(()) => Some((stream, request.rest)),
+                Err(_) => None,
+            }
+        }
+    }
+}
+
+/// Writes `response` as HTTP/1.1 in one buffer, with `content-length` and `date` as
+/// hyper would add them.
+async fn write_response(stream: &mut TcpStream, response: Response) -> io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await
+}
+
+/// A transport whose first bytes were already read: they are served first, then the
+/// rest comes from `inner`. Writes go straight to `inner` (vectored writes included, so
+/// hyper keeps writing headers and body in one call).
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, with `prefix` read first.
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                // Served: the memory goes back now, not when the connection ends.
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect_head(extra: &str) -> String {
+        format!(
+            "GET /v1/connect?device_id=d HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn a_connect_head_is_taken_with_its_query_and_headers() {
+        let head = connect_head("");
+        match parse(head.as_bytes()) {
+            Parsed::Connect {
+                headers,
+                query,
+                head_len,
+            } => {
+                assert_eq!(query.as_deref(), Some("device_id=d"));
+                assert_eq!(
+                    headers.get("upgrade").map(|v| v.as_bytes()),
+                    Some(&b"websocket"[..])
+                );
+                assert_eq!(head_len, head.len());
+            }
+            _ => panic!("not taken"),
+        }
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for other in [
+            "POST /v1/connect HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "GET /v1/connectx HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "GET /v1/tickets HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "GET /v1/connect HTTP/1.0\r\nHost: x\r\n\r\n".to_owned(),
+            "GET http://x/v1/connect HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            connect_head("Content-Length: 0\r\n"),
+            connect_head("Transfer-Encoding: chunked\r\n"),
+            "GET /v1/connect HTTP/1.1\r\nBad Header: x\r\n\r\n".to_owned(),
+            "\u{1}\u{2}garbage\r\n\r\n".to_owned(),
+        ] {
+            assert!(
+                matches!(parse(other.as_bytes()), Parsed::Other),
+                "{other:?}"
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert!(matches!(
+            parse(connect_head(&many).as_bytes()),
+            Parsed::Other
+        ));
+    }
+
+    #[test]
+    fn a_head_cut_short_is_partial() {
+        let head = connect_head("");
+        for cut in [1, 10, head.len() - 1] {
+            assert!(
+                matches!(parse(&head.as_bytes()[..cut]), Parsed::Partial),
+                "{cut}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn prefixed_serves_the_prefix_then_the_stream() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.expect("write");
+        drop(client);
+        let mut prefixed = Prefixed::new(b"hello".to_vec(), server);
+        let mut all = String::new();
+        prefixed.read_to_string(&mut all).await.expect("read");
+        assert_eq!(all, "hello world");
+    }
+}
