@@ -5,9 +5,11 @@
 //! Order of the phases (each time- and count-boxed):
 //! 1. setup: users file (argon2, via `ticketgate user add`), Redis, node A, baseline,
 //!    one login per pool device;
-//! 2. baseline handshake; mint → admit → replay on the same tickets; a `MONITOR` probe
-//!    for round trips; full handshake; forged tickets; the baseline again (a change
-//!    between its two runs means something else used the CPU);
+//! 2. mint (the tickets of every admit round) → admit → replay on the same tickets; a
+//!    `MONITOR` probe for round trips; full handshake; forged tickets. Admit, full
+//!    handshake and forged tickets, the rates of the bar, are each measured in
+//!    interleaved rounds with the baseline handshake ([`crate::rounds`]), because this
+//!    machine's speed drifts within a minute;
 //! 3. node L (the real mint quota, 1 s tickets): expired tickets, then the mint flood;
 //! 4. conn-storm: cold, then two drains of a node started for the purpose;
 //! 5. nodes B and C: kick across nodes, push over 1/2/3 nodes;
@@ -18,6 +20,7 @@
 //! Every child process is held by a guard that kills it on drop, so an error, a panic
 //! or Ctrl-C leaves nothing running.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +33,9 @@ use ticketgate_sdk::ClientType;
 
 use crate::host::{self, CpuMeter};
 use crate::progress::status;
-use crate::redis_stats::RedisStats;
+use crate::redis_stats::{RedisCost, RedisStats};
 use crate::report::{fmt_us, BarRow, GrowthRow, Memory, NodeSettings, Report, Verdict};
+use crate::rounds::{split_even, Drift, Interleaved, RatioSpread};
 use crate::scenarios::conn_storm::{self, DrainOutcome};
 use crate::scenarios::idle::{self, HeldSockets};
 use crate::scenarios::kick::{self, KickSetup};
@@ -40,7 +44,7 @@ use crate::scenarios::push::{self, PushSetup};
 use crate::scenarios::{admit, forged, handshake, replay, Plan};
 use crate::spawn::{self, Baseline, Node, RedisServer};
 use crate::stats::Figures;
-use crate::target::{self, login, mint_many, Admin, Device, Users};
+use crate::target::{self, login, mint_many, Admin, Device, Minted, Users};
 use crate::ws::Dialer;
 
 /// Pool users (`lt0`..`lt50`), two devices (web + mobile) each.
@@ -62,8 +66,14 @@ const EXPIRED_TICKETS: usize = 300;
 const UNLIMITED: &str = "1000000/s";
 /// The mint flood's offered rate, fixed so the honest figures mean the same anywhere.
 const FLOOD_RATE: u32 = 2_000;
-/// A change of the baseline rate during the run that is worth a warning.
+/// A range of the baseline rates over the rounds (relative to their median) that is
+/// worth a note.
 const DRIFT_WARNING: f64 = 0.10;
+/// Operations per second of a round that caps its runs: far above any rate seen here
+/// (60,000/s at most), so that every run of a round ends on time, not on the count.
+const ROUND_OPS_PER_SEC: f64 = 200_000.0;
+/// Share of its time a run of a round must last for its rate to count as a full run.
+const SHORT_ROUND: f64 = 0.9;
 /// Ticket lifetime on node L, so that expired tickets are at hand quickly.
 const SHORT_TICKET_TTL: &str = "1s";
 
@@ -84,8 +94,14 @@ pub struct BenchArgs {
 /// How big and long each phase is.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
+    /// Runs outside the rounds (replay; expired tickets run half of it).
     run: Duration,
+    /// The count that caps those runs.
     max_ops: u64,
+    /// Interleaved rounds of each rate of the bar.
+    rounds: usize,
+    /// Every run of a round, baseline and ticketgate alike.
+    round: Duration,
     idle_levels: [usize; 3],
     idle_run: Duration,
     storm_clients: usize,
@@ -101,6 +117,8 @@ impl Sizes {
         Sizes {
             run: Duration::from_secs(5),
             max_ops: 60_000,
+            rounds: 3,
+            round: Duration::from_millis(2_500),
             idle_levels: [0, 5_000, 10_000],
             idle_run: Duration::from_secs(3),
             storm_clients: 1_000,
@@ -116,6 +134,8 @@ impl Sizes {
         Sizes {
             run: Duration::from_secs(3),
             max_ops: 30_000,
+            rounds: 2,
+            round: Duration::from_secs(2),
             idle_levels: [0, 1_000, 2_000],
             idle_run: Duration::from_secs(2),
             storm_clients: 500,
@@ -134,15 +154,35 @@ impl Sizes {
             concurrency: RUN_CONCURRENCY,
         }
     }
+
+    /// Each run of a round: bounded by time (the count is out of reach).
+    fn round_plan(&self) -> Plan {
+        Plan {
+            duration: self.round,
+            max_ops: (ROUND_OPS_PER_SEC * self.round.as_secs_f64()) as u64,
+            concurrency: RUN_CONCURRENCY,
+        }
+    }
+
+    /// The mint run: the tickets of every admit round. Minting is about as fast as
+    /// admitting, so it gets the admit rounds' time and half as much again.
+    fn mint_plan(&self) -> Plan {
+        let rounds = u32::try_from(self.rounds).unwrap_or(u32::MAX);
+        let round = self.round_plan();
+        Plan {
+            duration: self.round * rounds * 3 / 2,
+            max_ops: round.max_ops.saturating_mul(self.rounds as u64),
+            ..round
+        }
+    }
 }
 
 /// The key figures the bar is made of.
 #[derive(Default)]
 struct Findings {
-    baseline_handshake: Option<Figures>,
-    admit: Option<Figures>,
-    handshake: Option<Figures>,
-    forged: Option<Figures>,
+    admit: Option<Interleaved>,
+    handshake: Option<Interleaved>,
+    forged: Option<Interleaved>,
     mint_round_trips: Option<f64>,
     admit_round_trips: Option<f64>,
     forged_commands: Option<f64>,
@@ -151,6 +191,27 @@ struct Findings {
     rss_ticketgate: Option<Memory>,
     rss_baseline: Option<Memory>,
     kick: Option<Figures>,
+}
+
+/// What the ticketgate run of one interleaved round gives back.
+struct RoundRun<T> {
+    /// The run the round's ratio is about (recorded with node-a's CPU).
+    figures: Figures,
+    /// The same run broken down (recorded without CPU), e.g. forged tickets by kind.
+    parts: Vec<Figures>,
+    /// What the caller keeps of it, e.g. the tickets an admit round consumed.
+    kept: T,
+}
+
+impl RoundRun<()> {
+    /// A run with nothing more to it.
+    fn of(figures: Figures) -> RoundRun<()> {
+        RoundRun {
+            figures,
+            parts: Vec::new(),
+            kept: (),
+        }
+    }
 }
 
 /// Everything the phases share.
@@ -368,18 +429,35 @@ impl Bench {
 }
 
 impl Bench {
-    /// Baseline handshake; mint → admit → replay; round-trip probe; full handshake;
-    /// forged tickets.
+    /// Mint → admit → replay on the same tickets; round-trip probe; full handshake;
+    /// forged tickets. The rates of the bar (admit, full handshake, forged) are each
+    /// measured in interleaved rounds with the baseline handshake.
     async fn phase_rates(&mut self) -> anyhow::Result<()> {
-        let plan = self.sizes.plan();
-        let before = self
-            .baseline_handshake("connect + welcome + close (before)")
-            .await;
+        let (mint_cost, admit_cost, consumed) = self.mint_then_admit().await?;
+        let replay_cost = self.replay(consumed).await?;
+        let (mint_cost, admit_cost) = self.with_round_trips(mint_cost, admit_cost).await?;
+        self.report
+            .redis
+            .extend([mint_cost, admit_cost, replay_cost]);
+        self.full_handshakes().await?;
+        self.forged_tickets().await?;
+        self.note_drift();
+        Ok(())
+    }
 
-        status("ticketgate: mint, then admit the minted tickets, then replay them");
-        let node = Some(self.node_a.pid());
+    /// Mints the tickets of every admit round, then admits them in interleaved rounds,
+    /// each round its own share, the oldest tickets first. Returns the Redis cost of a
+    /// mint and of an admission (the baseline runs between the rounds send no Redis
+    /// command), and the tickets the last round consumed: the freshest, so that they
+    /// are replayed well within their lifetime.
+    async fn mint_then_admit(&mut self) -> anyhow::Result<(RedisCost, RedisCost, Vec<Minted>)> {
+        let rounds = self.sizes.rounds;
+        status(format!(
+            "ticketgate: mint the tickets of {rounds} admit rounds"
+        ));
+        let plan = self.sizes.mint_plan();
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(node);
+        let cpu = CpuMeter::start(Some(self.node_a.pid()));
         let (tickets, mint) = mint_many(
             "mint (keep-alive)",
             &self.devices,
@@ -388,35 +466,54 @@ impl Bench {
             plan.duration,
         )
         .await;
-        let mut mint_cost = snap.cost("mint", mint.ok)?;
+        let mint_cost = snap.cost("mint", mint.ok)?;
         self.report.run_cpu("mint", "ticketgate", mint, &cpu);
 
+        let mut shares = split_even(tickets, rounds).into_iter();
+        let a = self.a.clone();
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(node);
-        let (admitted, consumed) = admit::run(
-            "socket + welcome + close",
-            Arc::new(tickets),
-            self.a.clone(),
-            &plan,
-        )
-        .await;
-        let mut admit_cost = snap.cost("admit", admitted.ok)?;
-        self.report
-            .run_cpu("admit", "ticketgate", admitted.clone(), &cpu);
+        let (admitted, mut consumed) = self
+            .interleaved("admit", "socket + welcome + close", move |label, plan| {
+                let (tickets, a) = (Arc::new(shares.next().unwrap_or_default()), a.clone());
+                async move {
+                    let (figures, consumed) = admit::run(&label, tickets, a, &plan).await;
+                    RoundRun {
+                        figures,
+                        parts: Vec::new(),
+                        kept: consumed,
+                    }
+                }
+            })
+            .await;
+        let admit_cost = snap.cost("admit", admitted.ok())?;
         self.found.admit = Some(admitted);
+        Ok((mint_cost, admit_cost, consumed.pop().unwrap_or_default()))
+    }
 
+    /// Presents `consumed` tickets again (each must be refused); returns the Redis cost
+    /// of a replay.
+    async fn replay(&mut self, consumed: Vec<Minted>) -> anyhow::Result<RedisCost> {
+        status("ticketgate: replay the tickets of the last admit round");
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(node);
+        let cpu = CpuMeter::start(Some(self.node_a.pid()));
         let replayed = replay::run(
             "consumed tickets again",
             Arc::new(consumed),
             self.a.clone(),
-            &plan,
+            &self.sizes.plan(),
         )
         .await;
-        let replay_cost = snap.cost("replay", replayed.ok + replayed.error_count())?;
+        let cost = snap.cost("replay", replayed.ok + replayed.error_count())?;
         self.report.run_cpu("replay", "ticketgate", replayed, &cpu);
+        Ok(cost)
+    }
 
+    /// The `MONITOR` probe: round trips per mint and per admit, added to their costs.
+    async fn with_round_trips(
+        &mut self,
+        mint: RedisCost,
+        admit: RedisCost,
+    ) -> anyhow::Result<(RedisCost, RedisCost)> {
         status("MONITOR probe: round trips per mint and per admit");
         let probe =
             admit::probe_round_trips(&self.redis, &self.devices, self.a.clone(), PROBE_OPS).await?;
@@ -432,32 +529,39 @@ impl Bench {
                 names.join(", ")
             }
         ));
-        mint_cost = mint_cost.with_round_trips(&probe.mint.0, probe.mint.1, background);
-        admit_cost = admit_cost.with_round_trips(&probe.admit.0, probe.admit.1, background);
-        self.found.mint_round_trips = mint_cost.round_trips_per_op;
-        self.found.admit_round_trips = admit_cost.round_trips_per_op;
-        self.report
-            .redis
-            .extend([mint_cost, admit_cost, replay_cost]);
+        let mint = mint.with_round_trips(&probe.mint.0, probe.mint.1, background);
+        let admit = admit.with_round_trips(&probe.admit.0, probe.admit.1, background);
+        self.found.mint_round_trips = mint.round_trips_per_op;
+        self.found.admit_round_trips = admit.round_trips_per_op;
+        Ok((mint, admit))
+    }
 
-        status("ticketgate: full handshake (mint over keep-alive + admit)");
+    /// Full handshakes (mint over keep-alive + admit) in interleaved rounds.
+    async fn full_handshakes(&mut self) -> anyhow::Result<()> {
+        let (devices, a) = (Arc::new(self.devices.clone()), self.a.clone());
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(node);
-        let full = handshake::ticketgate(
-            "mint + socket + welcome + close",
-            &self.devices,
-            self.a.clone(),
-            &plan,
-        )
-        .await;
+        let (full, _) = self
+            .interleaved(
+                "handshake",
+                "mint + socket + welcome + close",
+                move |label, plan| {
+                    let (devices, a) = (devices.clone(), a.clone());
+                    async move {
+                        RoundRun::of(handshake::ticketgate(&label, &devices, a, &plan).await)
+                    }
+                },
+            )
+            .await;
         self.report
             .redis
-            .push(snap.cost("handshake (mint + admit)", full.ok)?);
-        self.report
-            .run_cpu("handshake", "ticketgate", full.clone(), &cpu);
+            .push(snap.cost("handshake (mint + admit)", full.ok())?);
         self.found.handshake = Some(full);
+        Ok(())
+    }
 
-        status("ticketgate: forged tickets at the upgrade");
+    /// Forged tickets at the upgrade in interleaved rounds; none may cost a Redis
+    /// command.
+    async fn forged_tickets(&mut self) -> anyhow::Result<()> {
         let sample_device = &self.devices[0];
         let sample = sample_device
             .client
@@ -468,55 +572,125 @@ impl Bench {
             ticket: sample.ticket,
             device_id: sample_device.id().to_owned(),
         };
+        let a = self.a.clone();
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(node);
-        let runs = forged::run("forged", sample, self.a.clone(), &plan).await;
-        if let Some(all) = runs.first() {
-            let cost = snap.cost("forged", all.ok + all.error_count())?;
-            self.found.forged_commands = Some(cost.commands_per_op);
-            self.found.forged = Some(all.clone());
-            self.report.redis.push(cost);
-        }
-        let mut runs = runs.into_iter();
-        if let Some(all) = runs.next() {
-            self.report.run_cpu("forged", "ticketgate", all, &cpu);
-        }
-        for figures in runs {
-            self.report.run("forged", "ticketgate", figures);
-        }
-
-        // The baseline again: machine load that changed during the ticketgate runs
-        // shows as a difference between the two.
-        let after = self
-            .baseline_handshake("connect + welcome + close (after)")
+        let (refused, _) = self
+            .interleaved("forged", "forged", move |label, plan| {
+                let (sample, a) = (sample.clone(), a.clone());
+                async move {
+                    let run = forged::run(&label, sample, a, &plan).await;
+                    RoundRun {
+                        figures: run.all,
+                        parts: run.by_kind.into(),
+                        kept: (),
+                    }
+                }
+            })
             .await;
-        let mean = (before.rate + after.rate) / 2.0;
-        let drift = (before.rate - after.rate).abs() / mean.max(1e-9);
-        if drift > DRIFT_WARNING {
-            self.report.note(format!(
-                "the baseline handshake rate moved by {:.0} % between the start and the end of \
-                 the rate runs ({:.0}/s, then {:.0}/s): something else used this machine's CPU; \
-                 the ratios are less reliable",
-                drift * 100.0,
-                before.rate,
-                after.rate
-            ));
-        }
-        let mut combined = before;
-        combined.label = "connect + welcome + close (mean of both)".into();
-        combined.rate = mean;
-        self.found.baseline_handshake = Some(combined);
+        let cost = snap.cost("forged", refused.ok() + refused.error_count())?;
+        self.found.forged_commands = Some(cost.commands_per_op);
+        self.report.redis.push(cost);
+        self.found.forged = Some(refused);
         Ok(())
     }
 
-    /// One baseline handshake run (connect + welcome + close).
-    async fn baseline_handshake(&mut self, label: &str) -> Figures {
+    /// Measures one rate of the bar in interleaved rounds ([`crate::rounds`]): for each
+    /// round a baseline handshake run, then `run(label, plan)` against node-a; then one
+    /// more baseline run. Records every run (the ticketgate ones under `scenario`) and
+    /// a note for any that ended early. Returns the runs and what each round kept.
+    async fn interleaved<T, F, Fut>(
+        &mut self,
+        scenario: &str,
+        label: &str,
+        mut run: F,
+    ) -> (Interleaved, Vec<T>)
+    where
+        F: FnMut(String, Plan) -> Fut,
+        Fut: Future<Output = RoundRun<T>>,
+    {
+        let (rounds, plan) = (self.sizes.rounds, self.sizes.round_plan());
+        let mut measured = Interleaved::default();
+        let mut kept = Vec::with_capacity(rounds);
+        for round in 1..=rounds {
+            let before = self.baseline_run(scenario, round - 1).await;
+            measured.baselines.push(before);
+            let label = format!("{label} (round {round})");
+            status(format!("ticketgate: {scenario}: {label}"));
+            let cpu = CpuMeter::start(Some(self.node_a.pid()));
+            let done = run(label, plan).await;
+            self.report
+                .run_cpu(scenario, "ticketgate", done.figures.clone(), &cpu);
+            for part in done.parts {
+                self.report.run(scenario, "ticketgate", part);
+            }
+            measured.runs.push(done.figures);
+            kept.push(done.kept);
+        }
+        let last = self.baseline_run(scenario, rounds).await;
+        measured.baselines.push(last);
+        self.note_short_runs(scenario, &measured, plan.duration);
+        (measured, kept)
+    }
+
+    /// The baseline handshake run (connect + welcome + close) at `place` among the
+    /// rounds of `scenario`: 0 before the first round, `rounds` after the last.
+    async fn baseline_run(&mut self, scenario: &str, place: usize) -> Figures {
+        let label = format!(
+            "connect + welcome + close ({})",
+            around_round(scenario, place, self.sizes.rounds)
+        );
         status(format!("baseline: {label}"));
         let cpu = CpuMeter::start(Some(self.baseline.pid()));
-        let figures = handshake::baseline(label, self.base.clone(), &self.sizes.plan()).await;
+        let figures =
+            handshake::baseline(&label, self.base.clone(), &self.sizes.round_plan()).await;
         self.report
             .run_cpu("handshake", "baseline", figures.clone(), &cpu);
         figures
+    }
+
+    /// A note for each run of a round that ended well before its time (out of tickets
+    /// or of its count): its rate covers a shorter time than its neighbours'.
+    fn note_short_runs(&mut self, scenario: &str, measured: &Interleaved, round: Duration) {
+        let round = round.as_secs_f64();
+        for run in measured.baselines.iter().chain(&measured.runs) {
+            if run.elapsed_s < round * SHORT_ROUND {
+                self.report.note(format!(
+                    "{scenario}: the run `{}` ended after {:.1} s of {round:.1} s ({} \
+                     operations: out of tickets or of its count), so its rate covers a \
+                     shorter time than the runs next to it",
+                    run.label,
+                    run.elapsed_s,
+                    run.ok + run.error_count()
+                ));
+            }
+        }
+    }
+
+    /// A note when the baseline rate moved over the rounds: this machine's speed
+    /// drifted (the rounds are there to make the ratios hold up to it).
+    fn note_drift(&mut self) {
+        let f = &self.found;
+        let figures: Vec<&Interleaved> = [&f.admit, &f.handshake, &f.forged]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(drift) = Drift::of(&figures) else {
+            return;
+        };
+        if drift.range() > DRIFT_WARNING {
+            self.report.note(format!(
+                "the baseline handshake rate ranged from {:.0}/s to {:.0}/s over its {} runs \
+                 ({:.0} % of their median), and moved by up to {:.0} % between the two runs \
+                 around one round: this machine's speed drifted. Each ratio of the bar sets \
+                 a ticketgate run against the baseline runs right before and after it; the \
+                 bar shows the median round and the spread of the rounds",
+                drift.min,
+                drift.max,
+                drift.runs,
+                drift.range() * 100.0,
+                drift.largest_in_round * 100.0
+            ));
+        }
     }
 
     /// Node L: the real mint quota and 1 s tickets. Expired tickets, then the flood.
@@ -919,6 +1093,18 @@ impl Bench {
     }
 }
 
+/// Where a baseline run stands among the rounds of `scenario`: `place` 0 is before the
+/// first round, `rounds` after the last.
+fn around_round(scenario: &str, place: usize, rounds: usize) -> String {
+    if place == 0 {
+        format!("before {scenario} round 1")
+    } else if place >= rounds {
+        format!("after {scenario} round {rounds}")
+    } else {
+        format!("between {scenario} rounds {place} and {}", place + 1)
+    }
+}
+
 fn memory_row(target: &str, sockets: usize, before: u64, after: u64) -> Memory {
     let per_socket = if sockets == 0 {
         0.0
@@ -966,19 +1152,29 @@ fn shown_ratio(r: Option<f64>) -> String {
     r.map_or("-".to_owned(), |r| format!("{r:.2}×"))
 }
 
-fn rate_row(figure: &str, tg: Option<&Figures>, base: Option<&Figures>, at_least: f64) -> BarRow {
-    let (Some(tg), Some(base)) = (tg, base) else {
-        return missing_row(figure, &format!("≥ {at_least:.1} × baseline"));
+fn shown_rate(rate: Option<f64>) -> String {
+    rate.map_or("-".to_owned(), |r| format!("{r:.0}/s"))
+}
+
+/// The row of a rate measured in interleaved rounds: the median rates, the median
+/// round's ratio with the spread of the rounds; a miss when any run failed an
+/// operation.
+fn rate_row(figure: &str, measured: Option<&Interleaved>, at_least: f64) -> BarRow {
+    let bar = format!("≥ {at_least:.1} × baseline");
+    let Some(measured) = measured else {
+        return missing_row(figure, &bar);
     };
-    let r = ratio(tg.rate, base.rate);
+    let spread = measured.spread();
+    let median = spread.as_ref().map(|s| s.median);
     BarRow {
         figure: figure.to_owned(),
-        ticketgate: format!("{:.0}/s", tg.rate),
-        baseline: format!("{:.0}/s", base.rate),
-        ratio: shown_ratio(r),
-        bar: format!("≥ {at_least:.1} × baseline"),
-        verdict: Verdict::of(r.is_some_and(|r| r >= at_least) && tg.error_count() == 0),
-        value: r,
+        ticketgate: shown_rate(measured.ticketgate_rate()),
+        baseline: shown_rate(measured.baseline_rate()),
+        ratio: spread.as_ref().map_or("-".to_owned(), RatioSpread::shown),
+        bar,
+        verdict: Verdict::of(median.is_some_and(|r| r >= at_least) && measured.error_count() == 0),
+        value: median,
+        rounds: spread,
     }
 }
 
@@ -991,24 +1187,22 @@ fn missing_row(figure: &str, bar: &str) -> BarRow {
         bar: bar.to_owned(),
         verdict: Verdict::NotAvailable,
         value: None,
+        rounds: None,
     }
 }
 
 impl Bench {
     fn compose_bar(&mut self) {
         let f = &self.found;
-        let base = f.baseline_handshake.as_ref();
         let mut rows = vec![
             rate_row(
                 "admit rate (pre-minted ticket → socket → welcome → close)",
                 f.admit.as_ref(),
-                base,
                 0.8,
             ),
             rate_row(
                 "full handshake rate (mint over keep-alive + admit)",
                 f.handshake.as_ref(),
-                base,
                 0.5,
             ),
         ];
@@ -1022,6 +1216,7 @@ impl Bench {
                 bar: "exactly 1 / 1".into(),
                 verdict: Verdict::of((m - 1.0).abs() <= 0.02 && (a - 1.0).abs() <= 0.02),
                 value: Some(m.max(a)),
+                rounds: None,
             },
             _ => missing_row("Redis round trips per mint / per admit", "exactly 1 / 1"),
         });
@@ -1035,6 +1230,7 @@ impl Bench {
                 bar: "0".into(),
                 verdict: Verdict::of(fc < 0.005 && ec < 0.005),
                 value: Some(fc.max(ec)),
+                rounds: None,
             },
             _ => missing_row("Redis commands per forged / expired ticket", "0"),
         });
@@ -1042,7 +1238,6 @@ impl Bench {
         rows.push(rate_row(
             "forged-ticket rejection rate",
             f.forged.as_ref(),
-            base,
             1.0,
         ));
 
@@ -1064,6 +1259,7 @@ impl Bench {
                         bar: flood_bar.into(),
                         verdict: Verdict::of(share >= 0.99 && r.is_some_and(|r| r <= 2.0)),
                         value: r,
+                        rounds: None,
                     }
                 }
                 _ => missing_row(flood_figure, flood_bar),
@@ -1080,6 +1276,7 @@ impl Bench {
                 bar: "≤ 8 KiB".into(),
                 verdict: Verdict::of(tg.per_socket_kib <= 8.0),
                 value: Some(tg.per_socket_kib),
+                rounds: None,
             },
             _ => missing_row("RSS per idle admitted socket", "≤ 8 KiB"),
         });
@@ -1096,6 +1293,7 @@ impl Bench {
                     p99 <= 10.0 && f.kick.as_ref().is_some_and(|k| k.error_count() == 0),
                 ),
                 value: Some(p99),
+                rounds: None,
             },
             None => missing_row(kick_figure, "p99 ≤ 10 ms"),
         });

@@ -12,6 +12,7 @@
 //!
 //! # Layout
 //! - `bench`: the orchestrator: child processes, the run order, the bar.
+//! - `rounds`: interleaved baseline and ticketgate runs, the ratios of the bar.
 //! - `standalone`: one scenario against an existing deployment.
 //! - `scenarios/`: one module per scenario, plain async functions returning figures.
 //! - `target`: login, mint and the admin API (through `ticketgate-sdk`).
@@ -31,6 +32,7 @@ pub mod host;
 pub mod progress;
 pub mod redis_stats;
 pub mod report;
+pub mod rounds;
 pub mod scenarios;
 pub mod spawn;
 pub mod standalone;

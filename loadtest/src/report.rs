@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::host::{CpuMeter, CpuPerOp, FdLimit};
 use crate::redis_stats::RedisCost;
+use crate::rounds::RatioSpread;
 use crate::stats::{Figures, Latency};
 
 /// Everything one invocation measured.
@@ -125,7 +126,8 @@ pub struct BarRow {
     pub ticketgate: String,
     /// The baseline's value, as shown (`-` when there is none).
     pub baseline: String,
-    /// ticketgate / baseline, as shown (`-` when not a ratio figure).
+    /// ticketgate / baseline, as shown (`-` when not a ratio figure); for a figure
+    /// measured in interleaved rounds, the median round and the spread of the rounds.
     pub ratio: String,
     /// The bar, as the issue states it.
     pub bar: String,
@@ -133,6 +135,9 @@ pub struct BarRow {
     pub verdict: Verdict,
     /// The number the verdict is about (a ratio, a count, milliseconds...).
     pub value: Option<f64>,
+    /// The ratios of the interleaved rounds, for the figures measured in rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<RatioSpread>,
 }
 
 /// One row of the "cost grows with work" table.
@@ -387,7 +392,9 @@ impl Report {
             })
             .collect();
         table(
-            "The bar (ratio = ticketgate / baseline, same machine, same run)",
+            "The bar (ratio = ticketgate / baseline, same machine, same run; rate figures: \
+             interleaved rounds, the median round's ratio (min–max of the rounds), \
+             medians of the rates)",
             &[
                 "figure",
                 "ticketgate",

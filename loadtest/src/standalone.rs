@@ -303,11 +303,10 @@ pub async fn forged(args: TargetArgs) -> anyhow::Result<()> {
         device_id: device.id().to_owned(),
     };
     let snap = ctx.snapshot();
-    let runs = forged::run("forged", sample, ctx.dialer.clone(), &ctx.plan()).await;
-    if let Some(all) = runs.first() {
-        ctx.cost(snap, "forged", all.ok + all.error_count());
-    }
-    for figures in runs {
+    let forged = forged::run("forged", sample, ctx.dialer.clone(), &ctx.plan()).await;
+    ctx.cost(snap, "forged", forged.all.ok + forged.all.error_count());
+    ctx.report.run("forged", "ticketgate", forged.all);
+    for figures in forged.by_kind {
         ctx.report.run("forged", "ticketgate", figures);
     }
     ctx.finish()

@@ -170,7 +170,8 @@ pub struct Minted {
 }
 
 /// Mints up to `count` tickets with `concurrency` workers, round-robin over `devices`,
-/// for at most `duration`. Returns the tickets and the mint figures.
+/// for at most `duration`. Returns the tickets, oldest first (in the order their mints
+/// started), and the mint figures.
 pub async fn mint_many(
     label: &str,
     devices: &[Device],
@@ -188,15 +189,17 @@ pub async fn mint_many(
             let mut record = Recorder::new();
             let mut minted = Vec::new();
             while budget.take() {
-                let device = &devices[next.fetch_add(1, Ordering::Relaxed) % devices.len()];
+                let order = next.fetch_add(1, Ordering::Relaxed);
+                let device = &devices[order % devices.len()];
                 let started = Instant::now();
                 match device.client.mint_ticket(&device.session).await {
                     Ok(ticket) => {
                         record.ok(started.elapsed());
-                        minted.push(Minted {
+                        let ticket = Minted {
                             device_id: device.id().to_owned(),
                             ticket: ticket.ticket,
-                        });
+                        };
+                        minted.push((order, ticket));
                     }
                     Err(e) => record.error_with(sdk_error_kind(&e), &e),
                 }
@@ -205,7 +208,7 @@ pub async fn mint_many(
         }));
     }
     let mut record = Recorder::new();
-    let mut minted = Vec::with_capacity(count);
+    let mut minted = Vec::new();
     for task in tasks {
         if let Ok((r, m)) = task.await {
             record.merge(&r);
@@ -213,6 +216,8 @@ pub async fn mint_many(
         }
     }
     let elapsed = budget.finish();
+    minted.sort_unstable_by_key(|(order, _)| *order);
+    let minted = minted.into_iter().map(|(_, ticket)| ticket).collect();
     (minted, record.figures(label, elapsed))
 }
 

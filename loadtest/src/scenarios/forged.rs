@@ -41,9 +41,17 @@ pub struct Sample {
     pub device_id: String,
 }
 
+/// The figures of a forged-ticket run.
+pub struct Forged {
+    /// Every attempt.
+    pub all: Figures,
+    /// The same attempts by kind: `random`, then `re-MACed`.
+    pub by_kind: [Figures; 2],
+}
+
 /// Forged tickets at the upgrade, `random` and `re-MACed` alternating. Returns the
 /// figures of all attempts and of each kind.
-pub async fn run(label: &str, sample: Sample, dialer: Arc<Dialer>, plan: &Plan) -> Vec<Figures> {
+pub async fn run(label: &str, sample: Sample, dialer: Arc<Dialer>, plan: &Plan) -> Forged {
     let budget = Budget::new(label, plan.duration, plan.max_ops);
     let sample = Arc::new(sample);
     let tasks: Vec<_> = (0..plan.concurrency.max(1))
@@ -83,11 +91,13 @@ pub async fn run(label: &str, sample: Sample, dialer: Arc<Dialer>, plan: &Plan) 
     let mut all = Recorder::new();
     all.merge(&random);
     all.merge(&remac);
-    vec![
-        all.figures(label, elapsed),
-        random.figures(format!("{label}: random"), elapsed),
-        remac.figures(format!("{label}: re-MACed"), elapsed),
-    ]
+    Forged {
+        all: all.figures(label, elapsed),
+        by_kind: [
+            random.figures(format!("{label}: random"), elapsed),
+            remac.figures(format!("{label}: re-MACed"), elapsed),
+        ],
+    }
 }
 
 /// Real tickets past their expiry, presented by their own devices, round-robin until
