@@ -24,7 +24,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use rand::distributions::Alphanumeric;
-use rand::rngs::OsRng;
 use rand::Rng as _;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Url;
@@ -851,9 +850,11 @@ fn ticket_is_well_formed(ticket: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// A fresh nonce from the OS RNG: [`NONCE_LEN`] chars of `[A-Za-z0-9]`.
+/// A fresh nonce: [`NONCE_LEN`] chars of `[A-Za-z0-9]` from the thread's CSPRNG
+/// (ChaCha, seeded and periodically reseeded from the OS). Sampling `OsRng` directly
+/// made one `getrandom` system call per character.
 fn new_nonce() -> String {
-    OsRng
+    rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(NONCE_LEN)
         .map(char::from)

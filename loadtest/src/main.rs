@@ -21,6 +21,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ticketgate_loadtest::{baseline, bench, standalone};
 
+/// The same allocator as the ticketgate binary, for both jobs of this one: the baseline
+/// server (so the ratios compare servers, not allocators) and the harness (glibc malloc
+/// was 15 % of its CPU, and it shares the machine with the server it measures).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flood",

@@ -135,8 +135,8 @@ pub async fn serve(
             else {
                 return;
             };
-            // Boxed: the task of a socket admitted above keeps its state for the
-            // socket's whole life, and hyper's state machine is large.
+            // Boxed: hyper's state machine is large, and a connect request (the
+            // common first request) should not allocate room for it.
             Box::pin(serve_hyper(
                 first::Prefixed::new(read, stream),
                 peer,
@@ -150,7 +150,7 @@ pub async fn serve(
 }
 
 /// The first request of a public connection: `None` when it was a connect request
-/// that was admitted (the socket has run to its end) or the client is gone; else the
+/// that was admitted (the socket runs in a task of its own) or the client is gone; else the
 /// connection and the bytes read so far, for hyper.
 async fn serve_first(
     state: AppState,
