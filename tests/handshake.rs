@@ -317,6 +317,37 @@ async fn an_idle_socket_is_closed() {
     assert_eq!(close_code(&mut ws).await, Some(close::NORMAL));
 }
 
+/// The server pings every `ping_interval`, and a client that answers (any frame counts)
+/// is not idle: the socket outlives several idle timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_and_an_answering_client_stays_connected() {
+    let server = TestServer::builder()
+        .config(|c| {
+            c.ws.ping_interval = Duration::from_millis(150);
+            c.ws.idle_timeout = Duration::from_millis(400);
+        })
+        .start()
+        .await;
+    let (mut ws, _) = connected(&server).await;
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        let frame = tokio::time::timeout(Duration::from_secs(1), ws.next())
+            .await
+            .expect("a ping within a second")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        match frame {
+            Message::Ping(payload) => {
+                pings += 1;
+                ws.send(Message::Pong(payload)).await.expect("pong");
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(pings >= 5, "{pings} pings in 1.5 s at a 150 ms interval");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sockets_with_1001() {
     let server = TestServer::builder().start().await;

@@ -216,24 +216,42 @@ where
     let mut expiring_sent = false;
     let mut idle_deadline = Instant::now() + cfg.idle_timeout;
     let mut next_ping = Instant::now() + cfg.ping_interval;
+    // One timer for the four deadlines, moved to the earliest: a socket re-arms it only
+    // when that changes, instead of registering four timers per frame.
+    let timer = sleep_until(next_ping);
+    tokio::pin!(timer);
 
     loop {
         let expiring_at = deadline.checked_sub(window).unwrap_or(deadline);
+        let mut wake = deadline.min(idle_deadline).min(next_ping);
+        if !expiring_sent {
+            wake = wake.min(expiring_at);
+        }
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             _ = shutdown.changed() => return Exit::Drain,
-            _ = sleep_until(deadline) => return Exit::Close(close::SESSION_EXPIRED, "session expired"),
-            _ = sleep_until(idle_deadline) => return Exit::Close(close::NORMAL, "idle timeout"),
-            _ = sleep_until(expiring_at), if !expiring_sent => {
-                expiring_sent = true;
-                let frame = text(&ServerFrame::Expiring { expires_at: info.expires_at });
-                if let Err(exit) = send(ws, frame, inbox).await {
-                    return exit;
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Exit::Close(close::SESSION_EXPIRED, "session expired");
                 }
-            }
-            _ = sleep_until(next_ping) => {
-                next_ping = Instant::now() + cfg.ping_interval;
-                if let Err(exit) = send(ws, Message::Ping(Default::default()), inbox).await {
-                    return exit;
+                if now >= idle_deadline {
+                    return Exit::Close(close::NORMAL, "idle timeout");
+                }
+                if !expiring_sent && now >= expiring_at {
+                    expiring_sent = true;
+                    let frame = text(&ServerFrame::Expiring { expires_at: info.expires_at });
+                    if let Err(exit) = send(ws, frame, inbox).await {
+                        return exit;
+                    }
+                }
+                if now >= next_ping {
+                    next_ping = now + cfg.ping_interval;
+                    if let Err(exit) = send(ws, Message::Ping(Default::default()), inbox).await {
+                        return exit;
+                    }
                 }
             }
             next = inbox.next() => match next {
