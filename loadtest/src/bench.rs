@@ -231,7 +231,7 @@ struct Bench {
     report: Report,
     found: Findings,
     /// Dropped last: the nodes go first.
-    _redis_server: RedisServer,
+    redis_server: RedisServer,
 }
 
 /// Runs the whole bench.
@@ -423,7 +423,7 @@ impl Bench {
             devices,
             report,
             found: Findings::default(),
-            _redis_server: redis_server,
+            redis_server,
         })
     }
 }
@@ -457,7 +457,7 @@ impl Bench {
         ));
         let plan = self.sizes.mint_plan();
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(Some(self.node_a.pid()));
+        let cpu = self.node_a_cpu();
         let (tickets, mint) = mint_many(
             "mint (keep-alive)",
             &self.devices,
@@ -495,7 +495,7 @@ impl Bench {
     async fn replay(&mut self, consumed: Vec<Minted>) -> anyhow::Result<RedisCost> {
         status("ticketgate: replay the tickets of the last admit round");
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(Some(self.node_a.pid()));
+        let cpu = self.node_a_cpu();
         let replayed = replay::run(
             "consumed tickets again",
             Arc::new(consumed),
@@ -616,7 +616,7 @@ impl Bench {
             measured.baselines.push(before);
             let label = format!("{label} (round {round})");
             status(format!("ticketgate: {scenario}: {label}"));
-            let cpu = CpuMeter::start(Some(self.node_a.pid()));
+            let cpu = self.node_a_cpu();
             let done = run(label, plan).await;
             self.report
                 .run_cpu(scenario, "ticketgate", done.figures.clone(), &cpu);
@@ -630,6 +630,11 @@ impl Bench {
         measured.baselines.push(last);
         self.note_short_runs(scenario, &measured, plan.duration);
         (measured, kept)
+    }
+
+    /// A CPU meter on node A and its Redis (the ticketgate rate runs).
+    fn node_a_cpu(&self) -> CpuMeter {
+        CpuMeter::start(Some(self.node_a.pid())).with_redis(Some(self.redis_server.pid()))
     }
 
     /// The baseline handshake run (connect + welcome + close) at `place` among the
@@ -730,7 +735,7 @@ impl Bench {
             ..self.sizes.plan()
         };
         let snap = self.redis.snapshot()?;
-        let cpu = CpuMeter::start(Some(self.node_a.pid()));
+        let cpu = self.node_a_cpu();
         let figures = forged::expired(
             &format!("expired tickets ({} tickets, cycled)", EXPIRED_TICKETS),
             Arc::new(expired),

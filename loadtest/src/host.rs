@@ -116,6 +116,7 @@ fn read_cpu_time(path: &str) -> anyhow::Result<Duration> {
 pub struct CpuMeter {
     server: Option<(u32, Duration)>,
     harness: Option<Duration>,
+    redis: Option<(u32, Duration)>,
 }
 
 /// CPU per operation of a run, microseconds.
@@ -125,6 +126,9 @@ pub struct CpuPerOp {
     pub server_us: Option<f64>,
     /// This harness (the clients).
     pub harness_us: Option<f64>,
+    /// The deployment's Redis, when the run was measured with
+    /// [`CpuMeter::with_redis`]: the third process on the same cores.
+    pub redis_us: Option<f64>,
 }
 
 impl CpuMeter {
@@ -133,7 +137,14 @@ impl CpuMeter {
         CpuMeter {
             server: server_pid.and_then(|pid| cpu_time(pid).ok().map(|t| (pid, t))),
             harness: read_cpu_time("/proc/self/stat").ok(),
+            redis: None,
         }
+    }
+
+    /// Also measures the Redis server `redis_pid` (same machine).
+    pub fn with_redis(mut self, redis_pid: Option<u32>) -> CpuMeter {
+        self.redis = redis_pid.and_then(|pid| cpu_time(pid).ok().map(|t| (pid, t)));
+        self
     }
 
     /// CPU used since the start, divided by `ops`.
@@ -145,12 +156,16 @@ impl CpuMeter {
                 Some(used.as_secs_f64() * 1e6 / ops as f64)
             }
         };
-        CpuPerOp {
-            server_us: self.server.and_then(|(pid, before)| {
+        let of = |measured: Option<(u32, Duration)>| {
+            measured.and_then(|(pid, before)| {
                 cpu_time(pid)
                     .ok()
                     .and_then(|now| per(now.saturating_sub(before)))
-            }),
+            })
+        };
+        CpuPerOp {
+            server_us: of(self.server),
+            redis_us: of(self.redis),
             harness_us: self.harness.and_then(|before| {
                 read_cpu_time("/proc/self/stat")
                     .ok()

@@ -265,12 +265,14 @@ impl Report {
                     latency_cell(l, |l| l.p999_us),
                     latency_cell(l, |l| l.max_us),
                     cpu_cell(r.cpu.and_then(|c| c.server_us)),
+                    cpu_cell(r.cpu.and_then(|c| c.redis_us)),
                     cpu_cell(r.cpu.and_then(|c| c.harness_us)),
                 ]
             })
             .collect();
         table(
-            "Runs (rate = successes per second; latency of successes; CPU µs per attempt)",
+            "Runs (rate = successes per second; latency of successes; CPU µs per attempt: \
+             the server, its Redis, this harness, all on the same cores)",
             &[
                 "scenario",
                 "target",
@@ -283,6 +285,7 @@ impl Report {
                 "p99.9",
                 "max",
                 "srv CPU",
+                "Redis CPU",
                 "harness CPU",
             ],
             rows,

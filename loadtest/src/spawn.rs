@@ -167,10 +167,15 @@ pub fn panics_in_logs(dir: &Path) -> Vec<(String, usize, String)> {
 pub struct RedisServer {
     /// Its address.
     pub addr: SocketAddr,
-    _guard: ChildGuard,
+    guard: ChildGuard,
 }
 
 impl RedisServer {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// Starts `redis-server` and waits until it answers `PING`.
     ///
     /// # Errors
@@ -209,7 +214,7 @@ impl RedisServer {
         }
         Ok(RedisServer {
             addr: loopback(port),
-            _guard: guard,
+            guard,
         })
     }
 
