@@ -232,7 +232,8 @@ impl Client {
     /// path prefix), with a fresh random device id (UUID v4).
     ///
     /// A device id should outlive the process: store [`Client::device_id`] and pass it
-    /// to [`Client::with_device_id`] next time.
+    /// to [`Client::with_device_id`] next time. Redirects are not followed: ticketgate
+    /// answers every call itself, and a signed request must not travel elsewhere.
     ///
     /// # Errors
     /// [`ClientError::InvalidUrl`] when `base_url` is not an `http://` URL without a
@@ -263,6 +264,10 @@ impl Client {
             .user_agent(concat!("ticketgate-sdk/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            // ticketgate never redirects, and a redirect followed with the signed
+            // headers would hand a fresh signature to whatever answered. (It also
+            // spares reqwest a URL parse per request.)
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Client {
             http,
