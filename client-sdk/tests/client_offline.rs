@@ -454,3 +454,23 @@ async fn connect_refuses_a_malformed_ticket_without_dialing() {
         assert!(matches!(err, ClientError::Protocol(_)), "{bad:?}: {err:?}");
     }
 }
+
+/// A redirect is an error, and the signed request is not sent where it points.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let elsewhere = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let location = format!(
+        "Location: http://{}/v1/tickets\r\n",
+        elsewhere.local_addr().expect("local addr")
+    );
+    let (addr, server) = serve_once(answer("307 Temporary Redirect", &location, "{}")).await;
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    client
+        .mint_ticket(&session())
+        .await
+        .expect_err("a redirect is not a ticket");
+    server.await.expect("fake server");
+    let followed =
+        tokio::time::timeout(std::time::Duration::from_millis(300), elsewhere.accept()).await;
+    assert!(followed.is_err(), "the SDK followed the redirect");
+}
