@@ -115,7 +115,7 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listener (`server::bind`).
         let router = router.clone();
         let shutdown = shutdown.clone();
         let direct = direct.clone();
