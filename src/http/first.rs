@@ -7,7 +7,7 @@
 //! by `httparse`, hyper's own parser) and:
 //! - a complete `GET /v1/connect` head is admitted here ([`admission::admit`], the same
 //!   function the axum route calls); the 101 and the welcome frame are written as one
-//!   buffer by the socket's own task;
+//!   buffer and the socket runs in the connection's task;
 //! - anything else (other paths and methods, a head cut short by the client, malformed
 //!   or oversized requests, a GET with a body) goes to hyper together with the bytes
 //!   already read, so hyper answers it exactly as it always did.
@@ -145,30 +145,44 @@ fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
-/// Admits `request`: on success starts the socket's task, which writes the 101 (`None`);
-/// on refusal writes the error answer and gives the connection back for hyper, with the
-/// bytes already read after the head (`Some`). `None` too when the client is gone.
+/// What a connection does after its first request.
+pub enum Next {
+    /// A connect request was admitted: the socket runs on `stream` (see
+    /// [`admission::Admitted::answer_and_run`]); `rest` holds bytes read after the head.
+    Socket {
+        admitted: admission::Admitted,
+        stream: TcpStream,
+        rest: Vec<u8>,
+    },
+    /// Anything else, or a refused connect request already answered: the connection
+    /// goes on with hyper, which reads `read` first.
+    Hyper { stream: TcpStream, read: Vec<u8> },
+    /// The client is gone.
+    Closed,
+}
+
+/// Admits `request`, or answers its refusal and hands the connection on to hyper.
 pub async fn serve_connect(
-    state: AppState,
+    state: &AppState,
     mut stream: TcpStream,
     peer: SocketAddr,
     request: ConnectRequest,
-) -> Option<(TcpStream, Vec<u8>)> {
+) -> Next {
     let ip = client_ip(peer, &request.headers, &state.config.trusted_proxies);
-
-    match admission::admit(&state, ip, &request.headers, request.query.as_deref()).await {
-        Ok(admitted) => {
-            // A task of its own, sized for the socket alone: it lives as long as the
-            // socket, and this one holds the request's headers and the accept loop's
-            // state (together they made an idle socket cost half as much again).
-            tokio::spawn(admitted.answer_and_run(state, stream, request.rest));
-            None
-        }
+    match admission::admit(state, ip, &request.headers, request.query.as_deref()).await {
+        Ok(admitted) => Next::Socket {
+            admitted,
+            stream,
+            rest: request.rest,
+        },
         Err(err) => {
-            let response = admission::refused(&state, ip, err).into_response();
+            let response = admission::refused(state, ip, err).into_response();
             match write_response(&mut stream, response).await {
-                Ok(()) => Some((stream, request.rest)),
-                Err(_) => None,
+                Ok(()) => Next::Hyper {
+                    stream,
+                    read: request.rest,
+                },
+                Err(_) => Next::Closed,
             }
         }
     }

@@ -120,53 +120,71 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let direct = direct.clone();
         tokio::spawn(async move {
+            // Every step but the socket is boxed: the task keeps its state for the
+            // socket's whole life, so it should hold room for the socket and nothing
+            // else (hyper's state machine is large; the first request's state and
+            // headers are freed once it is admitted).
             let Some(state) = direct else {
-                return serve_hyper(
+                return Box::pin(serve_hyper(
                     first::Prefixed::new(Vec::new(), stream),
                     peer,
                     router,
                     header_timeout,
                     shutdown,
-                )
+                ))
                 .await;
             };
-            let Some((stream, read)) =
-                serve_first(state, stream, peer, header_timeout, shutdown.clone()).await
-            else {
-                return;
-            };
-            // Boxed: hyper's state machine is large, and a connect request (the
-            // common first request) should not allocate room for it.
-            Box::pin(serve_hyper(
-                first::Prefixed::new(read, stream),
+            let next = Box::pin(serve_first(
+                &state,
+                stream,
                 peer,
-                router,
                 header_timeout,
-                shutdown,
+                shutdown.clone(),
             ))
             .await;
+            match next {
+                first::Next::Socket {
+                    admitted,
+                    stream,
+                    rest,
+                } => {
+                    admitted.answer_and_run(state, stream, rest).await;
+                }
+                first::Next::Hyper { stream, read } => {
+                    Box::pin(serve_hyper(
+                        first::Prefixed::new(read, stream),
+                        peer,
+                        router,
+                        header_timeout,
+                        shutdown,
+                    ))
+                    .await;
+                }
+                first::Next::Closed => {}
+            }
         });
     }
 }
 
-/// The first request of a public connection: `None` when it was a connect request
-/// that was admitted (the socket runs in a task of its own) or the client is gone; else the
-/// connection and the bytes read so far, for hyper.
+/// The first request of a public connection, read by [`first`] and admitted when it is
+/// a connect request (bounded by the header timeout and by shutdown).
 async fn serve_first(
-    state: AppState,
+    state: &AppState,
     mut stream: TcpStream,
     peer: SocketAddr,
     header_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> Option<(TcpStream, Vec<u8>)> {
+) -> first::Next {
     let read = tokio::select! {
-        read = tokio::time::timeout(header_timeout, first::read(&mut stream, MAX_HEAD_BYTES)) => read.ok()?,
-        _ = until_shutdown(&mut shutdown) => return None,
+        read = tokio::time::timeout(header_timeout, first::read(&mut stream, MAX_HEAD_BYTES)) => read,
+        _ = until_shutdown(&mut shutdown) => return first::Next::Closed,
     };
     match read {
-        first::First::Gone => None,
-        first::First::Other(read) => Some((stream, read)),
-        first::First::Connect(request) => first::serve_connect(state, stream, peer, request).await,
+        Err(_) | Ok(first::First::Gone) => first::Next::Closed,
+        Ok(first::First::Other(read)) => first::Next::Hyper { stream, read },
+        Ok(first::First::Connect(request)) => {
+            first::serve_connect(state, stream, peer, request).await
+        }
     }
 }
 

@@ -410,7 +410,7 @@ pub async fn mint(
         MintOutcome::NonceReplayed => return Err(ApiError::ReplayedRequest),
         MintOutcome::SessionGone => return Err(ApiError::TokenRevoked),
     }
-    metrics::counter!("ticketgate_tickets_minted_total").increment(1);
+    crate::metrics::hot().minted.increment(1);
     let mut response = (
         StatusCode::CREATED,
         Json(MintResponse {

@@ -319,7 +319,7 @@ pub async fn admit(
     registered
         .registration
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
-    metrics::counter!("ticketgate_admissions_total").increment(1);
+    crate::metrics::hot().admissions.increment(1);
     Ok(Admitted {
         accept_key: handshake.accept_key,
         offered_subprotocol: presented.offered_subprotocol,

@@ -114,7 +114,7 @@ impl Registry {
                 .push(conn_id.clone());
         }
         self.0.by_conn.insert(conn_id.clone(), handle);
-        metrics::gauge!("ticketgate_connections").increment(1.0);
+        crate::metrics::hot().connections.increment(1.0);
         Registration {
             registry: self.clone(),
             conn_id,
@@ -125,7 +125,7 @@ impl Registry {
         if let Some((_, handle)) = self.0.by_conn.remove(conn_id) {
             detach(&self.0.by_session, &handle.session_id, conn_id);
             detach(&self.0.by_user, &handle.user_id, conn_id);
-            metrics::gauge!("ticketgate_connections").decrement(1.0);
+            crate::metrics::hot().connections.decrement(1.0);
         }
     }
 
