@@ -3,15 +3,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::http::HeaderMap;
 use ipnet::IpNet;
+
+use super::headers::Headers;
 
 /// The peer address of the TCP connection, inserted by the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
 /// The address limits are keyed on.
-pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: SocketAddr, headers: &impl Headers, trusted: &[IpNet]) -> IpAddr {
     let peer_ip = peer.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer_ip) {
@@ -20,9 +21,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
     // Walk from the right: each hop appended the address it saw; the first one that is
     // not a trusted proxy is the client.
     let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .texts("x-forwarded-for")
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect::<Vec<_>>();
@@ -39,7 +38,7 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderMap, HeaderValue};
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {

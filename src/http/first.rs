@@ -25,12 +25,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::client_ip::client_ip;
+use super::headers::{is_valid_value, Parsed as ParsedHeaders};
 use crate::state::AppState;
 use crate::ws::admission;
 
@@ -53,12 +54,12 @@ pub enum First {
     Gone,
 }
 
-/// A connect request read off the socket.
+/// A connect request read off the socket: its bytes, parsed again where it is served
+/// (the parsed headers borrow the bytes, and the admission awaits the store).
 pub struct ConnectRequest {
-    headers: HeaderMap,
-    query: Option<String>,
-    /// Bytes after the head, already read (frames a client sent before the 101).
-    rest: Vec<u8>,
+    buf: Vec<u8>,
+    /// Where the head ends; bytes after it were sent before the 101 (frames).
+    head_len: usize,
 }
 
 /// Reads until the first request head is complete, `max_head` bytes were read, or the
@@ -73,18 +74,10 @@ pub async fn read(stream: &mut TcpStream, max_head: usize) -> First {
             Ok(0) | Err(_) => return First::Gone,
             Ok(_) => {}
         }
-        match parse(&buf) {
-            Parsed::Connect {
-                headers,
-                query,
-                head_len,
-            } => {
-                let rest = buf.split_off(head_len);
-                return First::Connect(ConnectRequest {
-                    headers,
-                    query,
-                    rest,
-                });
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse(&buf, &mut storage) {
+            Parsed::Connect { head_len, .. } => {
+                return First::Connect(ConnectRequest { buf, head_len });
             }
             Parsed::Partial if buf.len() < max_head => {}
             Parsed::Partial | Parsed::Other => return First::Other(buf),
@@ -92,19 +85,18 @@ pub async fn read(stream: &mut TcpStream, max_head: usize) -> First {
     }
 }
 
-enum Parsed {
+enum Parsed<'h, 'b> {
     Connect {
-        headers: HeaderMap,
-        query: Option<String>,
+        headers: &'h [httparse::Header<'b>],
+        query: Option<&'b str>,
         head_len: usize,
     },
     Partial,
     Other,
 }
 
-fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
+fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>]) -> Parsed<'h, 'b> {
+    let mut request = httparse::Request::new(storage);
     let head_len = match request.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
@@ -122,25 +114,20 @@ fn parse(buf: &[u8]) -> Parsed {
     if path != CONNECT_PATH {
         return Parsed::Other;
     }
-    let mut map = HeaderMap::with_capacity(request.headers.len());
-    for h in request.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::Other;
-        };
-        // A GET with a body: framing is hyper's business.
-        if name == axum::http::header::CONTENT_LENGTH
-            || name == axum::http::header::TRANSFER_ENCODING
+    let headers = request.headers;
+    for h in headers.iter() {
+        // A GET with a body: framing is hyper's business. A value hyper's header
+        // types refuse: hyper's answer too. (httparse accepts only token names.)
+        if h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+            || !is_valid_value(h.value)
         {
             return Parsed::Other;
         }
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-            return Parsed::Other;
-        };
-        map.append(name, value);
     }
     Parsed::Connect {
-        headers: map,
-        query: query.map(str::to_owned),
+        headers,
+        query,
         head_len,
     }
 }
@@ -168,20 +155,32 @@ pub async fn serve_connect(
     peer: SocketAddr,
     request: ConnectRequest,
 ) -> Next {
-    let ip = client_ip(peer, &request.headers, &state.config.trusted_proxies);
-    match admission::admit(state, ip, &request.headers, request.query.as_deref()).await {
+    let ConnectRequest { mut buf, head_len } = request;
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let admission = match parse(&buf, &mut storage) {
+        Parsed::Connect { headers, query, .. } => {
+            let headers = ParsedHeaders(headers);
+            let ip = client_ip(peer, &headers, &state.config.trusted_proxies);
+            Some((ip, admission::admit(state, ip, &headers, query).await))
+        }
+        // The same bytes parsed the same way in `read`: not reached.
+        Parsed::Partial | Parsed::Other => None,
+    };
+    let Some((ip, admission)) = admission else {
+        return Next::Hyper { stream, read: buf };
+    };
+    let rest = buf.split_off(head_len);
+    drop(buf);
+    match admission {
         Ok(admitted) => Next::Socket {
             admitted,
             stream,
-            rest: request.rest,
+            rest,
         },
         Err(err) => {
             let response = admission::refused(state, ip, err).into_response();
             match write_response(&mut stream, response).await {
-                Ok(()) => Next::Hyper {
-                    stream,
-                    read: request.rest,
-                },
+                Ok(()) => Next::Hyper { stream, read: rest },
                 Err(_) => Next::Closed,
             }
         }
@@ -298,6 +297,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 mod tests {
     use super::*;
 
+    /// `parse` with room for its headers.
+    fn parsed(bytes: &[u8], check: impl FnOnce(Parsed<'_, '_>)) {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        check(parse(bytes, &mut storage));
+    }
+
     fn connect_head(extra: &str) -> String {
         format!(
             "GET /v1/connect?device_id=d HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n{extra}\r\n"
@@ -307,21 +312,21 @@ mod tests {
     #[test]
     fn a_connect_head_is_taken_with_its_query_and_headers() {
         let head = connect_head("");
-        match parse(head.as_bytes()) {
+        parsed(head.as_bytes(), |p| match p {
             Parsed::Connect {
                 headers,
                 query,
                 head_len,
             } => {
-                assert_eq!(query.as_deref(), Some("device_id=d"));
+                assert_eq!(query, Some("device_id=d"));
                 assert_eq!(
-                    headers.get("upgrade").map(|v| v.as_bytes()),
+                    crate::http::headers::Headers::first(&ParsedHeaders(headers), "upgrade"),
                     Some(&b"websocket"[..])
                 );
                 assert_eq!(head_len, head.len());
             }
             _ => panic!("not taken"),
-        }
+        });
     }
 
     #[test]
@@ -336,29 +341,27 @@ mod tests {
             connect_head("Transfer-Encoding: chunked\r\n"),
             "GET /v1/connect HTTP/1.1\r\nBad Header: x\r\n\r\n".to_owned(),
             "\u{1}\u{2}garbage\r\n\r\n".to_owned(),
+            connect_head("X-Ctl: a\u{7f}b\r\n"),
         ] {
-            assert!(
-                matches!(parse(other.as_bytes()), Parsed::Other),
-                "{other:?}"
-            );
+            parsed(other.as_bytes(), |p| {
+                assert!(matches!(p, Parsed::Other), "{other:?}");
+            });
         }
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("X-{i}: v\r\n"))
             .collect();
-        assert!(matches!(
-            parse(connect_head(&many).as_bytes()),
-            Parsed::Other
-        ));
+        parsed(connect_head(&many).as_bytes(), |p| {
+            assert!(matches!(p, Parsed::Other));
+        });
     }
 
     #[test]
     fn a_head_cut_short_is_partial() {
         let head = connect_head("");
         for cut in [1, 10, head.len() - 1] {
-            assert!(
-                matches!(parse(&head.as_bytes()[..cut]), Parsed::Partial),
-                "{cut}"
-            );
+            parsed(&head.as_bytes()[..cut], |p| {
+                assert!(matches!(p, Parsed::Partial), "{cut}");
+            });
         }
     }
 

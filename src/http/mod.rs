@@ -9,6 +9,7 @@ pub mod body;
 pub mod client_ip;
 pub mod error;
 pub mod first;
+pub mod headers;
 pub mod public;
 
 use std::convert::Infallible;

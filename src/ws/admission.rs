@@ -18,7 +18,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use ticketgate_sdk::protocol::{SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
@@ -36,6 +36,7 @@ use crate::auth::signing::is_device_id;
 use crate::auth::unix_now_ms;
 use crate::http::client_ip::{client_ip, PeerAddr};
 use crate::http::error::ApiError;
+use crate::http::headers::{text, Headers};
 use crate::limits::Limit;
 use crate::state::AppState;
 use crate::store::{AdmitOutcome, AdmitTicket};
@@ -77,50 +78,40 @@ struct Handshake {
     accept_key: String,
 }
 
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+fn has_token(headers: &impl Headers, name: &'static str, token: &str) -> bool {
     headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .texts(name)
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn check_handshake(headers: &HeaderMap) -> Result<Handshake, ApiError> {
-    if !has_token(headers, header::UPGRADE, "websocket")
-        || !has_token(headers, header::CONNECTION, "upgrade")
-    {
+fn check_handshake(headers: &impl Headers) -> Result<Handshake, ApiError> {
+    if !has_token(headers, "upgrade", "websocket") || !has_token(headers, "connection", "upgrade") {
         return Err(ApiError::BadRequest("expected a WebSocket upgrade".into()));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
+    if headers.first("sec-websocket-version") != Some(b"13") {
         return Err(ApiError::UpgradeRequired);
     }
     let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
+        .first("sec-websocket-key")
         .ok_or_else(|| ApiError::BadRequest("Sec-WebSocket-Key missing".into()))?;
     use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key);
     if !matches!(decoded, Ok(ref k) if k.len() == 16) {
         return Err(ApiError::BadRequest("Sec-WebSocket-Key malformed".into()));
     }
     Ok(Handshake {
-        accept_key: derive_accept_key(key.as_bytes()),
+        accept_key: derive_accept_key(key),
     })
 }
 
-fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let (Some(allowed), Some(origin)) = (
-        &state.config.ws.allowed_origins,
-        headers.get(header::ORIGIN),
-    ) else {
+fn check_origin(state: &AppState, headers: &impl Headers) -> Result<(), ApiError> {
+    let (Some(allowed), Some(origin)) = (&state.config.ws.allowed_origins, headers.first("origin"))
+    else {
         // No allow list, or a non-browser client (browsers always send Origin).
         return Ok(());
     };
-    let origin = origin.to_str().map_err(|_| ApiError::OriginForbidden)?;
+    let origin = text(origin).ok_or(ApiError::OriginForbidden)?;
     if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
         Ok(())
     } else {
@@ -137,11 +128,9 @@ struct Presented {
     offered_subprotocol: bool,
 }
 
-fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Presented, ApiError> {
+fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, ApiError> {
     let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .texts("sec-websocket-protocol")
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
@@ -275,7 +264,7 @@ impl Admitted {
 pub async fn admit(
     state: &AppState,
     ip: std::net::IpAddr,
-    headers: &HeaderMap,
+    headers: &impl Headers,
     query: Option<&str>,
 ) -> Result<Admitted, ApiError> {
     let handshake = check_handshake(headers)?;
