@@ -7,7 +7,7 @@
 //! by `httparse`, hyper's own parser) and:
 //! - a complete `GET /v1/connect` head is admitted here ([`admission::admit`], the same
 //!   function the axum route calls); the 101 and the welcome frame are written as one
-//!   buffer and the socket runs in the connection's task;
+//!   buffer by the socket's own task;
 //! - anything else (other paths and methods, a head cut short by the client, malformed
 //!   or oversized requests, a GET with a body) goes to hyper together with the bytes
 //!   already read, so hyper answers it exactly as it always did.
