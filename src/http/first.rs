@@ -25,13 +25,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::http::Method;
+use axum::http::header::CONNECTION;
+use axum::http::uri::PathAndQuery;
+use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::client_ip::client_ip;
-use super::headers::{is_valid_value, Parsed as ParsedHeaders};
+use super::headers::{is_valid_value, Headers, Parsed as ParsedHeaders};
 use crate::state::AppState;
 use crate::ws::admission;
 
@@ -39,8 +41,9 @@ use crate::ws::admission;
 const CONNECT_PATH: &str = "/v1/connect";
 /// Room for the first read: a connect request head is about 400 bytes.
 const FIRST_READ_BYTES: usize = 2048;
-/// Headers parsed in place; a request with more goes to hyper (which allows 100).
-const MAX_HEADERS: usize = 64;
+/// Headers parsed in place: hyper's own limit, so that a head with more is one hyper
+/// refuses at once (431), not one it would start reading again with a fresh timeout.
+const MAX_HEADERS: usize = 100;
 /// Largest error body read back from a refusal (they are small JSON objects).
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
@@ -70,9 +73,15 @@ pub async fn read(stream: &mut TcpStream, max_head: usize) -> First {
         if buf.len() == buf.capacity() {
             buf.reserve(buf.len());
         }
+        let before = buf.len();
         match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return First::Gone,
             Ok(_) => {}
+        }
+        // A head only changes meaning when a line ends: a client trickling bytes gets a
+        // parse per line, not one per read (which cost O(n²) for a 16 KiB head).
+        if !buf[before..].contains(&b'\n') && buf.len() < max_head {
+            continue;
         }
         let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match parse(&buf, &mut storage) {
@@ -88,7 +97,8 @@ pub async fn read(stream: &mut TcpStream, max_head: usize) -> First {
 enum Parsed<'h, 'b> {
     Connect {
         headers: &'h [httparse::Header<'b>],
-        query: Option<&'b str>,
+        /// The target as hyper reads it (`http`'s parser: a fragment is dropped).
+        target: PathAndQuery,
         head_len: usize,
     },
     Partial,
@@ -106,12 +116,11 @@ fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>]) -> Pars
     if request.method != Some(Method::GET.as_str()) || request.version != Some(1) {
         return Parsed::Other;
     }
-    let target = request.path.unwrap_or_default();
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
+    // Only origin-form targets `http` accepts; anything else is hyper's to answer.
+    let Ok(target) = PathAndQuery::try_from(request.path.unwrap_or_default()) else {
+        return Parsed::Other;
     };
-    if path != CONNECT_PATH {
+    if target.path() != CONNECT_PATH || !request.path.unwrap_or_default().starts_with('/') {
         return Parsed::Other;
     }
     let headers = request.headers;
@@ -127,7 +136,7 @@ fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>]) -> Pars
     }
     Parsed::Connect {
         headers,
-        query,
+        target,
         head_len,
     }
 }
@@ -158,15 +167,19 @@ pub async fn serve_connect(
     let ConnectRequest { mut buf, head_len } = request;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let admission = match parse(&buf, &mut storage) {
-        Parsed::Connect { headers, query, .. } => {
+        Parsed::Connect {
+            headers, target, ..
+        } => {
             let headers = ParsedHeaders(headers);
             let ip = client_ip(peer, &headers, &state.config.trusted_proxies);
-            Some((ip, admission::admit(state, ip, &headers, query).await))
+            let closing = asks_to_close(&headers);
+            let admission = admission::admit(state, ip, &headers, target.query()).await;
+            Some((ip, closing, admission))
         }
         // The same bytes parsed the same way in `read`: not reached.
         Parsed::Partial | Parsed::Other => None,
     };
-    let Some((ip, admission)) = admission else {
+    let Some((ip, closing, admission)) = admission else {
         return Next::Hyper { stream, read: buf };
     };
     let rest = buf.split_off(head_len);
@@ -178,13 +191,27 @@ pub async fn serve_connect(
             rest,
         },
         Err(err) => {
-            let response = admission::refused(state, ip, err).into_response();
+            let mut response = admission::refused(state, ip, err).into_response();
+            if closing {
+                // RFC 9112 §9.6: the client's last request; nothing after it is served.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             match write_response(&mut stream, response).await {
-                Ok(()) => Next::Hyper { stream, read: rest },
-                Err(_) => Next::Closed,
+                Ok(()) if !closing => Next::Hyper { stream, read: rest },
+                Ok(()) | Err(_) => Next::Closed,
             }
         }
     }
+}
+
+/// Whether a `Connection` header names `close`.
+fn asks_to_close(headers: &impl Headers) -> bool {
+    headers
+        .texts("connection")
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Writes `response` as HTTP/1.1 in one buffer, with `content-length` and `date` as
@@ -315,10 +342,10 @@ mod tests {
         parsed(head.as_bytes(), |p| match p {
             Parsed::Connect {
                 headers,
-                query,
+                target,
                 head_len,
             } => {
-                assert_eq!(query, Some("device_id=d"));
+                assert_eq!(target.query(), Some("device_id=d"));
                 assert_eq!(
                     crate::http::headers::Headers::first(&ParsedHeaders(headers), "upgrade"),
                     Some(&b"websocket"[..])
@@ -353,6 +380,32 @@ mod tests {
         parsed(connect_head(&many).as_bytes(), |p| {
             assert!(matches!(p, Parsed::Other));
         });
+    }
+
+    #[test]
+    fn the_target_is_read_as_http_reads_it() {
+        let head = "GET /v1/connect?device_id=d#&x=y HTTP/1.1\r\nHost: x\r\n\r\n";
+        parsed(head.as_bytes(), |p| match p {
+            Parsed::Connect { target, .. } => assert_eq!(target.query(), Some("device_id=d")),
+            _ => panic!("not taken"),
+        });
+        let bad = "GET /v1/connect?device_id=d&x=<b> HTTP/1.1\r\nHost: x\r\n\r\n";
+        parsed(bad.as_bytes(), |p| assert!(matches!(p, Parsed::Other)));
+    }
+
+    #[test]
+    fn connection_close_is_found_in_any_list() {
+        for (value, close) in [
+            ("close", true),
+            ("Upgrade, Close", true),
+            ("upgrade", false),
+        ] {
+            let raw = [httparse::Header {
+                name: "Connection",
+                value: value.as_bytes(),
+            }];
+            assert_eq!(asks_to_close(&ParsedHeaders(&raw)), close, "{value}");
+        }
     }
 
     #[test]

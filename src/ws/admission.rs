@@ -50,6 +50,12 @@ pub async fn connect(State(state): State<AppState>, mut req: Request) -> Respons
         .map(|p| p.0)
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    if req.version() != axum::http::Version::HTTP_11 {
+        // hyper upgrades HTTP/1.1 connections only: admitting would burn the ticket
+        // and the 101 would lead nowhere.
+        let err = ApiError::BadRequest("a WebSocket upgrade needs HTTP/1.1".into());
+        return refused(&state, ip, err).into_response();
+    }
     let admitted = match admit(&state, ip, req.headers(), req.uri().query()).await {
         Ok(admitted) => admitted,
         Err(err) => return refused(&state, ip, err).into_response(),
