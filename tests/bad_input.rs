@@ -14,11 +14,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use futures_util::StreamExt;
 use rand::distributions::Alphanumeric;
 use rand::Rng as _;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{json, Value};
+use support::raw::{
+    assert_accepts, assert_welcome, first_frame, next_message, push_header_lines, read_answer,
+    trickle_until_closed, Answer, Conn, LIMIT, WS_KEY,
+};
 use support::{StoreKind, TestServer};
 use ticketgate::config::Rate;
 use ticketgate_sdk::protocol::{
@@ -26,56 +29,14 @@ use ticketgate_sdk::protocol::{
 };
 use ticketgate_sdk::signing::{sign, SignedParts};
 use ticketgate_sdk::{ClientType, Session, Ticket};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-/// Every exchange must be answered within this long; a hang is a failure.
-const LIMIT: Duration = Duration::from_secs(10);
-/// The `Sec-WebSocket-Key` of RFC 6455's example.
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
 // ---------------------------------------------------------------------------------------
-// Answers and the one error assertion
+// The one error assertion (answers are read by `support::raw`)
 // ---------------------------------------------------------------------------------------
-
-/// An HTTP answer, from reqwest or read off a raw socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    async fn from_reqwest(response: reqwest::Response) -> Answer {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.expect("answer body").to_vec();
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{} answer is not JSON ({e}): {}", self.status, self.text()))
-    }
-}
 
 /// The protocol's error answer: this status, `Content-Type: application/json` and a body
 /// that is exactly `{"error": code, "message": <non-empty string>}`.
@@ -204,12 +165,7 @@ impl Req {
             self.method, self.target
         )
         .into_bytes();
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+        push_header_lines(&mut out, &self.headers, b"\r\n");
         let framed = self
             .headers
             .iter()
@@ -238,81 +194,12 @@ async fn exchange(addr: SocketAddr, bytes: Vec<u8>) -> Answer {
         let _ = writer.write_all(&bytes).await;
         writer // kept open until the answer is read: a half-close would end the request
     });
-    let answer = tokio::time::timeout(LIMIT, read_answer(&mut reader))
+    let answer = tokio::time::timeout(LIMIT, read_answer(&mut reader, &mut Vec::new()))
         .await
         .expect("answered within the limit")
         .expect("an HTTP answer, not a dropped connection");
     writing.abort();
-    answer.0
-}
-
-/// Reads one HTTP/1.1 answer: the head, then a `Content-Length` body (none after a 101).
-/// Returns the bytes read past the answer too (the first WebSocket frames after a 101).
-async fn read_answer(reader: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(Answer, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let head_len = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        read_more(reader, &mut buf).await?;
-    };
-    let mut rest = buf.split_off(head_len);
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
-    let mut headers = HeaderMap::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').expect("header line");
-        headers.append(
-            HeaderName::from_bytes(name.trim().as_bytes()).expect("header name"),
-            HeaderValue::from_str(value.trim()).expect("header value"),
-        );
-    }
-    if status == 101 {
-        let answer = Answer {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        return Ok((answer, rest));
-    }
-    assert!(
-        headers.get("transfer-encoding").is_none(),
-        "chunked answers are not expected: {head}"
-    );
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("answer without Content-Length: {head}"));
-    while rest.len() < len {
-        read_more(reader, &mut rest).await?;
-    }
-    let extra = rest.split_off(len);
-    let answer = Answer {
-        status,
-        headers,
-        body: rest,
-    };
-    Ok((answer, extra))
-}
-
-async fn read_more(
-    reader: &mut (impl AsyncRead + Unpin),
-    buf: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    let mut chunk = [0u8; 8192];
-    let n = reader.read(&mut chunk).await?;
-    if n == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(())
+    answer
 }
 
 // ---------------------------------------------------------------------------------------
@@ -431,56 +318,27 @@ fn upgrade(session: &Session, ticket: &Ticket) -> Req {
 
 /// Sends an upgrade request on a fresh connection; on 101 also hands back the socket.
 async fn open(server: &TestServer, req: &Req) -> (Answer, Option<WebSocketStream<TcpStream>>) {
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream
-        .write_all(&req.to_bytes(server.addr))
-        .await
-        .expect("write upgrade");
-    let (answer, rest) = tokio::time::timeout(LIMIT, read_answer(&mut stream))
-        .await
-        .expect("upgrade answered within the limit")
-        .expect("an HTTP answer to the upgrade");
+    let mut conn = Conn::open(server).await;
+    let answer = exchange_on(&mut conn, server.addr, req).await;
     if answer.status != 101 {
         return (answer, None);
     }
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
-    (answer, Some(ws))
+    (answer, Some(conn.into_ws().await))
 }
 
 /// The upgrade succeeds the way §4 says: 101, subprotocol `ticketgate.v1` exactly, a
 /// correct accept key, then a `welcome` frame for the session.
 async fn assert_admitted(server: &TestServer, req: &Req, session: &Session) {
     let (answer, ws) = open(server, req).await;
-    assert_eq!(
-        answer.status,
-        101,
-        "expected an upgrade: {answer:?} {}",
-        answer.text()
-    );
+    assert_accepts(&answer, WS_KEY);
     let protocols: Vec<_> = answer
         .headers
         .get_all("sec-websocket-protocol")
         .iter()
         .collect();
     assert_eq!(protocols, [SUBPROTOCOL], "the chosen subprotocol");
-    assert_eq!(
-        answer.header("sec-websocket-accept"),
-        Some(derive_accept_key(WS_KEY.as_bytes()).as_str())
-    );
     let mut ws = ws.expect("socket");
-    let welcome = first_frame(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    assert_eq!(welcome["session_id"], session.session_id.as_str());
-    assert_eq!(welcome["device_id"], session.device_id.as_str());
-}
-
-async fn first_frame<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Value {
-    let frame = tokio::time::timeout(LIMIT, ws.next())
-        .await
-        .expect("a frame in time")
-        .expect("a frame, not the end")
-        .expect("a valid frame");
-    serde_json::from_str(frame.to_text().expect("a text frame")).expect("a JSON frame")
+    assert_welcome(&mut ws, session).await;
 }
 
 /// Logs alice in and mints one ticket through the SDK.
@@ -1427,34 +1285,19 @@ async fn headers_that_never_finish_are_dropped_after_the_header_timeout() {
         .start()
         .await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let (mut reader, mut writer) = stream.split();
     let started = Instant::now();
-    writer
+    stream
         .write_all(b"GET /v1/connect HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut buf = [0u8; 1024];
+    let tick = tokio::time::interval(Duration::from_millis(100));
     let mut line = 0;
-    let closed_after = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "a never-finished request still holds its connection after 3 s"
-        );
-        tokio::select! {
-            read = reader.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break started.elapsed(),
-                Ok(_) => continue, // e.g. a 408 before the close
-            },
-            _ = tick.tick() => {
-                line += 1;
-                let header = format!("X-Slow-{line}: y\r\n");
-                if writer.write_all(header.as_bytes()).await.is_err() {
-                    break started.elapsed();
-                }
-            }
-        }
-    };
+    let closed_after =
+        trickle_until_closed(&mut stream, started, Duration::from_secs(3), tick, || {
+            line += 1;
+            format!("X-Slow-{line}: y\r\n")
+        })
+        .await;
     assert!(
         closed_after >= Duration::from_millis(400),
         "closed after {closed_after:?}, before the header timeout"
@@ -1526,25 +1369,19 @@ async fn a_wrong_method_on_a_known_path_is_a_json_error() {
 // request later on a kept-alive connection goes through hyper. Both must behave alike.
 // ---------------------------------------------------------------------------------------
 
-/// Sends `req` on an open connection and reads one answer (and what came after it).
-async fn exchange_on(stream: &mut TcpStream, addr: SocketAddr, req: &Req) -> (Answer, Vec<u8>) {
-    stream
-        .write_all(&req.to_bytes(addr))
-        .await
-        .expect("write request");
-    tokio::time::timeout(LIMIT, read_answer(stream))
-        .await
-        .expect("answered within the limit")
-        .expect("an HTTP answer")
+/// Sends `req` on an open connection and reads one answer (what came after it stays in
+/// the connection's buffer).
+async fn exchange_on(conn: &mut Conn, addr: SocketAddr, req: &Req) -> Answer {
+    conn.send(&req.to_bytes(addr)).await;
+    conn.answer().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_after_a_mint_on_the_same_connection_is_admitted() {
     let server = TestServer::builder().start().await;
     let (_client, session) = server.login().await;
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let (minted, _) =
-        exchange_on(&mut stream, server.addr, &Signed::mint(&session).request()).await;
+    let mut conn = Conn::open(&server).await;
+    let minted = exchange_on(&mut conn, server.addr, &Signed::mint(&session).request()).await;
     assert_minted(&minted);
     let ticket = Ticket {
         ticket: minted.json()["ticket"]
@@ -1555,10 +1392,10 @@ async fn a_connect_after_a_mint_on_the_same_connection_is_admitted() {
         ws_url: String::new(),
         new_access_token: None,
     };
-    let (answer, rest) = exchange_on(&mut stream, server.addr, &upgrade(&session, &ticket)).await;
+    let answer = exchange_on(&mut conn, server.addr, &upgrade(&session, &ticket)).await;
     assert_eq!(answer.status, 101, "{answer:?} {}", answer.text());
     assert_eq!(answer.header("sec-websocket-protocol"), Some(SUBPROTOCOL));
-    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
+    let mut ws = conn.into_ws().await;
     let welcome = first_frame(&mut ws).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     assert_eq!(welcome["session_id"], session.session_id.as_str());
@@ -1578,11 +1415,11 @@ async fn a_refused_connect_leaves_the_connection_open_for_the_next_request() {
         ticket: format!("{}x", ticket.ticket),
         ..ticket.clone()
     };
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let (refused, _) = exchange_on(&mut stream, server.addr, &upgrade(&session, &forged)).await;
+    let mut conn = Conn::open(&server).await;
+    let refused = exchange_on(&mut conn, server.addr, &upgrade(&session, &forged)).await;
     assert_error(&refused, 401, "ticket_invalid");
     assert!(refused.header("date").is_some(), "{refused:?}");
-    let (health, _) = exchange_on(&mut stream, server.addr, &Req::new("GET", "/healthz")).await;
+    let health = exchange_on(&mut conn, server.addr, &Req::new("GET", "/healthz")).await;
     assert_eq!(health.status, 200, "{}", health.text());
     // And the real ticket was not touched by the refusal.
     assert_admitted(&server, &upgrade(&session, &ticket), &session).await;
@@ -1600,26 +1437,18 @@ async fn a_head_in_pieces_and_a_frame_before_the_101_are_both_served() {
     bytes.extend_from_slice(&[0x89, 0x82]);
     bytes.extend_from_slice(&mask);
     bytes.extend_from_slice(&[b'h' ^ mask[0], b'i' ^ mask[1]]);
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let mut conn = Conn::open(&server).await;
     let (first, second) = bytes.split_at(20);
     let (second, third) = second.split_at(second.len() / 2);
     for piece in [first, second, third] {
-        stream.write_all(piece).await.expect("write");
-        stream.flush().await.expect("flush");
+        conn.send(piece).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (answer, rest) = tokio::time::timeout(LIMIT, read_answer(&mut stream))
-        .await
-        .expect("answered in time")
-        .expect("an HTTP answer");
+    let answer = conn.answer().await;
     assert_eq!(answer.status, 101, "{answer:?} {}", answer.text());
-    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
+    let mut ws = conn.into_ws().await;
     assert_eq!(first_frame(&mut ws).await["type"], "welcome");
-    let pong = tokio::time::timeout(LIMIT, ws.next())
-        .await
-        .expect("a pong in time")
-        .expect("a frame")
-        .expect("a valid frame");
+    let pong = next_message(&mut ws).await;
     assert_eq!(
         pong,
         tokio_tungstenite::tungstenite::Message::Pong(b"hi".to_vec().into())

@@ -16,21 +16,19 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use serde_json::Value;
+use support::raw::{
+    assert_accepts, assert_welcome, first_frame, next_message, push_header_lines,
+    trickle_until_closed, Answer, Conn, LIMIT, WS_KEY,
+};
 use support::TestServer;
 use ticketgate_sdk::protocol::SUBPROTOCOL;
 use ticketgate_sdk::{Client, Session};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Every exchange must be answered within this long; a hang is a failure.
-const LIMIT: Duration = Duration::from_secs(10);
-/// The `Sec-WebSocket-Key` of RFC 6455's example.
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 /// Another valid key (16 bytes, base64).
 const OTHER_KEY: &str = "AAECAwQFBgcICQoLDA0ODw==";
 /// The server's limit on a request head (`MAX_HEAD_BYTES` in `src/http/mod.rs`).
@@ -120,12 +118,7 @@ impl Req {
         let eol = self.eol.as_bytes();
         let mut out = format!("{} {} {}", self.method, self.target, self.version).into_bytes();
         out.extend_from_slice(eol);
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(eol);
-        }
+        push_header_lines(&mut out, &self.headers, eol);
         out.extend_from_slice(eol);
         out
     }
@@ -141,40 +134,8 @@ impl Req {
 }
 
 // ---------------------------------------------------------------------------------------
-// A raw connection and the answers read off it
+// Answers (read by `support::raw`) and the two ways in
 // ---------------------------------------------------------------------------------------
-
-/// An HTTP answer read off a raw socket.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    /// Names lower-cased, in order, repeats kept.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n == name).count()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{} answer is not JSON ({e}): {}", self.status, self.text()))
-    }
-}
 
 /// The protocol's error answer: status, JSON content type, `{"error", "message"}`.
 #[track_caller]
@@ -210,141 +171,95 @@ fn assert_refused(answer: &Answer, statuses: &[u16]) {
     );
 }
 
-/// One TCP connection to the node, with the bytes read but not yet consumed.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
+/// Exactly one `Content-Length`, and it is the length of the body read.
+#[track_caller]
+fn assert_framed(answer: &Answer, what: &str) {
+    assert_eq!(answer.count("content-length"), 1, "{what}: {answer:?}");
+    assert_eq!(
+        answer.header("content-length"),
+        Some(answer.body.len().to_string().as_str()),
+        "{what}"
+    );
 }
 
-impl Conn {
-    async fn open(server: &TestServer) -> Conn {
-        let stream = TcpStream::connect(server.addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        Conn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
+/// The server closes `conn` within [`LIMIT`] without sending anything more.
+async fn assert_nothing_more(conn: &mut Conn, what: &str) {
+    let after = conn.closed_within(LIMIT).await;
+    assert!(
+        after.is_empty(),
+        "{what}: {:?}",
+        String::from_utf8_lossy(&after)
+    );
+}
 
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-        self.stream.flush().await.expect("flush");
-    }
-
-    /// Reads more bytes; false at EOF or on a reset.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        match self.stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    }
-
-    /// The next answer, or `None` when the server closed before a complete one.
-    async fn try_answer(&mut self) -> Option<Answer> {
-        tokio::time::timeout(LIMIT, self.read_answer())
-            .await
-            .expect("an answer or a close within the limit")
-    }
-
-    /// The next answer; fails the test when the server closes or hangs.
-    async fn answer(&mut self) -> Answer {
-        self.try_answer()
-            .await
-            .expect("an HTTP answer, not a closed connection")
-    }
-
-    async fn read_answer(&mut self) -> Option<Answer> {
-        let head_len = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if !self.fill().await {
-                return None;
-            }
-        };
-        let rest = self.buf.split_off(head_len);
-        let head =
-            String::from_utf8(std::mem::replace(&mut self.buf, rest)).expect("a UTF-8 answer head");
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        assert!(
-            status_line.starts_with("HTTP/1.1 ") || status_line.starts_with("HTTP/1.0 "),
-            "not a status line: {status_line:?}"
-        );
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not a status line: {status_line:?}"));
-        let headers: Vec<(String, String)> = lines
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(':').expect("a header line");
-                (n.trim().to_ascii_lowercase(), v.trim().to_owned())
-            })
-            .collect();
-        let mut answer = Answer {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if status == 101 {
-            return Some(answer);
-        }
-        assert!(
-            answer.header("transfer-encoding").is_none(),
-            "chunked answers are not expected: {head}"
-        );
-        let len: usize = answer
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("answer without Content-Length: {head}"));
-        while self.buf.len() < len {
-            if !self.fill().await {
-                return None;
-            }
-        }
-        let rest = self.buf.split_off(len);
-        answer.body = std::mem::replace(&mut self.buf, rest);
-        Some(answer)
-    }
-
-    /// Reads until the server closes the connection; everything received after what was
-    /// already consumed. Fails the test if it is still open after `within`.
-    async fn closed_within(&mut self, within: Duration) -> Vec<u8> {
-        tokio::time::timeout(within, async { while self.fill().await {} })
-            .await
-            .unwrap_or_else(|_| panic!("the connection is still open after {within:?}"));
-        std::mem::take(&mut self.buf)
-    }
-
-    /// The socket after a 101, with the bytes already read after the answer.
-    async fn into_ws(self) -> WebSocketStream<TcpStream> {
-        WebSocketStream::from_partially_read(self.stream, self.buf, Role::Client, None).await
-    }
+/// Sends `head` as the first request of a fresh connection (the direct path); its
+/// answer, or `None` when the server closed without one.
+async fn try_direct(server: &TestServer, head: &[u8]) -> (Option<Answer>, Conn) {
+    let mut conn = Conn::open(server).await;
+    conn.send(head).await;
+    let answer = conn.try_answer().await;
+    (answer, conn)
 }
 
 /// Sends `head` as the first request of a fresh connection (the direct path).
 async fn direct(server: &TestServer, head: &[u8]) -> (Answer, Conn) {
+    let (answer, conn) = try_direct(server, head).await;
+    let answer = answer.expect("an HTTP answer, not a closed connection");
+    (answer, conn)
+}
+
+/// A fresh connection on which a `/healthz` was answered 200: a request sent on it now
+/// goes through hyper.
+async fn after_healthz(server: &TestServer) -> Conn {
     let mut conn = Conn::open(server).await;
+    conn.send(HEALTHZ).await;
+    let health = conn.answer().await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    conn
+}
+
+/// Sends `head` as the second request of a connection, after a `/healthz` (through hyper).
+async fn through_hyper(server: &TestServer, head: &[u8]) -> (Answer, Conn) {
+    let mut conn = after_healthz(server).await;
     conn.send(head).await;
     let answer = conn.answer().await;
     (answer, conn)
 }
 
-/// Sends `head` as the second request of a connection, after a `/healthz` (through hyper).
-async fn through_hyper(server: &TestServer, head: &[u8]) -> (Answer, Conn) {
-    let mut conn = Conn::open(server).await;
-    conn.send(HEALTHZ).await;
-    let health = conn.answer().await;
-    assert_eq!(health.status, 200, "{}", health.text());
-    conn.send(head).await;
-    let answer = conn.answer().await;
-    (answer, conn)
+/// The same connect, changed by `change`, each way in with a ticket of its own (minted
+/// first, both): the direct path's answer and hyper's (`None`: closed without one),
+/// with their connections.
+async fn try_both_ways(
+    server: &TestServer,
+    client: &Client,
+    session: &Session,
+    change: &dyn Fn(Req) -> Req,
+) -> ((Option<Answer>, Conn), (Option<Answer>, Conn)) {
+    let direct_ticket = mint(client, session).await;
+    let hyper_ticket = mint(client, session).await;
+    let a = try_direct(
+        server,
+        &change(Req::connect(session, &direct_ticket)).bytes(),
+    )
+    .await;
+    let mut b_conn = after_healthz(server).await;
+    b_conn
+        .send(&change(Req::connect(session, &hyper_ticket)).bytes())
+        .await;
+    let b = b_conn.try_answer().await;
+    (a, (b, b_conn))
+}
+
+/// [`try_both_ways`] where both ways must answer: (direct, hyper), with their connections.
+async fn both_ways(
+    server: &TestServer,
+    client: &Client,
+    session: &Session,
+    change: &dyn Fn(Req) -> Req,
+) -> ((Answer, Conn), (Answer, Conn)) {
+    let ((a, a_conn), (b, b_conn)) = try_both_ways(server, client, session, change).await;
+    let answered = "an HTTP answer, not a closed connection";
+    ((a.expect(answered), a_conn), (b.expect(answered), b_conn))
 }
 
 /// A change to a request, for tables of variants.
@@ -358,34 +273,44 @@ async fn mint(client: &Client, session: &Session) -> String {
     client.mint_ticket(session).await.expect("mint").ticket
 }
 
-/// The first frame, as JSON.
-async fn first_frame(ws: &mut WebSocketStream<TcpStream>) -> Value {
-    let frame = tokio::time::timeout(LIMIT, ws.next())
+/// Logs alice in from a fresh device and mints one ticket.
+async fn login_and_mint(server: &TestServer) -> (Client, Session, String) {
+    let (client, session) = server.login().await;
+    let ticket = mint(&client, &session).await;
+    (client, session, ticket)
+}
+
+/// A node whose header timeout is `timeout`.
+async fn with_header_timeout(timeout: Duration) -> TestServer {
+    TestServer::builder()
+        .config(move |c| c.header_timeout = timeout)
+        .start()
         .await
-        .expect("a frame in time")
-        .expect("a frame, not the end")
-        .expect("a valid frame");
-    serde_json::from_str(frame.to_text().expect("a text frame")).expect("a JSON frame")
 }
 
 /// A 101 of §4 for `key`, then the session's welcome frame.
 async fn assert_socket(answer: &Answer, conn: Conn, session: &Session, key: &str) {
-    assert_eq!(
-        answer.status,
-        101,
-        "expected an upgrade: {answer:?} {}",
-        answer.text()
-    );
-    assert_eq!(
-        answer.header("sec-websocket-accept"),
-        Some(derive_accept_key(key.as_bytes()).as_str()),
-        "{answer:?}"
-    );
+    assert_accepts(answer, key);
     let mut ws = conn.into_ws().await;
-    let welcome = first_frame(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    assert_eq!(welcome["session_id"], session.session_id.as_str());
-    assert_eq!(welcome["device_id"], session.device_id.as_str());
+    assert_welcome(&mut ws, session).await;
+}
+
+/// `answer` is a 101, and the socket after it starts with a welcome.
+async fn welcomed(answer: &Answer, conn: Conn) -> WebSocketStream<TcpStream> {
+    assert_eq!(answer.status, 101, "{answer:?}");
+    let mut ws = conn.into_ws().await;
+    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    ws
+}
+
+/// A socket opened with `ticket` on the direct path, its welcome read.
+async fn open_socket(
+    server: &TestServer,
+    session: &Session,
+    ticket: &str,
+) -> WebSocketStream<TcpStream> {
+    let (answer, conn) = direct(server, &Req::connect(session, ticket).bytes()).await;
+    welcomed(&answer, conn).await
 }
 
 /// The ticket was not consumed: it opens a socket now (and is spent by that).
@@ -437,8 +362,7 @@ async fn until_close(ws: &mut WebSocketStream<TcpStream>) -> (Option<u16>, Vec<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_connect_request_is_admitted_with_101_and_welcome() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let (answer, conn) = direct(&server, &Req::connect(&session, &ticket).bytes()).await;
     assert_eq!(answer.header("sec-websocket-protocol"), Some(SUBPROTOCOL));
     assert_eq!(answer.count("sec-websocket-protocol"), 1, "{answer:?}");
@@ -455,8 +379,7 @@ async fn a_first_connect_request_is_admitted_with_101_and_welcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_spent_on_the_direct_path_is_refused_on_both_paths() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     assert_ticket_unused(&server, &session, &ticket).await;
     assert_ticket_spent(&server, &session, &ticket).await;
     // The query form of the same ticket is the same ticket.
@@ -476,8 +399,7 @@ async fn a_ticket_spent_on_the_direct_path_is_refused_on_both_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_spent_through_hyper_is_refused_on_the_direct_path() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let (answer, conn) = through_hyper(&server, &Req::connect(&session, &ticket).bytes()).await;
     assert_socket(&answer, conn, &session, WS_KEY).await;
     assert_ticket_spent(&server, &session, &ticket).await;
@@ -507,33 +429,21 @@ async fn one_ticket_presented_twice_at_once_opens_one_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_and_pipelined_requests_get_one_answer_each() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let forged = format!("{ticket}x");
     let mut bytes = Req::connect(&session, &forged).bytes();
     bytes.extend_from_slice(HEALTHZ);
     bytes.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
     bytes.extend_from_slice(HEALTHZ_CLOSE);
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    let refused = conn.answer().await;
+    let (refused, mut conn) = direct(&server, &bytes).await;
     assert_error(&refused, 401, "ticket_invalid");
-    assert_eq!(refused.count("content-length"), 1, "{refused:?}");
-    assert_eq!(
-        refused.header("content-length"),
-        Some(refused.body.len().to_string().as_str())
-    );
+    assert_framed(&refused, "the refusal");
     let health = conn.answer().await;
     assert_eq!(health.status, 200, "{health:?}");
     assert_error(&conn.answer().await, 404, "not_found");
     let last = conn.answer().await;
     assert_eq!(last.status, 200, "{last:?}");
-    let after = conn.closed_within(LIMIT).await;
-    assert!(
-        after.is_empty(),
-        "bytes after the last answer: {:?}",
-        String::from_utf8_lossy(&after)
-    );
+    assert_nothing_more(&mut conn, "bytes after the last answer").await;
     // The real ticket was not touched.
     assert_ticket_unused(&server, &session, &ticket).await;
 }
@@ -543,17 +453,15 @@ async fn a_refused_connect_and_pipelined_requests_get_one_answer_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_pipelined_after_a_refused_connect_opens_its_socket() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let mut bytes = Req::connect(&session, &format!("{ticket}x")).bytes();
     bytes.extend_from_slice(
         &Req::connect(&session, &ticket)
             .set("Sec-WebSocket-Key", OTHER_KEY)
             .bytes(),
     );
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    assert_error(&conn.answer().await, 401, "ticket_invalid");
+    let (refused, mut conn) = direct(&server, &bytes).await;
+    assert_error(&refused, 401, "ticket_invalid");
     let answer = conn.answer().await;
     assert_socket(&answer, conn, &session, OTHER_KEY).await;
     assert_ticket_spent(&server, &session, &ticket).await;
@@ -564,13 +472,10 @@ async fn a_connect_pipelined_after_a_refused_connect_opens_its_socket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_behind_an_admitted_connect_is_not_served_as_http() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let mut bytes = Req::connect(&session, &ticket).bytes();
     bytes.extend_from_slice(HEALTHZ);
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    let answer = conn.answer().await;
+    let (answer, mut conn) = direct(&server, &bytes).await;
     assert_eq!(answer.status, 101, "{answer:?}");
     // Everything the server sends from here on: frames, never an HTTP answer.
     let rest = conn.closed_within(LIMIT).await;
@@ -584,18 +489,9 @@ async fn a_request_behind_an_admitted_connect_is_not_served_as_http() {
     feed.write_all(&rest).await.expect("feed");
     drop(feed);
     let mut ws = WebSocketStream::from_partially_read(io, Vec::new(), Role::Client, None).await;
-    let welcome = tokio::time::timeout(LIMIT, ws.next())
-        .await
-        .expect("in time")
-        .expect("a frame")
-        .expect("valid");
+    let welcome = next_message(&mut ws).await;
     assert!(welcome.to_text().expect("text").contains("\"welcome\""));
-    let close = tokio::time::timeout(LIMIT, ws.next())
-        .await
-        .expect("in time")
-        .expect("a frame")
-        .expect("valid");
-    match close {
+    match next_message(&mut ws).await {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1002),
         other => panic!("expected a close 1002, got {other:?}"),
     }
@@ -612,12 +508,8 @@ async fn a_connect_behind_an_admitted_connect_does_not_spend_its_ticket() {
     let second = mint(&client, &session).await;
     let mut bytes = Req::connect(&session, &first).bytes();
     bytes.extend_from_slice(&Req::connect(&session, &second).bytes());
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    let answer = conn.answer().await;
-    assert_eq!(answer.status, 101, "{answer:?}");
-    let mut ws = conn.into_ws().await;
-    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    let (answer, conn) = direct(&server, &bytes).await;
+    let mut ws = welcomed(&answer, conn).await;
     let (code, _) = until_close(&mut ws).await;
     assert_eq!(code, Some(1002));
     assert_ticket_unused(&server, &session, &second).await;
@@ -627,23 +519,14 @@ async fn a_connect_behind_an_admitted_connect_does_not_spend_its_ticket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_sent_with_the_head_are_served_in_order() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let mut bytes = Req::connect(&session, &ticket).bytes();
     bytes.extend_from_slice(&client_frame(0x1, br#"{"type":"ping"}"#));
     bytes.extend_from_slice(&client_frame(0x9, b"hi"));
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    let answer = conn.answer().await;
-    assert_eq!(answer.status, 101, "{answer:?}");
-    let mut ws = conn.into_ws().await;
-    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    let (answer, conn) = direct(&server, &bytes).await;
+    let mut ws = welcomed(&answer, conn).await;
     assert_eq!(first_frame(&mut ws).await["type"], "pong");
-    let pong = tokio::time::timeout(LIMIT, ws.next())
-        .await
-        .expect("in time")
-        .expect("a frame")
-        .expect("valid");
+    let pong = next_message(&mut ws).await;
     assert_eq!(pong, Message::Pong(b"hi".to_vec().into()));
 }
 
@@ -652,19 +535,14 @@ async fn frames_sent_with_the_head_are_served_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_read_ahead_reach_hyper_and_the_upgrade_in_order() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let mut bytes = Req::new("GET", "/healthz").padded_to(12 * 1024).bytes();
     bytes.extend_from_slice(&Req::connect(&session, &ticket).bytes());
     bytes.extend_from_slice(&client_frame(0x1, br#"{"type":"ping"}"#));
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    let health = conn.answer().await;
+    let (health, mut conn) = direct(&server, &bytes).await;
     assert_eq!(health.status, 200, "{health:?}");
     let answer = conn.answer().await;
-    assert_eq!(answer.status, 101, "{answer:?}");
-    let mut ws = conn.into_ws().await;
-    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    let mut ws = welcomed(&answer, conn).await;
     assert_eq!(first_frame(&mut ws).await["type"], "pong");
 }
 
@@ -675,8 +553,7 @@ async fn bytes_read_ahead_reach_hyper_and_the_upgrade_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_names_and_tokens_in_odd_case_are_the_same_headers() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::new(
         "GET",
         &format!("/v1/connect?device_id={}", session.device_id),
@@ -699,8 +576,7 @@ async fn header_names_and_tokens_in_odd_case_are_the_same_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_list_headers_are_read_as_one_list() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::connect(&session, &ticket)
         .set("Connection", "keep-alive")
         .header("Connection", "Upgrade")
@@ -745,18 +621,7 @@ async fn duplicate_handshake_headers_are_answered_alike_on_both_paths() {
         ),
     ];
     for (what, change) in variants {
-        let direct_ticket = mint(&client, &session).await;
-        let hyper_ticket = mint(&client, &session).await;
-        let (a, _conn_a) = direct(
-            &server,
-            &change(Req::connect(&session, &direct_ticket)).bytes(),
-        )
-        .await;
-        let (b, _conn_b) = through_hyper(
-            &server,
-            &change(Req::connect(&session, &hyper_ticket)).bytes(),
-        )
-        .await;
+        let ((a, _conn_a), (b, _conn_b)) = both_ways(&server, &client, &session, &change).await;
         assert_eq!(a.status, b.status, "{what}: direct {a:?} vs hyper {b:?}");
         assert_eq!(
             a.header("sec-websocket-accept"),
@@ -779,8 +644,7 @@ async fn duplicate_handshake_headers_are_answered_alike_on_both_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_connect_heads_are_refused_and_keep_the_ticket() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let good = Req::connect(&session, &ticket).bytes();
     let replace = |from: &[u8], to: &[u8]| -> Vec<u8> {
         let at = good
@@ -825,9 +689,8 @@ async fn malformed_connect_heads_are_refused_and_keep_the_ticket() {
         ),
     ];
     for (what, head) in cases {
-        let mut conn = Conn::open(&server).await;
-        conn.send(&head).await;
-        match conn.try_answer().await {
+        let (answer, _conn) = try_direct(&server, &head).await;
+        match answer {
             // Closing without an answer is a refusal too.
             None => {}
             Some(answer) => {
@@ -881,20 +744,7 @@ async fn heads_left_to_hyper_are_answered_as_hyper_answers_them() {
         ("no Host", Box::new(|r: Req| r.without("Host"))),
     ];
     for (what, change) in variants {
-        let direct_ticket = mint(&client, &session).await;
-        let hyper_ticket = mint(&client, &session).await;
-        let mut a_conn = Conn::open(&server).await;
-        a_conn
-            .send(&change(Req::connect(&session, &direct_ticket)).bytes())
-            .await;
-        let a = a_conn.try_answer().await;
-        let mut b_conn = Conn::open(&server).await;
-        b_conn.send(HEALTHZ).await;
-        assert_eq!(b_conn.answer().await.status, 200);
-        b_conn
-            .send(&change(Req::connect(&session, &hyper_ticket)).bytes())
-            .await;
-        let b = b_conn.try_answer().await;
+        let ((a, a_conn), (b, _b_conn)) = try_both_ways(&server, &client, &session, &change).await;
         let (a_status, b_status) = (a.as_ref().map(|a| a.status), b.as_ref().map(|b| b.status));
         assert_eq!(a_status, b_status, "{what}: direct {a:?} vs hyper {b:?}");
         if a_status == Some(101) {
@@ -910,12 +760,10 @@ async fn heads_left_to_hyper_are_answered_as_hyper_answers_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_connect_is_refused_and_keeps_its_ticket() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::connect(&session, &ticket).version("HTTP/1.0").bytes();
-    let mut conn = Conn::open(&server).await;
-    conn.send(&head).await;
-    match conn.try_answer().await {
+    let (answer, _conn) = try_direct(&server, &head).await;
+    match answer {
         None => {}
         Some(answer) => assert!(
             (400..500).contains(&answer.status),
@@ -958,8 +806,7 @@ async fn many_headers_are_admitted_up_to_hyper_s_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_head_of_exactly_the_limit_is_admitted() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::connect(&session, &ticket).padded_to(MAX_HEAD).bytes();
     assert_eq!(head.len(), MAX_HEAD);
     let (answer, conn) = direct(&server, &head).await;
@@ -969,8 +816,7 @@ async fn a_connect_head_of_exactly_the_limit_is_admitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_head_one_byte_over_the_limit_is_431_and_keeps_the_ticket() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::connect(&session, &ticket)
         .padded_to(MAX_HEAD + 1)
         .bytes();
@@ -985,8 +831,7 @@ async fn a_connect_head_one_byte_over_the_limit_is_431_and_keeps_the_ticket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_connect_head_is_cut_off_at_the_limit() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let mut head = Req::connect(&session, &ticket).bytes();
     head.truncate(head.len() - 2); // no empty line
     head.extend_from_slice(b"X-Endless: ");
@@ -1032,8 +877,7 @@ async fn an_endless_connect_head_is_cut_off_at_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_head_sent_byte_by_byte_is_admitted() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::connect(&session, &ticket).bytes();
     let mut conn = Conn::open(&server).await;
     let started = Instant::now();
@@ -1049,13 +893,10 @@ async fn a_connect_head_sent_byte_by_byte_is_admitted() {
     assert_socket(&answer, conn, &session, WS_KEY).await;
 }
 
-/// Closes within [timeout - 20 %, `upper`] of `started`, or fails.
-async fn assert_closed_between(
-    conn: &mut Conn,
-    started: Instant,
-    timeout: Duration,
-    upper: Duration,
-) {
+/// Closes within [timeout - 20 %, 3 × timeout] of `started`, with nothing or a 408
+/// before, or fails.
+async fn assert_closed_in_time(conn: &mut Conn, started: Instant, timeout: Duration) {
+    let upper = timeout * 3;
     let rest = conn.closed_within(upper + Duration::from_secs(5)).await;
     let elapsed = started.elapsed();
     assert!(
@@ -1076,29 +917,21 @@ async fn assert_closed_between(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_nothing_is_dropped_after_the_header_timeout() {
     let timeout = Duration::from_secs(1);
-    let server = TestServer::builder()
-        .config(move |c| c.header_timeout = timeout)
-        .start()
-        .await;
+    let server = with_header_timeout(timeout).await;
     let mut conn = Conn::open(&server).await;
-    let started = Instant::now();
-    assert_closed_between(&mut conn, started, timeout, timeout * 3).await;
+    assert_closed_in_time(&mut conn, Instant::now(), timeout).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_head_never_finished_is_dropped_after_the_header_timeout() {
     let timeout = Duration::from_secs(1);
-    let server = TestServer::builder()
-        .config(move |c| c.header_timeout = timeout)
-        .start()
-        .await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let server = with_header_timeout(timeout).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let head = Req::connect(&session, &ticket).bytes();
     let mut conn = Conn::open(&server).await;
     let started = Instant::now();
     conn.send(&head[..head.len() - 1]).await;
-    assert_closed_between(&mut conn, started, timeout, timeout * 3).await;
+    assert_closed_in_time(&mut conn, started, timeout).await;
     assert_ticket_unused(&server, &session, &ticket).await;
 }
 
@@ -1106,19 +939,13 @@ async fn a_connect_head_never_finished_is_dropped_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_never_finished_after_a_refused_connect_is_dropped_in_time() {
     let timeout = Duration::from_secs(1);
-    let server = TestServer::builder()
-        .config(move |c| c.header_timeout = timeout)
-        .start()
-        .await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let server = with_header_timeout(timeout).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let mut bytes = Req::connect(&session, &format!("{ticket}x")).bytes();
     bytes.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n");
-    let mut conn = Conn::open(&server).await;
-    conn.send(&bytes).await;
-    assert_error(&conn.answer().await, 401, "ticket_invalid");
-    let started = Instant::now();
-    assert_closed_between(&mut conn, started, timeout, timeout * 3).await;
+    let (refused, mut conn) = direct(&server, &bytes).await;
+    assert_error(&refused, 401, "ticket_invalid");
+    assert_closed_in_time(&mut conn, Instant::now(), timeout).await;
 }
 
 /// A head trickled in one line at a time gets one header timeout in all, also when it
@@ -1126,10 +953,7 @@ async fn a_request_never_finished_after_a_refused_connect_is_dropped_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_head_with_many_headers_gets_one_header_timeout() {
     let timeout = Duration::from_secs(3);
-    let server = TestServer::builder()
-        .config(move |c| c.header_timeout = timeout)
-        .start()
-        .await;
+    let server = with_header_timeout(timeout).await;
     let mut conn = Conn::open(&server).await;
     let started = Instant::now();
     let mut head = b"GET /v1/connect?device_id=x HTTP/1.1\r\nHost: t\r\n".to_vec();
@@ -1137,33 +961,17 @@ async fn a_trickled_head_with_many_headers_gets_one_header_timeout() {
         head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
     }
     conn.send(&head).await;
-    let (mut reader, mut writer) = conn.stream.split();
-    let mut tick = tokio::time::interval_at(
+    let tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_millis(300),
         Duration::from_millis(300),
     );
     let mut line = 55;
-    let mut buf = [0u8; 1024];
-    let elapsed = loop {
-        assert!(
-            started.elapsed() < timeout * 3,
-            "a never-finished head still holds its connection after {:?}",
-            started.elapsed()
-        );
-        tokio::select! {
-            read = reader.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break started.elapsed(),
-                Ok(_) => continue, // e.g. a 408 before the close
-            },
-            _ = tick.tick() => {
-                line += 1;
-                // The 65th header line arrives at about 2.7 s of 3 s.
-                if writer.write_all(format!("X-H{line}: v\r\n").as_bytes()).await.is_err() {
-                    break started.elapsed();
-                }
-            }
-        }
-    };
+    let elapsed = trickle_until_closed(&mut conn.stream, started, timeout * 3, tick, || {
+        line += 1;
+        // The 65th header line arrives at about 2.7 s of 3 s.
+        format!("X-H{line}: v\r\n")
+    })
+    .await;
     assert!(
         elapsed >= timeout.mul_f32(0.8),
         "closed after {elapsed:?}, before the header timeout"
@@ -1187,8 +995,7 @@ async fn a_refusal_on_the_direct_path_is_framed_like_hyper_s() {
         .config(|c| c.ws.allowed_origins = Some(vec!["https://ok.example".into()]))
         .start()
         .await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     let good = Req::connect(&session, &ticket);
     let other_device = uuid::Uuid::new_v4().to_string();
     let cases: Vec<(&str, Req, u16, &str)> = vec![
@@ -1235,16 +1042,7 @@ async fn a_refusal_on_the_direct_path_is_framed_like_hyper_s() {
         let (b, _b) = through_hyper(&server, &req.bytes()).await;
         for (way, answer) in [("direct", &a), ("hyper", &b)] {
             assert_error(answer, status, code);
-            assert_eq!(
-                answer.count("content-length"),
-                1,
-                "{what} {way}: {answer:?}"
-            );
-            assert_eq!(
-                answer.header("content-length"),
-                Some(answer.body.len().to_string().as_str()),
-                "{what} {way}"
-            );
+            assert_framed(answer, &format!("{what} {way}"));
             assert_eq!(answer.count("date"), 1, "{what} {way}: {answer:?}");
         }
         assert_eq!(
@@ -1283,28 +1081,18 @@ async fn a_refused_connect_asking_to_close_is_the_last_request_through_hyper() {
         .set("Connection", "close")
         .bytes();
     bytes.extend_from_slice(HEALTHZ);
-    let (health, mut conn) = direct(&server, HEALTHZ).await;
-    assert_eq!(health.status, 200);
+    let mut conn = after_healthz(&server).await;
     conn.send(&bytes).await;
     assert_error(&conn.answer().await, 400, "bad_request");
-    let after = conn.closed_within(LIMIT).await;
-    assert!(
-        after.is_empty(),
-        "served after Connection: close: {:?}",
-        String::from_utf8_lossy(&after)
-    );
+    assert_nothing_more(&mut conn, "served after Connection: close").await;
 }
 
 /// The same on the direct path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_asking_to_close_is_the_last_request_on_the_direct_path() {
     // A short header timeout, so that a connection left open ends well within LIMIT.
-    let server = TestServer::builder()
-        .config(|c| c.header_timeout = Duration::from_secs(2))
-        .start()
-        .await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
+    let server = with_header_timeout(Duration::from_secs(2)).await;
+    let (_client, session, ticket) = login_and_mint(&server).await;
     for connection in ["close", "Upgrade, close", "close, Upgrade"] {
         // Refused: the first has no upgrade token, the others a forged ticket.
         let mut bytes = Req::connect(&session, &format!("{ticket}x"))
@@ -1316,12 +1104,8 @@ async fn a_refused_connect_asking_to_close_is_the_last_request_on_the_direct_pat
             refused.status == 400 || refused.status == 401,
             "{connection}: {refused:?}"
         );
-        let after = conn.closed_within(LIMIT).await;
-        assert!(
-            after.is_empty(),
-            "{connection}: served after Connection: close: {:?}",
-            String::from_utf8_lossy(&after)
-        );
+        let what = format!("{connection}: served after Connection: close");
+        assert_nothing_more(&mut conn, &what).await;
     }
 }
 
@@ -1340,22 +1124,8 @@ async fn the_request_target_is_read_as_hyper_reads_it() {
         format!("/v1/connect?x=1#&device_id={device}"),
     ];
     for target in targets {
-        let direct_ticket = mint(&client, &session).await;
-        let hyper_ticket = mint(&client, &session).await;
-        let (a, _a) = direct(
-            &server,
-            &Req::connect(&session, &direct_ticket)
-                .target(&target)
-                .bytes(),
-        )
-        .await;
-        let (b, _b) = through_hyper(
-            &server,
-            &Req::connect(&session, &hyper_ticket)
-                .target(&target)
-                .bytes(),
-        )
-        .await;
+        let ((a, _a), (b, _b)) =
+            both_ways(&server, &client, &session, &|r: Req| r.target(&target)).await;
         assert_eq!(a.status, b.status, "{target}: direct {a:?} vs hyper {b:?}");
     }
 }
@@ -1370,12 +1140,8 @@ async fn the_request_target_is_read_as_hyper_reads_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_every_kind_of_public_connection() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
-    let (answer, conn) = direct(&server, &Req::connect(&session, &ticket).bytes()).await;
-    assert_eq!(answer.status, 101);
-    let mut ws = conn.into_ws().await;
-    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    let (_client, session, ticket) = login_and_mint(&server).await;
+    let mut ws = open_socket(&server, &session, &ticket).await;
 
     let mut partial = Conn::open(&server).await;
     partial
@@ -1394,7 +1160,7 @@ async fn shutdown_closes_every_kind_of_public_connection() {
         texts.iter().any(|t| t.contains("\"resume\"")),
         "no resume ticket before the close: {texts:?}"
     );
-    assert!(partial.closed_within(LIMIT).await.is_empty());
+    assert_nothing_more(&mut partial, "a head still being read").await;
     kept.closed_within(LIMIT).await;
     tokio::time::timeout(grace + LIMIT, stopping)
         .await
@@ -1407,12 +1173,8 @@ async fn shutdown_closes_every_kind_of_public_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_socket_completes_the_close_handshake_and_leaves_the_registry() {
     let server = TestServer::builder().start().await;
-    let (client, session) = server.login().await;
-    let ticket = mint(&client, &session).await;
-    let (answer, conn) = direct(&server, &Req::connect(&session, &ticket).bytes()).await;
-    assert_eq!(answer.status, 101);
-    let mut ws = conn.into_ws().await;
-    assert_eq!(first_frame(&mut ws).await["type"], "welcome");
+    let (_client, session, ticket) = login_and_mint(&server).await;
+    let mut ws = open_socket(&server, &session, &ticket).await;
     assert_eq!(server.state.registry.len(), 1);
     ws.send(Message::text(r#"{"type":"ping"}"#))
         .await

@@ -1,7 +1,9 @@
 //! Test harness shared by the integration tests: real `redis-server` processes on free
-//! loopback ports, and ticketgate nodes started in-process on `127.0.0.1:0`.
+//! loopback ports, ticketgate nodes started in-process on `127.0.0.1:0`, and raw HTTP
+//! over TCP for the tests where the exact bytes matter ([`raw`]).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod raw;
 pub mod redis;
 
 use std::net::SocketAddr;
