@@ -181,6 +181,8 @@ impl Sizes {
 #[derive(Default)]
 struct Findings {
     admit: Option<Interleaved>,
+    /// The admit rounds on node-e (embedded store): for reading, not a bar.
+    admit_embedded: Option<Interleaved>,
     handshake: Option<Interleaved>,
     forged: Option<Interleaved>,
     mint_round_trips: Option<f64>,
@@ -191,6 +193,13 @@ struct Findings {
     rss_ticketgate: Option<Memory>,
     rss_baseline: Option<Memory>,
     kick: Option<Figures>,
+}
+
+/// The process a round's CPU is measured on, and its Redis when it has one.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    pid: u32,
+    redis_pid: Option<u32>,
 }
 
 /// What the ticketgate run of one interleaved round gives back.
@@ -441,6 +450,7 @@ impl Bench {
             .extend([mint_cost, admit_cost, replay_cost]);
         self.full_handshakes().await?;
         self.forged_tickets().await?;
+        self.embedded_admit().await?;
         self.note_drift();
         Ok(())
     }
@@ -602,6 +612,25 @@ impl Bench {
         &mut self,
         scenario: &str,
         label: &str,
+        run: F,
+    ) -> (Interleaved, Vec<T>)
+    where
+        F: FnMut(String, Plan) -> Fut,
+        Fut: Future<Output = RoundRun<T>>,
+    {
+        let measured = Measured {
+            pid: self.node_a.pid(),
+            redis_pid: Some(self.redis_server.pid()),
+        };
+        self.interleaved_on(measured, scenario, label, run).await
+    }
+
+    /// [`Bench::interleaved`] with the CPU measured on `measured`.
+    async fn interleaved_on<T, F, Fut>(
+        &mut self,
+        measured_on: Measured,
+        scenario: &str,
+        label: &str,
         mut run: F,
     ) -> (Interleaved, Vec<T>)
     where
@@ -616,7 +645,7 @@ impl Bench {
             measured.baselines.push(before);
             let label = format!("{label} (round {round})");
             status(format!("ticketgate: {scenario}: {label}"));
-            let cpu = self.node_a_cpu();
+            let cpu = CpuMeter::start(Some(measured_on.pid)).with_redis(measured_on.redis_pid);
             let done = run(label, plan).await;
             self.report
                 .run_cpu(scenario, "ticketgate", done.figures.clone(), &cpu);
@@ -630,6 +659,58 @@ impl Bench {
         measured.baselines.push(last);
         self.note_short_runs(scenario, &measured, plan.duration);
         (measured, kept)
+    }
+
+    /// The admit rounds again on node-e, a node on the embedded store (same settings
+    /// as node-a but no Redis URL): what the Redis round trip, and Redis's own CPU on
+    /// these cores, cost the admit rate. For reading; not a bar.
+    async fn embedded_admit(&mut self) -> anyhow::Result<()> {
+        status("starting node-e (embedded store): the admit rounds without Redis");
+        let env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k != "TICKETGATE_REDIS_URL")
+            .cloned()
+            .collect();
+        let node_e = Node::start(&self.binary, &self.dir, "node-e", &env).await?;
+        self.report.nodes.push(settings(
+            &node_e,
+            "admit rounds on the embedded store; same settings as node-a without a Redis URL",
+        ));
+        let devices =
+            target::login_devices(&node_e.public_url(), &self.users, RUN_CONCURRENCY).await?;
+        let plan = self.sizes.mint_plan();
+        let (tickets, mint) = mint_many(
+            "embedded store: mint (keep-alive)",
+            &devices,
+            usize::try_from(plan.max_ops).unwrap_or(usize::MAX),
+            RUN_CONCURRENCY,
+            plan.duration,
+        )
+        .await;
+        self.report.run("mint", "ticketgate", mint);
+        let mut shares = split_even(tickets, self.sizes.rounds).into_iter();
+        let e = Arc::new(Dialer::new(node_e.public));
+        let on = Measured {
+            pid: node_e.pid(),
+            redis_pid: None,
+        };
+        let (admitted, _) = self
+            .interleaved_on(
+                on,
+                "admit",
+                "embedded store: socket + welcome + close",
+                move |label, plan| {
+                    let (tickets, e) = (Arc::new(shares.next().unwrap_or_default()), e.clone());
+                    async move {
+                        let (figures, _) = admit::run(&label, tickets, e, &plan).await;
+                        RoundRun::of(figures)
+                    }
+                },
+            )
+            .await;
+        self.found.admit_embedded = Some(admitted);
+        Ok(())
     }
 
     /// A CPU meter on node A and its Redis (the ticketgate rate runs).
@@ -675,7 +756,7 @@ impl Bench {
     /// drifted (the rounds are there to make the ratios hold up to it).
     fn note_drift(&mut self) {
         let f = &self.found;
-        let figures: Vec<&Interleaved> = [&f.admit, &f.handshake, &f.forged]
+        let figures: Vec<&Interleaved> = [&f.admit, &f.handshake, &f.forged, &f.admit_embedded]
             .into_iter()
             .flatten()
             .collect();
@@ -1303,5 +1384,21 @@ impl Bench {
             None => missing_row(kick_figure, "p99 ≤ 10 ms"),
         });
         self.report.bar = rows;
+
+        // The store behind admission, as cost growing with work: the same admit rounds
+        // with a Redis round trip (node-a) and without one (node-e).
+        for (level, measured) in [
+            ("embedded", self.found.admit_embedded.as_ref()),
+            ("Redis", self.found.admit.as_ref()),
+        ] {
+            let spread = measured.and_then(Interleaved::spread);
+            self.report.growth.push(GrowthRow {
+                work: "store behind admission".into(),
+                level: level.into(),
+                figure: "admit rate / baseline".into(),
+                shown: spread.as_ref().map_or("n/a".to_owned(), RatioSpread::shown),
+                value: spread.map(|s| s.median),
+            });
+        }
     }
 }
