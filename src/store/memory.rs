@@ -289,7 +289,6 @@ impl Store for MemoryStore {
     }
 
     async fn rotate_refresh(&self, r: &RotateRefresh<'_>) -> Result<RotateOutcome, StoreError> {
-        let now = Instant::now();
         let now_ms = crate::auth::unix_now_ms();
         let today = utc_day(now_ms / 1000);
         let key = keys::session(r.session_id);
@@ -305,6 +304,10 @@ impl Store for MemoryStore {
         let Some(mut entry) = self.inner.entries.get_mut(&key) else {
             return Ok(gone());
         };
+        // The clock is read under the lock: a reuse that expired this session in place
+        // just before must look expired here (an instant read earlier could be older,
+        // and the session would look alive to a second reuse).
+        let now = Instant::now();
         if !entry.is_live(now) {
             drop(entry);
             return Ok(gone());
@@ -321,14 +324,28 @@ impl Store for MemoryStore {
             && rotation.prev_hash.as_deref() == Some(r.presented_hash)
             && now_ms - rotation.prev_at_ms <= grace_ms;
         if !current && !parent_in_grace {
-            // Reuse: the session dies now (expired in place, then removed), and a
-            // marker answers "reused" to the rest of the family for its remaining life.
+            // Reuse: a marker answers "reused" to the rest of the family for the
+            // session's remaining life, then the session dies (expired in place, then
+            // removed). The marker goes first: a rotation that finds the session gone
+            // must find the marker too, or it would answer "session gone". Inserting
+            // needs this shard's lock released; a rotation slipping in between is
+            // undone by the expiry that follows.
             let left = entry.expires_at.saturating_duration_since(now);
-            entry.expires_at = now;
             drop(entry);
-            self.inner
-                .entries
-                .insert(reused, Entry::new(Value::Flag, left));
+            let marker = Entry::new(Value::Flag, left);
+            match self.inner.entries.entry(reused) {
+                // Never shortened by a later reuse.
+                MapEntry::Occupied(mut kept) if kept.get().expires_at < marker.expires_at => {
+                    kept.insert(marker);
+                }
+                MapEntry::Occupied(_) => {}
+                MapEntry::Vacant(free) => {
+                    free.insert(marker);
+                }
+            }
+            if let Some(mut entry) = self.inner.entries.get_mut(&key) {
+                entry.expires_at = now;
+            }
             self.inner.entries.remove_if(&key, |_, e| !e.is_live(now));
             return Ok(RotateOutcome::Reused);
         }
