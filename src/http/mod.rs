@@ -2,7 +2,9 @@
 //!
 //! `axum::serve` cannot set a header read timeout, so [`serve`] runs its own accept loop
 //! on hyper's HTTP/1 connection builder: a client that never finishes its headers is
-//! dropped after `TICKETGATE_HEADER_TIMEOUT` (slowloris guard).
+//! dropped after `TICKETGATE_HEADER_TIMEOUT` (slowloris guard). On the public listener
+//! the first request of a connection is read by [`first`] before hyper (connect
+//! requests are admitted there).
 
 pub mod admin;
 pub mod body;
@@ -13,6 +15,7 @@ pub mod headers;
 pub mod public;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::http::{header, HeaderName, HeaderValue, Method};
@@ -20,11 +23,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::net::SocketAddr;
 use ticketgate_sdk::protocol::{
     HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
 };
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
