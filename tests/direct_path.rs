@@ -586,10 +586,10 @@ async fn repeated_list_headers_are_read_as_one_list() {
     assert_socket(&answer, conn, &session, WS_KEY).await;
 }
 
-/// Duplicate handshake headers: whatever the answer is, both ways in give the same one
-/// (status, and for a 101 the accept key of the same key).
+/// Duplicate handshake headers and query parameters: 400 `bad_request` on both ways in,
+/// never one copy read here and another by a proxy in front.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_handshake_headers_are_answered_alike_on_both_paths() {
+async fn duplicate_handshake_headers_are_refused_alike_on_both_paths() {
     let server = TestServer::builder().start().await;
     let (client, session) = server.login().await;
     let variants: Vec<(&str, Change)> = vec![
@@ -636,6 +636,10 @@ async fn duplicate_handshake_headers_are_answered_alike_on_both_paths() {
         if a.status != 101 {
             assert_eq!(a.json()["error"], b.json()["error"], "{what}");
         }
+        // Each may appear once (RFC 6455 §11.3): refused, never read one way here and
+        // another way by a proxy in front.
+        assert_eq!(a.status, 400, "{what}: {a:?}");
+        assert_eq!(a.json()["error"], "bad_request", "{what}");
     }
 }
 

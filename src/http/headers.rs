@@ -13,6 +13,9 @@ pub trait Headers {
 
     /// The raw bytes of the first value of `name`.
     fn first(&self, name: &'static str) -> Option<&[u8]>;
+
+    /// How many times `name` appears.
+    fn count(&self, name: &'static str) -> usize;
 }
 
 impl Headers for HeaderMap {
@@ -22,6 +25,10 @@ impl Headers for HeaderMap {
 
     fn first(&self, name: &'static str) -> Option<&[u8]> {
         self.get(name).map(|v| v.as_bytes())
+    }
+
+    fn count(&self, name: &'static str) -> usize {
+        self.get_all(name).iter().count()
     }
 }
 
@@ -41,6 +48,13 @@ impl Headers for Parsed<'_, '_> {
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
+    }
+
+    fn count(&self, name: &'static str) -> usize {
+        self.0
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -102,6 +116,8 @@ mod tests {
         assert_eq!(from_map, ["a, b", "c"]);
         assert_eq!(from_raw, from_map);
         assert_eq!(parsed.first("origin"), map.first("origin"));
+        assert_eq!(parsed.count("sec-websocket-protocol"), 3);
+        assert_eq!(map.count("sec-websocket-protocol"), 3);
         assert_eq!(parsed.first("x-missing"), None);
     }
 

@@ -95,6 +95,13 @@ fn check_handshake(headers: &impl Headers) -> Result<Handshake, ApiError> {
     if !has_token(headers, "upgrade", "websocket") || !has_token(headers, "connection", "upgrade") {
         return Err(ApiError::BadRequest("expected a WebSocket upgrade".into()));
     }
+    // RFC 6455 §11.3.1, §11.3.5: each appears once in a request. Two keys or two
+    // versions are refused rather than read one way here and another by a proxy.
+    if headers.count("sec-websocket-key") > 1 || headers.count("sec-websocket-version") > 1 {
+        return Err(ApiError::BadRequest(
+            "Sec-WebSocket-Key and Sec-WebSocket-Version must appear once".into(),
+        ));
+    }
     if headers.first("sec-websocket-version") != Some(b"13") {
         return Err(ApiError::UpgradeRequired);
     }
@@ -150,13 +157,19 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
     }
     let mut ticket = from_protocol.map(str::to_owned);
     let mut device_id = None;
+    let mut query_ticket = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match k.as_ref() {
-            "device_id" => device_id = Some(v.into_owned()),
-            "ticket" if ticket.is_none() => ticket = Some(v.into_owned()),
-            _ => {}
+        let slot = match k.as_ref() {
+            "device_id" => &mut device_id,
+            "ticket" => &mut query_ticket,
+            _ => continue,
+        };
+        // Twice in one query: refused, not read one way here and another elsewhere.
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(ApiError::BadRequest(format!("`{k}` appears twice")));
         }
     }
+    ticket = ticket.or(query_ticket);
     let device_id = device_id.filter(|d| is_device_id(d)).ok_or_else(|| {
         ApiError::BadRequest("device_id query parameter missing or not a UUID".into())
     })?;
