@@ -117,8 +117,11 @@ impl Sizes {
         Sizes {
             run: Duration::from_secs(5),
             max_ops: 60_000,
-            rounds: 3,
-            round: Duration::from_millis(2_500),
+            // Five short rounds rather than three long ones: the baseline runs around a
+            // ticketgate run are closer in time, and the median of five shrugs off a
+            // round the machine's drift spoiled.
+            rounds: 5,
+            round: Duration::from_millis(1_500),
             idle_levels: [0, 5_000, 10_000],
             idle_run: Duration::from_secs(3),
             storm_clients: 1_000,
