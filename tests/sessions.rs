@@ -429,8 +429,8 @@ async fn a_refresh_frame_extends_the_connection() {
     ws.send(Message::text(r#"{"type":"ping"}"#))
         .await
         .expect("still open");
-    let pong = ws.next().await.expect("frame").expect("ok");
-    assert_eq!(pong.to_text().expect("text"), r#"{"type":"pong"}"#);
+    let pong = next_but_expiring(&mut ws, welcome.expires_at).await;
+    assert_eq!(pong, json!({"type": "pong"}));
 
     // A token of another session is refused with an error frame; the socket stays.
     let (_other_client, other) = server.login_as("bob", ClientType::Mobile).await;
@@ -439,14 +439,26 @@ async fn a_refresh_frame_extends_the_connection() {
     ))
     .await
     .expect("send");
-    let frame = ws.next().await.expect("frame").expect("ok");
-    let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
+    let frame = next_but_expiring(&mut ws, welcome.expires_at).await;
     assert_eq!(
         (frame["type"].as_str(), frame["error"].as_str()),
         (Some("error"), Some("token_invalid"))
     );
     // And without another refresh: 4004 at the new exp.
     assert_eq!(close_code(&mut ws).await, Some(close::SESSION_EXPIRED));
+}
+
+/// The next JSON frame, past the renewed token's own `expiring` (its window may open
+/// while the test runs; it must be about a later `exp` than `admitted_exp`).
+async fn next_but_expiring(ws: &mut ticketgate_sdk::WsStream, admitted_exp: i64) -> Value {
+    loop {
+        let frame = ws.next().await.expect("frame").expect("ok");
+        let value: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
+        if value["type"] != "expiring" {
+            return value;
+        }
+        assert!(value["expires_at"].as_i64().expect("exp") > admitted_exp);
+    }
 }
 
 fn support_now() -> i64 {
