@@ -24,6 +24,42 @@ use crate::scenarios::{admit, conn_storm, forged, handshake, replay, Plan};
 use crate::target::{self, login, mint_many, Admin, Device, Users};
 use crate::ws::Dialer;
 
+/// The bounds and output of a run, shared by every single-scenario command.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// How long each run lasts at most (`500ms`, `10s`, `2m`).
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    duration: Duration,
+    /// Workers of a rate run.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Operations per run at most.
+    #[arg(long, default_value_t = 100_000)]
+    max_ops: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn plan(&self) -> Plan {
+        Plan {
+            duration: self.duration,
+            max_ops: self.max_ops,
+            concurrency: self.concurrency,
+        }
+    }
+
+    /// Prints `report`, and writes it as JSON when `--json` asked for it.
+    fn finish(&self, report: &Report) -> anyhow::Result<()> {
+        report.print();
+        if let Some(path) = &self.json {
+            report.write_json(path)?;
+        }
+        Ok(())
+    }
+}
+
 /// Options shared by the single-scenario commands.
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
@@ -49,18 +85,8 @@ pub struct TargetArgs {
     /// Their password.
     #[arg(long, env = "FLOOD_PASSWORD", hide_env_values = true)]
     password: String,
-    /// How long each run lasts at most (`500ms`, `10s`, `2m`).
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
-    duration: Duration,
-    /// Workers of a rate run.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Operations per run at most.
-    #[arg(long, default_value_t = 100_000)]
-    max_ops: u64,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
     /// The deployment's Redis (`redis://IP:PORT`), to count commands per operation.
     #[arg(long)]
     redis: Option<String>,
@@ -91,37 +117,18 @@ pub struct PlainArgs {
     /// URL of a plain WebSocket server that sends a welcome frame (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:9099")]
     target: String,
-    /// How long the run lasts at most (`500ms`, `10s`, `2m`).
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
-    duration: Duration,
-    /// Workers.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// Operations at most.
-    #[arg(long, default_value_t = 100_000)]
-    max_ops: u64,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// `flood plain`: the baseline's handshake loop against `--target`.
 pub async fn plain(args: PlainArgs) -> anyhow::Result<()> {
     let fd = host::raise_fd_limit(0);
     let dialer = Arc::new(Dialer::new(target::socket_addr(&args.target)?));
-    let plan = Plan {
-        duration: args.duration,
-        max_ops: args.max_ops,
-        concurrency: args.concurrency,
-    };
     let mut report = Report::new("plain", Some(fd));
-    let figures = handshake::baseline("connect + welcome + close", dialer, &plan).await;
+    let figures = handshake::baseline("connect + welcome + close", dialer, &args.run.plan()).await;
     report.run("handshake", "plain", figures);
-    report.print();
-    if let Some(path) = &args.json {
-        report.write_json(path)?;
-    }
-    Ok(())
+    args.run.finish(&report)
 }
 
 /// What every single-scenario command sets up.
@@ -157,11 +164,7 @@ impl Ctx {
     }
 
     fn plan(&self) -> Plan {
-        Plan {
-            duration: self.args.duration,
-            max_ops: self.args.max_ops,
-            concurrency: self.args.concurrency,
-        }
+        self.args.run.plan()
     }
 
     async fn devices(&self, wanted: usize) -> anyhow::Result<Vec<Device>> {
@@ -189,18 +192,14 @@ impl Ctx {
     }
 
     fn finish(self) -> anyhow::Result<()> {
-        self.report.print();
-        if let Some(path) = &self.args.json {
-            self.report.write_json(path)?;
-        }
-        Ok(())
+        self.args.run.finish(&self.report)
     }
 }
 
 /// `flood handshake`.
 pub async fn handshake(args: TargetArgs) -> anyhow::Result<()> {
     let mut ctx = Ctx::new(args, "handshake", 0)?;
-    let devices = ctx.devices(ctx.args.concurrency).await?;
+    let devices = ctx.devices(ctx.args.run.concurrency).await?;
     let snap = ctx.snapshot();
     let figures = handshake::ticketgate(
         "mint + socket + welcome + close",
@@ -216,7 +215,7 @@ pub async fn handshake(args: TargetArgs) -> anyhow::Result<()> {
 
 /// Mints for a run's length, then admits: the shared start of `admit` and `replay`.
 async fn mint_then_admit(ctx: &mut Ctx) -> anyhow::Result<Vec<target::Minted>> {
-    let devices = ctx.devices(ctx.args.concurrency).await?;
+    let devices = ctx.devices(ctx.args.run.concurrency).await?;
     let plan = ctx.plan();
     let snap = ctx.snapshot();
     let (tickets, mint) = mint_many(
@@ -324,7 +323,7 @@ pub async fn mint_flood(args: TargetArgs) -> anyhow::Result<()> {
     let plan = FloodPlan {
         honest_interval: Duration::from_secs(2),
         flood_rate: ctx.args.flood_rate,
-        phase: ctx.args.duration,
+        phase: ctx.args.run.duration,
     };
     let outcome = mint_flood::run(honest, flooder, &plan).await;
     for figures in [outcome.unloaded, outcome.loaded, outcome.flood] {
@@ -367,7 +366,7 @@ pub async fn idle(args: TargetArgs) -> anyhow::Result<()> {
         &devices,
         ctx.dialer.clone(),
         sockets,
-        ctx.args.concurrency,
+        ctx.args.run.concurrency,
         &mut held,
     )
     .await;
@@ -389,9 +388,9 @@ pub async fn idle(args: TargetArgs) -> anyhow::Result<()> {
     status(format!(
         "holding {} sockets for {:?}",
         held.len(),
-        ctx.args.duration
+        ctx.args.run.duration
     ));
-    tokio::time::sleep(ctx.args.duration).await;
+    tokio::time::sleep(ctx.args.run.duration).await;
     if held.still_open() < held.len() {
         ctx.report.note(format!(
             "the server closed {} of {} held sockets",
