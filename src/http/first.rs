@@ -172,7 +172,7 @@ pub async fn serve_connect(
         } => {
             let headers = ParsedHeaders(headers);
             let ip = client_ip(peer, &headers, &state.config.trusted_proxies);
-            let closing = asks_to_close(&headers);
+            let closing = headers.has_token("connection", "close");
             let admission = admission::admit(state, ip, &headers, target.query()).await;
             Some((ip, closing, admission))
         }
@@ -204,14 +204,6 @@ pub async fn serve_connect(
             }
         }
     }
-}
-
-/// Whether a `Connection` header names `close`.
-fn asks_to_close(headers: &impl Headers) -> bool {
-    headers
-        .texts("connection")
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Writes `response` as HTTP/1.1 in one buffer, with `content-length` and `date` as
@@ -404,7 +396,11 @@ mod tests {
                 name: "Connection",
                 value: value.as_bytes(),
             }];
-            assert_eq!(asks_to_close(&ParsedHeaders(&raw)), close, "{value}");
+            assert_eq!(
+                ParsedHeaders(&raw).has_token("connection", "close"),
+                close,
+                "{value}"
+            );
         }
     }
 

@@ -16,6 +16,14 @@ pub trait Headers {
 
     /// How many times `name` appears.
     fn count(&self, name: &'static str) -> usize;
+
+    /// Whether a comma-separated list header `name` holds `token` (any case), over all
+    /// its lines: `Connection: Upgrade, close`.
+    fn has_token(&self, name: &'static str, token: &str) -> bool {
+        self.texts(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
 }
 
 impl Headers for HeaderMap {

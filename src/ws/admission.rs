@@ -84,15 +84,8 @@ struct Handshake {
     accept_key: String,
 }
 
-fn has_token(headers: &impl Headers, name: &'static str, token: &str) -> bool {
-    headers
-        .texts(name)
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 fn check_handshake(headers: &impl Headers) -> Result<Handshake, ApiError> {
-    if !has_token(headers, "upgrade", "websocket") || !has_token(headers, "connection", "upgrade") {
+    if !headers.has_token("upgrade", "websocket") || !headers.has_token("connection", "upgrade") {
         return Err(ApiError::BadRequest("expected a WebSocket upgrade".into()));
     }
     // RFC 6455 §11.3.1, §11.3.5: each appears once in a request. Two keys or two

@@ -67,9 +67,14 @@ fn renewal_window(access_ttl: Duration) -> Duration {
     (access_ttl * 3 / 10).min(Duration::from_secs(300))
 }
 
-fn text(frame: &ServerFrame) -> Message {
+/// A server frame as JSON text.
+fn json(frame: &ServerFrame) -> String {
     // Serializing our own enum of strings and numbers cannot fail.
-    Message::text(serde_json::to_string(frame).unwrap_or_default())
+    serde_json::to_string(frame).unwrap_or_default()
+}
+
+fn text(frame: &ServerFrame) -> Message {
+    Message::text(json(frame))
 }
 
 fn error_frame(code: ErrorCode, message: &str) -> Message {
@@ -127,8 +132,7 @@ pub fn welcome_text(info: &ConnectionInfo) -> String {
         device_id: info.device_id.clone(),
         expires_at: info.expires_at,
     };
-    // Serializing our own enum of strings and numbers cannot fail.
-    serde_json::to_string(&welcome).unwrap_or_default()
+    json(&welcome)
 }
 
 /// Runs a connection to its end, then unregisters it and frees its slot.
