@@ -6,6 +6,7 @@
 //! - [`server`]: builds a node and runs it until shutdown.
 //! - [`http`]: accept loop, public and admin routers, error mapping.
 //! - [`ws`]: admission (ticket → socket), the connection loop, the registry.
+//! - [`clock`]: the wall clock, read in one place.
 //! - [`auth`]: secrets, access tokens, request signing, tickets, users, sessions.
 //! - [`store`]: all server-side state, Redis or embedded, behind one trait.
 //! - [`hub`]: cross-node revocations, pushes and queries (Redis pub/sub or in-process).
@@ -15,6 +16,7 @@
 //! See ARCHITECTURE.md for the path of a handshake and the invariants.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod hub;

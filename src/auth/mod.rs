@@ -16,21 +16,7 @@ pub mod ticket;
 pub mod tokens;
 pub mod users;
 
-/// Current unix time in seconds.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Current unix time in milliseconds.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::{unix_now, unix_now_ms};
 
 /// `n` random bytes for an identifier that is not a secret (connection ids, request
 /// ids), base64url: the thread's generator, no system call per id.

@@ -289,7 +289,7 @@ impl Store for MemoryStore {
     }
 
     async fn rotate_refresh(&self, r: &RotateRefresh<'_>) -> Result<RotateOutcome, StoreError> {
-        let now_ms = crate::auth::unix_now_ms();
+        let now_ms = crate::clock::unix_now_ms();
         let today = utc_day(now_ms / 1000);
         let key = keys::session(r.session_id);
         // The shard's write lock is held for the whole check-and-rotate: atomic.
@@ -369,7 +369,7 @@ impl Store for MemoryStore {
 
     async fn renew_access(&self, r: &RenewAccess<'_>) -> Result<RenewOutcome, StoreError> {
         let now = Instant::now();
-        let today = utc_day(crate::auth::unix_now());
+        let today = utc_day(crate::clock::unix_now());
         let marker = keys::renewed(r.session_id, r.jti);
         if !self.session_is_live(r.session_id) {
             return Ok(RenewOutcome::SessionGone);
@@ -452,7 +452,7 @@ impl Store for MemoryStore {
                 _ => Default::default(),
             })
             .unwrap_or_default();
-        Ok(super::live_index_entries(entries, crate::auth::unix_now()))
+        Ok(super::live_index_entries(entries, crate::clock::unix_now()))
     }
 
     async fn set_blocked(&self, user_id: &str, blocked: bool) -> Result<(), StoreError> {

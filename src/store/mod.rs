@@ -252,7 +252,7 @@ pub(crate) fn live_index_entries(
 /// to the current millisecond when it is being indexed within that second (the normal
 /// case: right after login), so that logins within one second keep their order.
 pub(crate) fn index_value(record: &SessionRecord) -> String {
-    let now_ms = crate::auth::unix_now_ms();
+    let now_ms = crate::clock::unix_now_ms();
     let created_ms = if now_ms.div_euclid(1000) == record.created_at {
         now_ms
     } else {

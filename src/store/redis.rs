@@ -441,7 +441,7 @@ impl Store for RedisStore {
 }
 
 fn unix_now_ms() -> i64 {
-    crate::auth::unix_now_ms()
+    crate::clock::unix_now_ms()
 }
 
 fn parse_session(fields: &HashMap<String, String>) -> Result<SessionRecord, StoreError> {
