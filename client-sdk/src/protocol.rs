@@ -28,6 +28,45 @@ pub const NONCE_MIN_LEN: usize = 22;
 /// Longest accepted nonce.
 pub const NONCE_MAX_LEN: usize = 64;
 
+/// The longest renewal window: an access token is renewed at the latest 5 minutes
+/// before it expires.
+pub const MAX_RENEWAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The renewal window of an access token that lives `access_lifetime`:
+/// min(5 min, 30 % of the lifetime) before its expiry (protocol §3). The server sends
+/// `X-New-Token` and the `expiring` frame inside it; the SDK renews inside it. This is
+/// the one definition both use.
+///
+/// ```
+/// use std::time::Duration;
+/// use ticketgate_sdk::protocol::renewal_window;
+/// assert_eq!(renewal_window(Duration::from_secs(900)), Duration::from_secs(270));
+/// assert_eq!(renewal_window(Duration::from_secs(3600)), Duration::from_secs(300));
+/// ```
+pub fn renewal_window(access_lifetime: std::time::Duration) -> std::time::Duration {
+    (access_lifetime * 3 / 10).min(MAX_RENEWAL_WINDOW)
+}
+
+/// True when a token expiring at `expires_at_ms` (unix milliseconds) is inside its
+/// [`renewal_window`] at `now_ms`, or already expired.
+///
+/// ```
+/// use std::time::Duration;
+/// use ticketgate_sdk::protocol::in_renewal_window;
+/// let life = Duration::from_secs(900); // window: the last 270 s
+/// assert!(!in_renewal_window(1_000_000, life, 1_000_000 - 271_000));
+/// assert!(in_renewal_window(1_000_000, life, 1_000_000 - 270_000));
+/// assert!(in_renewal_window(1_000_000, life, 1_000_001));
+/// ```
+pub fn in_renewal_window(
+    expires_at_ms: i64,
+    access_lifetime: std::time::Duration,
+    now_ms: i64,
+) -> bool {
+    let window = i64::try_from(renewal_window(access_lifetime).as_millis()).unwrap_or(i64::MAX);
+    expires_at_ms.saturating_sub(now_ms) <= window
+}
+
 /// True when `nonce` has an accepted length and only `[A-Za-z0-9_-]`.
 pub fn nonce_is_well_formed(nonce: &str) -> bool {
     (NONCE_MIN_LEN..=NONCE_MAX_LEN).contains(&nonce.len())
@@ -214,6 +253,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// Server shutting down or draining.
     pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke the WebSocket protocol (RFC 6455 §7.4.1).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A frame the protocol does not allow.
     pub const POLICY: u16 = 1008;
     /// Frame or message over the size limit.
