@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::apps::{Apps, AppsError};
 use crate::auth::secrets::{load_or_create_server_secret, Secrets, SecretsError};
@@ -59,7 +60,7 @@ pub struct Server {
     public: TcpListener,
     admin: TcpListener,
     state: AppState,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
 }
 
 /// Accept queue length: a reconnect storm after a deploy arrives all at once, and the
@@ -119,7 +120,7 @@ impl Server {
         let (store, hub) = open_store(&config, &registry).await?;
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
         let state = AppState::new(Shared {
             tickets: TicketCodec::new(*secrets.ticket_mac_key()),
             limits: Limits::new(&config.rates),
@@ -127,7 +128,7 @@ impl Server {
             registry,
             hub,
             apps,
-            shutdown: shutdown_rx,
+            shutdown: shutdown.clone(),
             config,
             store,
             secrets,
@@ -173,14 +174,14 @@ impl Server {
             public,
             crate::http::router(state.clone()),
             header_timeout,
-            shutdown.subscribe(),
+            shutdown.clone(),
             Some(state.clone()),
         ));
         let admin_task = tokio::spawn(crate::http::serve(
             admin,
             crate::http::admin::router(state.clone(), crate::metrics::handle()),
             header_timeout,
-            shutdown.subscribe(),
+            shutdown.clone(),
             None,
         ));
         let sweeper = {
@@ -214,7 +215,7 @@ impl Server {
 
         signal.await;
         tracing::info!("shutting down: closing sockets with 1001");
-        let _ = shutdown.send(true);
+        shutdown.cancel();
         let _ = public_task.await;
         let _ = admin_task.await;
         sweeper.abort();

@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::apps::Apps;
 use crate::auth::secrets::Secrets;
@@ -45,8 +46,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Connection slots (`max_connections`); a permit lives as long as its socket.
     pub connection_slots: Arc<Semaphore>,
-    /// Flips to true when the node shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
 }
 
 impl std::ops::Deref for AppState {

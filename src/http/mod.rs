@@ -27,7 +27,7 @@ use ticketgate_sdk::protocol::{
     HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -90,7 +90,7 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
 }
 
-/// Serves `router` on `listener` until `shutdown` flips to true; then stops accepting
+/// Serves `router` on `listener` until `shutdown` is cancelled; then stops accepting
 /// and lets in-flight requests finish. Upgraded WebSockets are not tracked here: they
 /// watch the same signal themselves.
 ///
@@ -101,12 +101,12 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     direct: Option<AppState>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = until_shutdown(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -176,11 +176,11 @@ async fn serve_first(
     mut stream: TcpStream,
     peer: SocketAddr,
     header_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> first::Next {
     let read = tokio::select! {
         read = tokio::time::timeout(header_timeout, first::read(&mut stream, MAX_HEAD_BYTES)) => read,
-        _ = until_shutdown(&mut shutdown) => return first::Next::Closed,
+        () = shutdown.cancelled() => return first::Next::Closed,
     };
     match read {
         Err(_) | Ok(first::First::Gone) => first::Next::Closed,
@@ -198,7 +198,7 @@ async fn serve_hyper(
     peer: SocketAddr,
     router: Router,
     header_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
@@ -216,21 +216,9 @@ async fn serve_hyper(
     tokio::pin!(conn);
     tokio::select! {
         _ = &mut conn => {}
-        _ = until_shutdown(&mut shutdown) => {
+        () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
-    }
-}
-
-/// Resolves once the shutdown flag is true (or its sender is gone).
-pub async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
         }
     }
 }

@@ -212,8 +212,8 @@ where
     let cfg = &state.config.ws;
     let window = renewal_window(state.config.ttl.access);
     let limiter = frame_limiter(state.config.rates.frames, state.limits.clock());
-    let mut shutdown = state.shutdown.clone();
-    if *shutdown.borrow() {
+    let shutdown = state.shutdown.clone();
+    if shutdown.is_cancelled() {
         return Exit::Drain;
     }
     let mut deadline = instant_at(info.expires_at);
@@ -235,7 +235,7 @@ where
             timer.as_mut().reset(wake);
         }
         tokio::select! {
-            _ = shutdown.changed() => return Exit::Drain,
+            () = shutdown.cancelled() => return Exit::Drain,
             () = &mut timer => {
                 let now = Instant::now();
                 if now >= deadline {
