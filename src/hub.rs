@@ -1,9 +1,9 @@
 //! The cross-node hub: revocations, pushes and queries that must reach every node of
 //! a deployment.
 //!
-//! On Redis the hub is one pub/sub channel (`tg:hub`, a separate subscriber connection)
-//! plus a heartbeat set (`tg:nodes`) that tells a requester how many answers to wait
-//! for. On the embedded store it is in-process: one node, events handled directly.
+//! On Redis the hub rides the store's bus ([`crate::store::bus`]): one pub/sub channel
+//! plus a heartbeat set that tells a requester how many answers to wait for. On the
+//! embedded store it is in-process: one node, events handled directly.
 //!
 //! Every request carries an id; each node applies it to its own sockets and answers
 //! with a count (closed sockets, deliveries) or its connections of a user; the
@@ -16,16 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use fred::clients::Pool;
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface};
-use fred::prelude::{Builder, Config};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use ticketgate_sdk::protocol::{close, ServerFrame};
 use ticketgate_sdk::ClientType;
 use tokio::sync::mpsc;
 
-use crate::store::keys::{HUB_CHANNEL, NODES};
+use crate::clock::unix_now_ms;
+use crate::store::bus::{BusEvent, BusEvents, RedisBus};
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
 use crate::ws::registry::{Outbound, Registry};
@@ -120,7 +118,7 @@ enum Message {
 
 enum Transport {
     Local,
-    Redis { pool: Pool },
+    Redis(RedisBus),
 }
 
 /// The hub of one node.
@@ -142,96 +140,25 @@ impl Hub {
         })
     }
 
-    /// The Redis hub: subscribes to `tg:hub` on its own connection, starts the
-    /// heartbeat, and re-checks live sessions after every reconnect.
+    /// The Redis hub: opens the bus, starts the heartbeat, and re-checks live sessions
+    /// whenever the bus may have lost messages (a reconnect, or falling behind).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the subscriber cannot connect.
+    /// [`StoreError::Unavailable`] when the bus cannot connect.
     pub async fn redis(
         node_id: String,
         registry: Registry,
         redis: &RedisStore,
         store: Arc<dyn Store>,
     ) -> Result<Arc<Hub>, StoreError> {
-        let (url, settings) = redis.connection();
-        let config =
-            Config::from_url(url).map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
-        let subscriber = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = settings.connect_timeout;
-                c.internal_command_timeout = settings.connect_timeout;
-            })
-            .with_performance_config(|p| p.default_command_timeout = settings.command_timeout)
-            .set_policy(fred::prelude::ReconnectPolicy::new_exponential(
-                0, 100, 2_000, 2,
-            ))
-            .build_subscriber_client()
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
-        let mut messages = subscriber.message_rx();
-        let mut reconnects = subscriber.reconnect_rx();
-        tokio::time::timeout(settings.connect_timeout * 2, subscriber.init())
-            .await
-            .map_err(|_| StoreError::Unavailable("hub subscriber timed out".into()))?
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
-        subscriber
-            .subscribe(HUB_CHANNEL)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        let (bus, events) = RedisBus::open(redis).await?;
         let hub = Arc::new(Hub {
             node_id,
             registry,
-            transport: Transport::Redis {
-                pool: redis.pool().clone(),
-            },
+            transport: Transport::Redis(bus),
             pending: DashMap::new(),
         });
-
-        let weak = Arc::downgrade(&hub);
-        let store_for_lag = store.clone();
-        tokio::spawn(async move {
-            let store = store_for_lag;
-            loop {
-                let msg = match messages.recv().await {
-                    Ok(msg) => msg,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "hub fell behind; re-checking sessions");
-                        if let Some(hub) = weak.upgrade() {
-                            hub.recheck(store_clone(&store)).await;
-                        }
-                        continue;
-                    }
-                    Err(_) => return,
-                };
-                let Some(hub) = weak.upgrade() else { return };
-                if let Some(text) = msg.value.as_string() {
-                    hub.receive(&text).await;
-                }
-            }
-        });
-
-        let weak = Arc::downgrade(&hub);
-        let resubscriber = subscriber.clone();
-        let store_for_recheck = store.clone();
-        tokio::spawn(async move {
-            loop {
-                match reconnects.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-                // Retry until subscribed again: a node that is not subscribed misses
-                // every kick and push.
-                let mut delay = Duration::from_millis(100);
-                while let Err(e) = resubscriber.resubscribe_all().await {
-                    tracing::warn!(cause = %e, "hub resubscribe failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                let Some(hub) = weak.upgrade() else { return };
-                tracing::info!("hub resubscribed; re-checking live sessions");
-                hub.recheck(store_for_recheck.clone()).await;
-            }
-        });
-
+        tokio::spawn(listen(Arc::downgrade(&hub), events, store));
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -242,8 +169,6 @@ impl Hub {
             }
         });
         hub.heartbeat().await;
-        // Keep the subscriber alive as long as the tasks above hold it.
-        drop(subscriber);
         Ok(hub)
     }
 
@@ -253,31 +178,19 @@ impl Hub {
     }
 
     async fn heartbeat(&self) {
-        let Transport::Redis { pool } = &self.transport else {
+        let Transport::Redis(bus) = &self.transport else {
             return;
         };
-        let now = crate::auth::unix_now_ms() as f64;
-        let _: Result<i64, _> = pool
-            .zadd(
-                NODES,
-                None,
-                None,
-                false,
-                false,
-                (now, self.node_id.as_str()),
-            )
+        let now = unix_now_ms();
+        bus.heartbeat(&self.node_id, now, now - stale_after_ms())
             .await;
-        let stale = now - (HEARTBEAT.as_millis() as f64) * 3.0;
-        let _: Result<i64, _> = pool.zremrangebyscore(NODES, f64::MIN, stale).await;
     }
 
     async fn live_nodes(&self) -> usize {
-        let Transport::Redis { pool } = &self.transport else {
-            return 1;
-        };
-        let since = crate::auth::unix_now_ms() as f64 - (HEARTBEAT.as_millis() as f64) * 3.0;
-        let n: Result<i64, _> = pool.zcount(NODES, since, f64::MAX).await;
-        usize::try_from(n.unwrap_or(1)).unwrap_or(1).max(1)
+        match &self.transport {
+            Transport::Local => 1,
+            Transport::Redis(bus) => bus.live_nodes(unix_now_ms() - stale_after_ms()).await,
+        }
     }
 
     /// Sends `op` to every node (this one included) and gathers their answers.
@@ -285,9 +198,9 @@ impl Hub {
     /// # Errors
     /// [`StoreError::Unavailable`] when the request cannot be published.
     pub async fn request(&self, op: Op) -> Result<Vec<Answer>, StoreError> {
-        let pool = match &self.transport {
+        let bus = match &self.transport {
             Transport::Local => return Ok(vec![self.apply(&op)]),
-            Transport::Redis { pool } => pool,
+            Transport::Redis(bus) => bus,
         };
         let id = crate::auth::random_id(12);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -304,11 +217,7 @@ impl Hub {
         };
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let _: i64 = pool
-            .next()
-            .publish(HUB_CHANNEL, text)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))?;
+        bus.publish(text).await?;
         let mut answers = Vec::new();
         let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
         while answers.len() < expected {
@@ -333,10 +242,10 @@ impl Hub {
                     to: from,
                     answer,
                 };
-                if let (Transport::Redis { pool }, Ok(text)) =
+                if let (Transport::Redis(bus), Ok(text)) =
                     (&self.transport, serde_json::to_string(&reply))
                 {
-                    if let Err(e) = pool.next().publish::<i64, _, _>(HUB_CHANNEL, text).await {
+                    if let Err(e) = bus.publish(text).await {
                         tracing::warn!(cause = %e, "hub answer not sent");
                     }
                 }
@@ -439,8 +348,33 @@ impl Hub {
     }
 }
 
-fn store_clone(store: &Arc<dyn Store>) -> Arc<dyn Store> {
-    store.clone()
+/// A re-check of its own, so that messages keep flowing meanwhile.
+async fn recheck(hub: Arc<Hub>, store: Arc<dyn Store>) {
+    hub.recheck(store).await;
+}
+
+/// A node silent for three heartbeats is not waited for.
+fn stale_after_ms() -> i64 {
+    i64::try_from(HEARTBEAT.as_millis()).unwrap_or(i64::MAX) * 3
+}
+
+/// The receiving side of a Redis hub: applies requests and routes answers; re-checks
+/// live sessions when messages may have been lost. Ends with the hub or the bus.
+async fn listen(hub: std::sync::Weak<Hub>, mut events: BusEvents, store: Arc<dyn Store>) {
+    while let Some(event) = events.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match event {
+            BusEvent::Message(text) => hub.receive(&text).await,
+            BusEvent::Lagged(missed) => {
+                tracing::warn!(missed, "hub fell behind; re-checking sessions");
+                tokio::spawn(recheck(hub, store.clone()));
+            }
+            BusEvent::Resubscribed => {
+                tracing::info!("hub resubscribed; re-checking live sessions");
+                tokio::spawn(recheck(hub, store.clone()));
+            }
+        }
+    }
 }
 
 struct PendingGuard<'a> {

@@ -8,6 +8,7 @@
 //! - [`ws`]: admission (ticket → socket), the connection loop, the registry.
 //! - [`clock`]: the wall clock, read in one place.
 //! - [`auth`]: secrets, access tokens, request signing, tickets, users, sessions.
+//! - [`sessions`]: the session layer's use cases (login, refresh, tickets, ending).
 //! - [`store`]: all server-side state, Redis or embedded, behind one trait.
 //! - [`hub`]: cross-node revocations, pushes and queries (Redis pub/sub or in-process).
 //! - [`limits`]: governor-based anti-flood limits.
@@ -23,6 +24,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod ws;

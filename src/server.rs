@@ -21,6 +21,7 @@ use crate::auth::users::{Users, UsersError};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::sessions::{Policy, Sessions};
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -121,19 +122,28 @@ impl Server {
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
         let shutdown = CancellationToken::new();
+        let tickets = TicketCodec::new(*secrets.ticket_mac_key());
+        let sessions = Sessions::new(
+            store.clone(),
+            hub.clone(),
+            keys.clone(),
+            secrets,
+            tickets.clone(),
+            users,
+            apps,
+            Policy::from_config(&config),
+        );
         let state = AppState::new(Shared {
-            tickets: TicketCodec::new(*secrets.ticket_mac_key()),
             limits: Limits::new(&config.rates),
             connection_slots: Arc::new(Semaphore::new(config.ws.max_connections)),
             registry,
             hub,
-            apps,
+            sessions,
+            tickets,
             shutdown: shutdown.clone(),
             config,
             store,
-            secrets,
             keys,
-            users,
         });
         Ok(Server {
             public,

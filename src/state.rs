@@ -1,20 +1,16 @@
 //! The shared state of a node, built once at start and handed to every handler.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::apps::Apps;
-use crate::auth::secrets::Secrets;
 use crate::auth::ticket::TicketCodec;
 use crate::auth::tokens::KeyStore;
-use crate::auth::users::Users;
 use crate::config::Config;
-use crate::http::error::ApiError;
 use crate::hub::Hub;
-use crate::limits::{Limit, Limits};
+use crate::limits::Limits;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::ws::registry::Registry;
 
@@ -28,26 +24,22 @@ pub struct Shared {
     pub config: Config,
     /// Server-side state.
     pub store: Arc<dyn Store>,
-    /// Per-purpose subkeys of the server secret.
-    pub secrets: Secrets,
-    /// Ticket mint/verify.
-    pub tickets: TicketCodec,
-    /// Access token keys, reloaded from the data dir.
+    /// The session layer: login, refresh, tickets, ending sessions.
+    pub sessions: Sessions,
+    /// Ticket verification at admission (no I/O).
+    pub(crate) tickets: TicketCodec,
+    /// Access token keys, reloaded from the data dir (JWKS, key sweeps).
     pub keys: KeyStore,
-    /// The users file.
-    pub users: Users,
-    /// The API apps file.
-    pub apps: Apps,
     /// Cross-node events.
     pub hub: Arc<Hub>,
     /// Anti-flood limiters.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Live connections of this node.
     pub registry: Registry,
     /// Connection slots (`max_connections`); a permit lives as long as its socket.
-    pub connection_slots: Arc<Semaphore>,
+    pub(crate) connection_slots: Arc<Semaphore>,
     /// Cancelled when the node shuts down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl std::ops::Deref for AppState {
@@ -59,19 +51,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Wraps the shared fields.
-    pub fn new(shared: Shared) -> Self {
+    pub(crate) fn new(shared: Shared) -> Self {
         AppState(Arc::new(shared))
-    }
-
-    /// Charges a failure that happened before authentication to the IP's failure
-    /// quota. Over the quota, the answer becomes 429 instead of the error itself.
-    pub fn charge_failure(&self, ip: IpAddr, err: ApiError) -> ApiError {
-        if !err.is_unauthenticated_failure() {
-            return err;
-        }
-        match self.limits.check(Limit::FailIp(ip)) {
-            Ok(()) => err,
-            Err(retry) => retry.into(),
-        }
     }
 }

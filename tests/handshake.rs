@@ -690,7 +690,9 @@ both_stores!(
             let connect = tokio::spawn(async move { client.connect(&session, &ticket).await });
             // Revoke while the upgrade is in flight, at varying points of it.
             tokio::time::sleep(Duration::from_micros((round % 12) * 400)).await;
-            ticketgate::auth::session::end_sessions(&state, "carol", vec![sid], close::REVOKED)
+            state
+                .sessions
+                .end("carol", vec![sid], close::REVOKED)
                 .await
                 .expect("revoke");
             match connect.await.expect("task") {

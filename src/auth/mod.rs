@@ -6,11 +6,11 @@
 //! - [`ticket`]: the self-authenticating one-time ticket format.
 //! - [`users`]: the users file (argon2id hashes) and password checks.
 //! - [`apps`]: the API apps file (app id → secret).
-//! - [`session`]: login, building a session and its answer.
+//! - [`refresh`]: session ids, refresh tokens and their stored hash.
 
 pub mod apps;
+pub(crate) mod refresh;
 pub mod secrets;
-pub mod session;
 pub mod signing;
 pub mod ticket;
 pub mod tokens;

@@ -11,12 +11,11 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use ticketgate_sdk::protocol::close;
 use ticketgate_sdk::ClientType;
 
 use super::body::{parse_json, read_limited};
-use crate::auth::session::{self, refresh_hash, refresh_token_session};
 use crate::hub::{Op, Target};
+use crate::sessions::Ended;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -24,7 +23,7 @@ use super::error::ApiError;
 use crate::state::AppState;
 
 /// The admin router.
-pub fn router(state: AppState, metrics: PrometheusHandle) -> Router {
+pub(crate) fn router(state: AppState, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -49,7 +48,7 @@ async fn require_admin_key(State(state): State<AppState>, req: Request, next: Ne
     let Some(expected) = state.config.admin_key.as_deref() else {
         return ApiError::AdminUnauthorized.into_response();
     };
-    let given = super::public::bearer(req.headers()).unwrap_or("");
+    let given = super::extract::bearer(req.headers()).unwrap_or("");
     let digest = |s: &str| crate::auth::secrets::hmac32(b"admin-key-compare", s.as_bytes());
     // Comparing fixed-size digests keeps the comparison constant-time in the key length.
     if !ticketgate_sdk::signing::signatures_equal(&digest(given), &digest(expected)) {
@@ -67,26 +66,9 @@ struct KickRequest {
     reason: Option<String>,
 }
 
-/// Ends a user's sessions (all, or one client type) and closes their sockets on every
-/// node with 4503.
-async fn kick_user(
-    state: &AppState,
-    user_id: &str,
-    client_type: Option<ClientType>,
-) -> Result<Json<Value>, ApiError> {
-    let sessions: Vec<String> = state
-        .store
-        .user_sessions(user_id)
-        .await?
-        .into_iter()
-        .filter(|s| client_type.is_none_or(|c| c == s.client_type))
-        .map(|s| s.session_id)
-        .collect();
-    let (sessions, connections) =
-        session::end_sessions(state, user_id, sessions, close::REVOKED).await?;
-    Ok(Json(
-        json!({ "sessions": sessions, "connections": connections }),
-    ))
+/// The answer of a kick or block: sessions ended and sockets closed on every node.
+fn ended(ended: Ended) -> Json<Value> {
+    Json(json!({ "sessions": ended.sessions, "connections": ended.sockets }))
 }
 
 /// `POST /admin/v1/users/{user_id}/kick`.
@@ -98,7 +80,7 @@ async fn kick(
 ) -> Result<Json<Value>, ApiError> {
     let req: KickRequest = parse_json(&read_limited(&headers, body).await?)?;
     tracing::info!(user_id = %user_id, reason = req.reason.as_deref().unwrap_or(""), "admin kick");
-    kick_user(&state, &user_id, req.client_type).await
+    Ok(ended(state.sessions.kick(&user_id, req.client_type).await?))
 }
 
 /// `POST /admin/v1/users/{user_id}/block`: the flag (no login, refresh or mint on any
@@ -107,9 +89,8 @@ async fn block(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.store.set_blocked(&user_id, true).await?;
     tracing::info!(user_id = %user_id, "admin block");
-    let Json(mut answer) = kick_user(&state, &user_id, None).await?;
+    let Json(mut answer) = ended(state.sessions.block(&user_id).await?);
     answer["blocked"] = json!(true);
     Ok(Json(answer))
 }
@@ -119,7 +100,7 @@ async fn unblock(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state.store.set_blocked(&user_id, false).await?;
+    state.sessions.unblock(&user_id).await?;
     tracing::info!(user_id = %user_id, "admin unblock");
     Ok(Json(json!({ "blocked": false })))
 }
@@ -196,33 +177,12 @@ async fn introspect(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: IntrospectRequest = parse_json(&read_limited(&headers, body).await?)?;
-    let inactive = || Ok(Json(json!({ "active": false })));
-    if let Ok(claims) = state.keys.verify(&req.token) {
-        let alive = state.store.session(&claims.sid).await?.is_some();
-        if !alive || session::user_is_blocked(&state, &claims.sub).await? {
-            return inactive();
-        }
-        return Ok(Json(json!({
-            "active": true, "token_type": "access", "sub": claims.sub, "sid": claims.sid,
-            "did": claims.did, "ctp": claims.ctp, "exp": claims.exp,
-        })));
-    }
-    let Some(sid) = refresh_token_session(&req.token) else {
-        return inactive();
+    let Some(active) = state.sessions.introspect(&req.token).await? else {
+        return Ok(Json(json!({ "active": false })));
     };
-    let Some(record) = state.store.session(sid).await? else {
-        return inactive();
-    };
-    let presented = refresh_hash(state.secrets.refresh_key(), &req.token);
-    let current = ticketgate_sdk::signing::signatures_equal(
-        presented.as_bytes(),
-        record.refresh_hash.as_bytes(),
-    );
-    if !current || session::user_is_blocked(&state, &record.user_id).await? {
-        return inactive();
-    }
     Ok(Json(json!({
-        "active": true, "token_type": "refresh", "sub": record.user_id, "sid": record.session_id,
-        "did": record.device_id, "ctp": record.client_type, "exp": record.expires_at,
+        "active": true, "token_type": active.token_type, "sub": active.user_id,
+        "sid": active.session_id, "did": active.device_id, "ctp": active.client_type,
+        "exp": active.expires_at,
     })))
 }

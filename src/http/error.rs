@@ -13,6 +13,7 @@ use ticketgate_sdk::ErrorCode;
 use crate::auth::signing::SigningError;
 use crate::auth::ticket::TicketError;
 use crate::auth::tokens::TokenError;
+use crate::sessions::SessionError;
 use crate::store::StoreError;
 
 /// Every error a public or admin call can answer.
@@ -174,6 +175,25 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         tracing::warn!(cause = %err, "store call failed");
         ApiError::StoreUnavailable
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::BadCredentials => ApiError::BadCredentials,
+            SessionError::Revoked => ApiError::TokenRevoked,
+            SessionError::RefreshReused => ApiError::RefreshReused,
+            SessionError::RefreshLimit => ApiError::RefreshLimit,
+            SessionError::DeviceMismatch => ApiError::DeviceMismatch,
+            SessionError::Replayed => ApiError::ReplayedRequest,
+            SessionError::Store(e) => e.into(),
+            // The one place these are logged: the client only learns "internal".
+            SessionError::Credentials(_) | SessionError::Signing(_) => {
+                tracing::error!(cause = %err, "session operation failed");
+                ApiError::Internal
+            }
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 pub mod admin;
 pub mod body;
 pub mod client_ip;
+mod cookie;
 pub mod error;
+pub(crate) mod extract;
 pub mod first;
 pub mod headers;
 pub mod public;

@@ -76,7 +76,7 @@ pub async fn connect(State(state): State<AppState>, mut req: Request) -> Respons
 pub fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
     metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
         .increment(1);
-    state.charge_failure(ip, err)
+    crate::http::extract::charge_failure(state, ip, err)
 }
 
 /// The handshake headers a WebSocket upgrade needs, checked.

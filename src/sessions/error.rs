@@ -1,0 +1,44 @@
+//! What a session operation can fail with. Mapped once to protocol codes, in
+//! `http/error.rs`.
+
+use crate::auth::tokens::TokenError;
+use crate::auth::users::UsersError;
+use crate::store::StoreError;
+
+/// Why a session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Unknown user, wrong password, unknown app, or a blocked user at login.
+    #[error("unknown user or wrong password")]
+    BadCredentials,
+    /// The session ended (logout, kick, block, replaced) or its user is blocked.
+    #[error("session revoked")]
+    Revoked,
+    /// A refresh token that is not the current one came back: the session is revoked.
+    #[error("refresh token reused")]
+    RefreshReused,
+    /// The daily refresh cap is reached.
+    #[error("daily refresh limit reached")]
+    RefreshLimit,
+    /// The request's device is not the session's.
+    #[error("device does not match the session")]
+    DeviceMismatch,
+    /// The request's nonce was seen before.
+    #[error("nonce already used")]
+    Replayed,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The users or apps file could not be read.
+    #[error("credentials file unreadable: {0}")]
+    Credentials(String),
+    /// An access token could not be signed.
+    #[error("signing an access token failed: {0}")]
+    Signing(#[from] TokenError),
+}
+
+impl From<UsersError> for SessionError {
+    fn from(err: UsersError) -> Self {
+        SessionError::Credentials(err.to_string())
+    }
+}

@@ -1,0 +1,670 @@
+//! The sessions service: the use cases of the session layer, between the HTTP edge and
+//! the rooms below it (`auth` for formats and cryptography, `store` for state, `hub`
+//! for every node's sockets).
+//!
+//! - login (password, or an API app after its signature verified) opens a session
+//!   under the one-session-per-type policy;
+//! - refresh rotates a refresh token (reuse revokes the family);
+//! - tickets and resume tickets are minted here, and access tokens renewed (sliding);
+//! - sessions end here (logout, kick, block, replacement), on every node.
+//!
+//! Every operation returns [`SessionError`]; `http/error.rs` maps it to the protocol
+//! once. The service holds only what it needs ([`Sessions::new`]), not the node's state.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use ticketgate_sdk::protocol::{close, LoginResponse, ServerFrame};
+use ticketgate_sdk::ClientType;
+
+use crate::auth::apps::Apps;
+use crate::auth::random_b64;
+use crate::auth::refresh::{new_refresh_token, new_session_id, refresh_hash};
+use crate::auth::secrets::Secrets;
+use crate::auth::ticket::TicketCodec;
+use crate::auth::tokens::{Claims, KeyStore, AUDIENCE, ISSUER};
+use crate::auth::users::{PasswordCheck, Users};
+use crate::clock::{unix_now, unix_now_ms};
+use crate::config::Config;
+use crate::hub::{Hub, Op};
+use crate::store::{
+    MintOutcome, MintTicket, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh,
+    SessionRecord, Store, TicketGrant,
+};
+
+pub use error::SessionError;
+
+/// The lifetimes and rules sessions follow, taken from the configuration once.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Access token lifetime.
+    pub(crate) access_ttl: Duration,
+    /// Refresh lifetimes by client type: web, mobile, api.
+    pub(crate) refresh_ttl: [Duration; 3],
+    /// Ticket lifetime.
+    pub(crate) ticket_ttl: Duration,
+    /// How long a nonce is remembered (twice the allowed clock skew).
+    pub(crate) nonce_ttl: Duration,
+    /// How long the previous refresh token still answers after a rotation.
+    pub(crate) refresh_grace: Duration,
+    /// Refreshes and renewals per session and day.
+    pub(crate) refresh_cap_per_day: u32,
+    /// Live sessions a user keeps per client type (web, mobile).
+    pub(crate) sessions_per_type: usize,
+}
+
+impl Policy {
+    /// The policy of a configuration.
+    pub(crate) fn from_config(config: &Config) -> Policy {
+        Policy {
+            access_ttl: config.ttl.access,
+            refresh_ttl: [
+                config.refresh_ttl(ClientType::Web),
+                config.refresh_ttl(ClientType::Mobile),
+                config.refresh_ttl(ClientType::Api),
+            ],
+            ticket_ttl: config.ttl.ticket,
+            nonce_ttl: config.ttl.skew * 2,
+            refresh_grace: config.refresh_grace,
+            refresh_cap_per_day: config.refresh_cap_per_day,
+            sessions_per_type: config.sessions_per_type,
+        }
+    }
+
+    fn refresh_ttl(&self, client_type: ClientType) -> Duration {
+        match client_type {
+            ClientType::Web => self.refresh_ttl[0],
+            ClientType::Mobile => self.refresh_ttl[1],
+            ClientType::Api => self.refresh_ttl[2],
+        }
+    }
+}
+
+/// A refreshed session: the login-shaped answer and the session's client type (the
+/// refresh cookie is for web only).
+pub(crate) struct Refreshed {
+    /// New access and refresh tokens.
+    pub(crate) answer: LoginResponse,
+    /// The session's client type.
+    pub(crate) client_type: ClientType,
+}
+
+/// A minted ticket.
+pub(crate) struct Minted {
+    /// The ticket, as the client presents it.
+    pub(crate) ticket: String,
+    /// Seconds it stays valid.
+    pub(crate) expires_in: u64,
+}
+
+/// What a ticket admits: the session, user and device a socket will belong to.
+#[derive(Debug, Clone)]
+pub(crate) struct TicketFor<'a> {
+    /// The session.
+    pub(crate) session_id: &'a str,
+    /// The user.
+    pub(crate) user_id: &'a str,
+    /// The device the ticket is bound to.
+    pub(crate) device_id: &'a str,
+    /// The session's client type.
+    pub(crate) client_type: ClientType,
+    /// Unix seconds: the access token's `exp` (the socket closes with 4004 then).
+    pub(crate) access_expires_at: i64,
+}
+
+/// Sockets and sessions an ending touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// Sessions that still existed.
+    pub sessions: usize,
+    /// Sockets closed on every node.
+    pub sockets: u64,
+}
+
+/// The sessions service of a node; cheap to clone.
+#[derive(Clone)]
+pub struct Sessions(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    keys: KeyStore,
+    secrets: Secrets,
+    tickets: TicketCodec,
+    users: Users,
+    apps: Apps,
+    policy: Policy,
+}
+
+impl Sessions {
+    /// The service over the node's store, hub, keys and credential files.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        keys: KeyStore,
+        secrets: Secrets,
+        tickets: TicketCodec,
+        users: Users,
+        apps: Apps,
+        policy: Policy,
+    ) -> Sessions {
+        Sessions(Arc::new(Inner {
+            store,
+            hub,
+            keys,
+            secrets,
+            tickets,
+            users,
+            apps,
+            policy,
+        }))
+    }
+
+    /// Logs a user in with a password: a session of `client_type` for `device_id`.
+    /// Unknown users, wrong passwords and blocked users all answer `BadCredentials`.
+    pub(crate) async fn login(
+        &self,
+        username: &str,
+        password: String,
+        device_id: &str,
+        client_type: ClientType,
+    ) -> Result<LoginResponse, SessionError> {
+        let verdict = self.0.users.verify(username, password).await?;
+        if verdict != PasswordCheck::Ok || self.0.store.is_blocked(username).await? {
+            return Err(SessionError::BadCredentials);
+        }
+        self.open(username, device_id, client_type).await
+    }
+
+    /// The secret of an API app, `None` for an unknown app.
+    pub(crate) fn app_secret(&self, app_id: &str) -> Result<Option<Vec<u8>>, SessionError> {
+        self.0
+            .apps
+            .secret(app_id)
+            .map_err(|e| SessionError::Credentials(e.to_string()))
+    }
+
+    /// Logs an API app in, after its request signature verified with the app's secret:
+    /// an `api` session of user `app:<app_id>`.
+    pub(crate) async fn app_login(
+        &self,
+        app_id: &str,
+        device_id: &str,
+    ) -> Result<LoginResponse, SessionError> {
+        let user_id = app_user(app_id);
+        if self.is_blocked(&user_id).await? {
+            return Err(SessionError::BadCredentials);
+        }
+        self.open(&user_id, device_id, ClientType::Api).await
+    }
+
+    /// Opens a session: stores and indexes it, enforces the one-session-per-type
+    /// policy and answers the login body (the signing key is derived, never stored).
+    async fn open(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        client_type: ClientType,
+    ) -> Result<LoginResponse, SessionError> {
+        let store = &self.0.store;
+        let session_id = new_session_id();
+        let refresh_token = new_refresh_token(&session_id);
+        let now = unix_now();
+        let refresh_ttl = self.0.policy.refresh_ttl(client_type).as_secs();
+        let record = SessionRecord {
+            session_id: session_id.clone(),
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            client_type,
+            created_at: now,
+            expires_at: now + refresh_ttl as i64,
+            refresh_hash: refresh_hash(self.0.secrets.refresh_key(), &refresh_token),
+        };
+        store.create_session(&record).await?;
+        store.index_session(&record).await?;
+        // An admin block sets its flag before it lists the user's sessions to kick: a
+        // session indexed after that listing is caught here instead.
+        if store.is_blocked(user_id).await? {
+            self.end(user_id, vec![session_id], close::REVOKED).await?;
+            return Err(SessionError::BadCredentials);
+        }
+        self.enforce_one_session_policy(&record).await?;
+        let (access_token, claims) = self.issue_access(&(&record).into())?;
+        tracing::info!(session_id = %session_id, user_id = %user_id, client_type = client_type.as_str(), "session opened");
+        Ok(LoginResponse {
+            access_token,
+            refresh_token: Some(refresh_token),
+            signing_key: self.signing_key_b64(&session_id),
+            session_id,
+            access_expires_in: (claims.exp - now).max(0) as u64,
+            refresh_expires_in: refresh_ttl,
+        })
+    }
+
+    /// After a web or mobile login: keeps the newest `sessions_per_type` sessions of
+    /// that (user, client type) and replaces the rest (4509). The new session is ranked
+    /// with the others, so two logins racing each other never end both: the newer one
+    /// stays. API sessions are never replaced.
+    async fn enforce_one_session_policy(&self, record: &SessionRecord) -> Result<(), SessionError> {
+        if record.client_type == ClientType::Api {
+            return Ok(());
+        }
+        let same_type: Vec<String> = self
+            .0
+            .store
+            .user_sessions(&record.user_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.client_type == record.client_type)
+            .map(|s| s.session_id)
+            .collect();
+        let excess = same_type
+            .len()
+            .saturating_sub(self.0.policy.sessions_per_type);
+        // Oldest first: the excess are the oldest.
+        let replaced = same_type.into_iter().take(excess).collect();
+        self.end(&record.user_id, replaced, close::REPLACED).await?;
+        Ok(())
+    }
+
+    /// Rotates a refresh token whose request signature already verified, after
+    /// recording the request's nonce (a replayed request must not count as reuse).
+    pub(crate) async fn refresh(
+        &self,
+        session_id: &str,
+        device_id: &str,
+        presented: &str,
+        nonce: &str,
+    ) -> Result<Refreshed, SessionError> {
+        self.record_nonce(session_id, nonce).await?;
+        let new_token = new_refresh_token(session_id);
+        let key = self.0.secrets.refresh_key();
+        let policy = &self.0.policy;
+        let outcome = self
+            .0
+            .store
+            .rotate_refresh(&RotateRefresh {
+                session_id,
+                device_id,
+                presented_hash: &refresh_hash(key, presented),
+                new_hash: &refresh_hash(key, &new_token),
+                grace: policy.refresh_grace,
+                cap_per_day: policy.refresh_cap_per_day,
+            })
+            .await?;
+        let record = match outcome {
+            RotateOutcome::Rotated(record) => record,
+            RotateOutcome::Reused => {
+                // The store already deleted the session; close its sockets everywhere.
+                tracing::warn!(session_id = %session_id, "refresh token reused: session revoked");
+                self.close_sockets(vec![session_id.to_owned()], close::REVOKED)
+                    .await?;
+                return Err(SessionError::RefreshReused);
+            }
+            RotateOutcome::DeviceMismatch => return Err(SessionError::DeviceMismatch),
+            RotateOutcome::Limit => return Err(SessionError::RefreshLimit),
+            RotateOutcome::SessionGone => return Err(SessionError::Revoked),
+        };
+        if self.is_blocked(&record.user_id).await? {
+            self.end(
+                &record.user_id,
+                vec![record.session_id.clone()],
+                close::REVOKED,
+            )
+            .await?;
+            return Err(SessionError::Revoked);
+        }
+        let (access_token, claims) = self.issue_access(&(&record).into())?;
+        let now = unix_now();
+        Ok(Refreshed {
+            client_type: record.client_type,
+            answer: LoginResponse {
+                access_token,
+                refresh_token: Some(new_token),
+                signing_key: self.signing_key_b64(session_id),
+                session_id: session_id.to_owned(),
+                access_expires_in: (claims.exp - now).max(0) as u64,
+                refresh_expires_in: (record.expires_at - now).max(0) as u64,
+            },
+        })
+    }
+
+    /// Records a verified request's nonce in the scope of a session or app; a nonce
+    /// seen before is a replay.
+    pub(crate) async fn record_nonce(&self, scope: &str, nonce: &str) -> Result<(), SessionError> {
+        let ttl = self.0.policy.nonce_ttl;
+        if self.0.store.record_nonce(scope, nonce, ttl).await? {
+            Ok(())
+        } else {
+            Err(SessionError::Replayed)
+        }
+    }
+
+    /// Logs a session out after its Bearer + signed request verified: records the
+    /// nonce, then ends the session everywhere.
+    pub(crate) async fn logout(&self, claims: &Claims, nonce: &str) -> Result<Ended, SessionError> {
+        self.record_nonce(&claims.sid, nonce).await?;
+        self.end(&claims.sub, vec![claims.sid.clone()], close::REVOKED)
+            .await
+    }
+
+    /// Ends sessions of one user: deletes them (their refresh tokens die, their access
+    /// tokens are refused at mint), unindexes them and closes their sockets on every
+    /// node with `code`.
+    pub async fn end(
+        &self,
+        user_id: &str,
+        session_ids: Vec<String>,
+        code: u16,
+    ) -> Result<Ended, SessionError> {
+        if session_ids.is_empty() {
+            return Ok(Ended {
+                sessions: 0,
+                sockets: 0,
+            });
+        }
+        let mut sessions = 0;
+        for sid in &session_ids {
+            if self.0.store.revoke_session(sid).await? {
+                sessions += 1;
+            }
+            self.0.store.unindex_session(user_id, sid).await?;
+        }
+        let sockets = self.close_sockets(session_ids, code).await?;
+        tracing::info!(user_id = %user_id, sessions, sockets, code, "sessions ended");
+        Ok(Ended { sessions, sockets })
+    }
+
+    /// Ends a user's sessions (all, or those of one client type), closing their sockets
+    /// on every node with 4503.
+    pub(crate) async fn kick(
+        &self,
+        user_id: &str,
+        client_type: Option<ClientType>,
+    ) -> Result<Ended, SessionError> {
+        let sessions: Vec<String> = self
+            .0
+            .store
+            .user_sessions(user_id)
+            .await?
+            .into_iter()
+            .filter(|s| client_type.is_none_or(|c| c == s.client_type))
+            .map(|s| s.session_id)
+            .collect();
+        self.end(user_id, sessions, close::REVOKED).await
+    }
+
+    /// Blocks a user on every node (no login, refresh or mint), then kicks every
+    /// session. The flag comes first: a login racing the block is caught by `open`.
+    pub(crate) async fn block(&self, user_id: &str) -> Result<Ended, SessionError> {
+        self.0.store.set_blocked(user_id, true).await?;
+        self.kick(user_id, None).await
+    }
+
+    /// Lifts an admin block.
+    pub(crate) async fn unblock(&self, user_id: &str) -> Result<(), SessionError> {
+        Ok(self.0.store.set_blocked(user_id, false).await?)
+    }
+
+    /// Closes the sockets of sessions on every node; the number closed.
+    async fn close_sockets(
+        &self,
+        session_ids: Vec<String>,
+        code: u16,
+    ) -> Result<u64, SessionError> {
+        let answers = self.0.hub.request(Op::Revoke { session_ids, code }).await?;
+        Ok(answers.iter().map(|a| a.count).sum())
+    }
+
+    /// Blocked in the users file or by the admin API (deployment-wide flag).
+    pub(crate) async fn is_blocked(&self, user_id: &str) -> Result<bool, SessionError> {
+        Ok(self.0.users.is_blocked(user_id)? || self.0.store.is_blocked(user_id).await?)
+    }
+
+    /// Blocked in the users file (no store round trip).
+    pub(crate) fn is_blocked_in_file(&self, user_id: &str) -> Result<bool, SessionError> {
+        Ok(self.0.users.is_blocked(user_id)?)
+    }
+
+    /// Mints a one-time ticket for a verified Bearer + signed request, recording its
+    /// nonce in the same store round trip.
+    pub(crate) async fn mint_ticket(
+        &self,
+        claims: &Claims,
+        device_id: &str,
+        nonce: &str,
+    ) -> Result<Minted, SessionError> {
+        let target = TicketFor {
+            session_id: &claims.sid,
+            user_id: &claims.sub,
+            device_id,
+            client_type: claims.ctp,
+            access_expires_at: claims.exp,
+        };
+        self.issue_ticket(&target, nonce, self.0.policy.nonce_ttl)
+            .await
+    }
+
+    /// The `resume` frame offered to a socket before a drain close: a ticket for the
+    /// same session and device, so a mass reconnect after a deploy needs no mint round
+    /// trip. `None` when the session has ended or the store does not answer within a
+    /// second (the client then mints as usual).
+    pub(crate) async fn resume_frame(&self, target: &TicketFor<'_>) -> Option<ServerFrame> {
+        // Server-made: the nonce only has to be unique.
+        let nonce = format!("resume-{}", random_b64(16));
+        let ttl = self.0.policy.ticket_ttl;
+        let issued = self.issue_ticket(target, &nonce, ttl);
+        let minted = tokio::time::timeout(Duration::from_secs(1), issued)
+            .await
+            .ok()?
+            .ok()?;
+        Some(ServerFrame::Resume {
+            ticket: minted.ticket,
+            expires_in: minted.expires_in,
+        })
+    }
+
+    /// Mints a ticket and records it (with the nonce) in one store round trip.
+    async fn issue_ticket(
+        &self,
+        target: &TicketFor<'_>,
+        nonce: &str,
+        nonce_ttl: Duration,
+    ) -> Result<Minted, SessionError> {
+        let ttl = self.0.policy.ticket_ttl;
+        let expires_at_ms = unix_now_ms() + ttl.as_millis() as i64;
+        let (ticket, ticket_id) = self.0.tickets.mint(target.session_id, expires_at_ms);
+        let grant = TicketGrant {
+            device_id: target.device_id.to_owned(),
+            user_id: target.user_id.to_owned(),
+            client_type: target.client_type,
+            access_expires_at: target.access_expires_at,
+        };
+        let outcome = self
+            .0
+            .store
+            .mint_ticket(&MintTicket {
+                session_id: target.session_id,
+                nonce,
+                nonce_ttl,
+                ticket_id: &ticket_id,
+                grant: &grant,
+                ticket_ttl: ttl,
+            })
+            .await?;
+        match outcome {
+            MintOutcome::Minted => Ok(Minted {
+                ticket,
+                expires_in: ttl.as_secs().max(1),
+            }),
+            MintOutcome::NonceReplayed => Err(SessionError::Replayed),
+            MintOutcome::SessionGone => Err(SessionError::Revoked),
+        }
+    }
+
+    /// Sliding renewal: inside the renewal window, a fresh access token of the same
+    /// session, at most once per presented token and within the daily cap. Never fails
+    /// the call it rides on: any problem just means no new token.
+    pub(crate) async fn renew_access(&self, claims: &Claims) -> Option<String> {
+        let access_ttl = self.0.policy.access_ttl;
+        let now_ms = unix_now_ms();
+        if !ticketgate_sdk::protocol::in_renewal_window(claims.exp * 1000, access_ttl, now_ms) {
+            return None;
+        }
+        let now = now_ms / 1000;
+        let outcome = self
+            .0
+            .store
+            .renew_access(&RenewAccess {
+                session_id: &claims.sid,
+                jti: &claims.jti,
+                jti_ttl: Duration::from_secs((claims.exp - now).max(1) as u64 + 60),
+                cap_per_day: self.0.policy.refresh_cap_per_day,
+            })
+            .await
+            .ok()?;
+        if outcome != RenewOutcome::Renewed {
+            return None;
+        }
+        self.issue_access(&AccessSubject::of_claims(claims))
+            .ok()
+            .map(|(token, _)| token)
+    }
+
+    /// Whether an access or refresh token is active right now (not expired, not
+    /// revoked, user not blocked), with what it says: the admin API's introspection.
+    pub(crate) async fn introspect(
+        &self,
+        token: &str,
+    ) -> Result<Option<Introspected>, SessionError> {
+        if let Ok(claims) = self.0.keys.verify(token) {
+            let alive = self.0.store.session(&claims.sid).await?.is_some();
+            if !alive || self.is_blocked(&claims.sub).await? {
+                return Ok(None);
+            }
+            return Ok(Some(Introspected {
+                token_type: "access",
+                user_id: claims.sub,
+                session_id: claims.sid,
+                device_id: claims.did,
+                client_type: claims.ctp,
+                expires_at: claims.exp,
+            }));
+        }
+        let Some(sid) = crate::auth::refresh::refresh_token_session(token) else {
+            return Ok(None);
+        };
+        let Some(record) = self.0.store.session(sid).await? else {
+            return Ok(None);
+        };
+        let presented = refresh_hash(self.0.secrets.refresh_key(), token);
+        let current = ticketgate_sdk::signing::signatures_equal(
+            presented.as_bytes(),
+            record.refresh_hash.as_bytes(),
+        );
+        if !current || self.is_blocked(&record.user_id).await? {
+            return Ok(None);
+        }
+        Ok(Some(Introspected {
+            token_type: "refresh",
+            user_id: record.user_id,
+            session_id: record.session_id,
+            device_id: record.device_id,
+            client_type: record.client_type,
+            expires_at: record.expires_at,
+        }))
+    }
+
+    /// Verifies an access token (signature, issuer, audience, expiry; no I/O).
+    pub(crate) fn verify_access(
+        &self,
+        token: &str,
+    ) -> Result<Claims, crate::auth::tokens::TokenError> {
+        self.0.keys.verify(token)
+    }
+
+    /// The signing key of a session (derived from its id, never stored).
+    pub(crate) fn signing_key(&self, session_id: &str) -> [u8; 32] {
+        self.0.secrets.session_signing_key(session_id)
+    }
+
+    /// Issues an access token valid for the configured access lifetime.
+    fn issue_access(&self, subject: &AccessSubject<'_>) -> Result<(String, Claims), SessionError> {
+        let now = unix_now();
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: subject.user_id.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            exp: now + self.0.policy.access_ttl.as_secs() as i64,
+            iat: now,
+            jti: random_b64(12),
+            sid: subject.session_id.to_owned(),
+            did: subject.device_id.to_owned(),
+            ctp: subject.client_type,
+        };
+        let token = self.0.keys.issue(&claims)?;
+        Ok((token, claims))
+    }
+
+    /// The session's signing key as the login answer carries it (base64url, no padding).
+    fn signing_key_b64(&self, session_id: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.0.secrets.session_signing_key(session_id))
+    }
+}
+
+/// An active token, as introspection describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Introspected {
+    /// `access` or `refresh`.
+    pub(crate) token_type: &'static str,
+    /// The user.
+    pub(crate) user_id: String,
+    /// The session.
+    pub(crate) session_id: String,
+    /// The session's device.
+    pub(crate) device_id: String,
+    /// The session's client type.
+    pub(crate) client_type: ClientType,
+    /// Unix seconds: the token's expiry (access) or the session's (refresh).
+    pub(crate) expires_at: i64,
+}
+
+/// Whom an access token is issued to.
+struct AccessSubject<'a> {
+    user_id: &'a str,
+    session_id: &'a str,
+    device_id: &'a str,
+    client_type: ClientType,
+}
+
+impl AccessSubject<'_> {
+    fn of_claims(claims: &Claims) -> AccessSubject<'_> {
+        AccessSubject {
+            user_id: &claims.sub,
+            session_id: &claims.sid,
+            device_id: &claims.did,
+            client_type: claims.ctp,
+        }
+    }
+}
+
+impl<'a> From<&'a SessionRecord> for AccessSubject<'a> {
+    fn from(record: &'a SessionRecord) -> Self {
+        AccessSubject {
+            user_id: &record.user_id,
+            session_id: &record.session_id,
+            device_id: &record.device_id,
+            client_type: record.client_type,
+        }
+    }
+}
+
+/// The user id of an API app's sessions.
+pub(crate) fn app_user(app_id: &str) -> String {
+    format!("app:{app_id}")
+}
