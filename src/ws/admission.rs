@@ -18,7 +18,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use ticketgate_sdk::protocol::{SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
@@ -186,21 +186,19 @@ pub struct Admitted {
 }
 
 impl Admitted {
+    fn switching_protocols_fields(&self) -> impl Iterator<Item = (HeaderName, &str)> {
+        switching_protocols_fields(&self.accept_key, self.offered_subprotocol)
+    }
+
     /// The `101 Switching Protocols` answer, for hyper.
     pub fn switching_protocols(&self) -> Response {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = response.headers_mut();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        if self.offered_subprotocol {
-            h.insert(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(SUBPROTOCOL),
-            );
-        }
-        if let Ok(accept) = HeaderValue::from_str(&self.accept_key) {
-            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        let headers = response.headers_mut();
+        for (name, value) in self.switching_protocols_fields() {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
         }
         response
     }
@@ -252,23 +250,38 @@ impl Admitted {
         connection::run(ws, info, state, permit, registered, welcome).await;
     }
 
-    /// The 101 answer as raw HTTP/1.1 bytes (the same fields as
-    /// [`Admitted::switching_protocols`]).
+    /// The 101 answer as raw HTTP/1.1 bytes (the fields of
+    /// [`switching_protocols_fields`]).
     fn switching_protocols_head(&self) -> Vec<u8> {
         let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
-        );
-        if self.offered_subprotocol {
-            head.extend_from_slice(b"sec-websocket-protocol: ");
-            head.extend_from_slice(SUBPROTOCOL.as_bytes());
+        head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in self.switching_protocols_fields() {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        head.extend_from_slice(b"sec-websocket-accept: ");
-        head.extend_from_slice(self.accept_key.as_bytes());
-        head.extend_from_slice(b"\r\n\r\n");
+        head.extend_from_slice(b"\r\n");
         head
     }
+}
+
+/// The header fields of the `101 Switching Protocols` answer, defined once for both
+/// ways of sending it ([`Admitted::switching_protocols`] for hyper,
+/// [`Admitted::switching_protocols_head`] as raw bytes). The subprotocol is named only
+/// when the client offered it (RFC 6455 §4.2.2).
+fn switching_protocols_fields(
+    accept_key: &str,
+    offered_subprotocol: bool,
+) -> impl Iterator<Item = (HeaderName, &str)> {
+    let subprotocol = offered_subprotocol.then_some((header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL));
+    [
+        (header::UPGRADE, "websocket"),
+        (header::CONNECTION, "Upgrade"),
+    ]
+    .into_iter()
+    .chain(subprotocol)
+    .chain([(header::SEC_WEBSOCKET_ACCEPT, accept_key)])
 }
 
 /// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
@@ -359,3 +372,34 @@ pub fn ws_config_for(max_frame_bytes: usize) -> WebSocketConfig {
 /// tungstenite's read buffer per socket. Client frames are small JSON; a larger frame
 /// grows the buffer for its own length only.
 pub const READ_BUFFER_BYTES: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_101_names_the_subprotocol_only_when_offered() {
+        let names = |offered| {
+            switching_protocols_fields("k", offered)
+                .map(|(n, v)| format!("{n}: {v}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(true),
+            [
+                "upgrade: websocket",
+                "connection: Upgrade",
+                "sec-websocket-protocol: ticketgate.v1",
+                "sec-websocket-accept: k"
+            ]
+        );
+        assert_eq!(
+            names(false),
+            [
+                "upgrade: websocket",
+                "connection: Upgrade",
+                "sec-websocket-accept: k"
+            ]
+        );
+    }
+}
