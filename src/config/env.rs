@@ -1,0 +1,82 @@
+//! Environment variable names: the operator's contract (PROTOCOL §7 and §8).
+//!
+//! Every setting has one named constant here. The config file key of a setting is its
+//! variable's name without the `TICKETGATE_` prefix, in lower case
+//! ([`file_key`](super::file_key)).
+
+/// Public HTTP + WebSocket listener.
+pub const LISTEN: &str = "TICKETGATE_LISTEN";
+/// Admin API and `/metrics` listener.
+pub const ADMIN_LISTEN: &str = "TICKETGATE_ADMIN_LISTEN";
+/// Admin bearer key.
+pub const ADMIN_KEY: &str = "TICKETGATE_ADMIN_KEY";
+/// File holding the admin bearer key.
+pub const ADMIN_KEY_FILE: &str = "TICKETGATE_ADMIN_KEY_FILE";
+/// Redis URL; none means the embedded store.
+pub const REDIS_URL: &str = "TICKETGATE_REDIS_URL";
+/// The users file.
+pub const USERS_FILE: &str = "TICKETGATE_USERS_FILE";
+/// The API apps file.
+pub const APPS_FILE: &str = "TICKETGATE_APPS_FILE";
+/// Signing keys and server secrets.
+pub const DATA_DIR: &str = "TICKETGATE_DATA_DIR";
+/// This node's name.
+pub const NODE_ID: &str = "TICKETGATE_NODE_ID";
+/// Comma list of allowed WebSocket / CORS origins.
+pub const ALLOWED_ORIGINS: &str = "TICKETGATE_ALLOWED_ORIGINS";
+/// Ticket lifetime.
+pub const TICKET_TTL: &str = "TICKETGATE_TICKET_TTL";
+/// Access token lifetime.
+pub const ACCESS_TTL: &str = "TICKETGATE_ACCESS_TTL";
+/// Refresh lifetime, web.
+pub const REFRESH_TTL_WEB: &str = "TICKETGATE_REFRESH_TTL_WEB";
+/// Refresh lifetime, mobile.
+pub const REFRESH_TTL_MOBILE: &str = "TICKETGATE_REFRESH_TTL_MOBILE";
+/// Refresh lifetime, api.
+pub const REFRESH_TTL_API: &str = "TICKETGATE_REFRESH_TTL_API";
+/// Allowed clock skew of a signed request.
+pub const SKEW: &str = "TICKETGATE_SKEW";
+/// Login attempts per IP.
+pub const RATE_LOGIN_IP: &str = "TICKETGATE_RATE_LOGIN_IP";
+/// Login attempts per username.
+pub const RATE_LOGIN_USER: &str = "TICKETGATE_RATE_LOGIN_USER";
+/// Login attempts per device.
+pub const RATE_LOGIN_DEVICE: &str = "TICKETGATE_RATE_LOGIN_DEVICE";
+/// Requests failing before authentication, per IP.
+pub const RATE_FAIL_IP: &str = "TICKETGATE_RATE_FAIL_IP";
+/// Mints per device (charged after the signature verified).
+pub const RATE_MINT_DEVICE: &str = "TICKETGATE_RATE_MINT_DEVICE";
+/// Connects per device (charged for a ticket whose MAC verified).
+pub const RATE_CONNECT_DEVICE: &str = "TICKETGATE_RATE_CONNECT_DEVICE";
+/// Connects per IP.
+pub const RATE_CONNECT_IP: &str = "TICKETGATE_RATE_CONNECT_IP";
+/// Frames per connection.
+pub const RATE_FRAMES: &str = "TICKETGATE_RATE_FRAMES";
+/// Concurrent connections per node.
+pub const MAX_CONNECTIONS: &str = "TICKETGATE_MAX_CONNECTIONS";
+/// Public base URL, for `ws_url`.
+pub const PUBLIC_URL: &str = "TICKETGATE_PUBLIC_URL";
+/// CIDRs whose `X-Forwarded-For` is believed.
+pub const TRUSTED_PROXIES: &str = "TICKETGATE_TRUSTED_PROXIES";
+/// `text` or `json`.
+pub const LOG_FORMAT: &str = "TICKETGATE_LOG_FORMAT";
+/// Access-token refreshes per session per day.
+pub const REFRESH_CAP_PER_DAY: &str = "TICKETGATE_REFRESH_CAP_PER_DAY";
+/// Time allowed to send a request's headers (slowloris guard).
+pub const HEADER_TIMEOUT: &str = "TICKETGATE_HEADER_TIMEOUT";
+/// A connection with no frame from the client for this long is closed.
+pub const IDLE_TIMEOUT: &str = "TICKETGATE_IDLE_TIMEOUT";
+/// How often the server pings an open connection.
+pub const PING_INTERVAL: &str = "TICKETGATE_PING_INTERVAL";
+/// Largest WebSocket message and frame.
+pub const MAX_FRAME_BYTES: &str = "TICKETGATE_MAX_FRAME_BYTES";
+/// Leeway for `exp`/`nbf` of access tokens.
+pub const JWT_LEEWAY: &str = "TICKETGATE_JWT_LEEWAY";
+/// Time given to connections to close at shutdown.
+pub const SHUTDOWN_GRACE: &str = "TICKETGATE_SHUTDOWN_GRACE";
+/// Live sessions per (user, client type) for web and mobile.
+pub const SESSIONS_PER_TYPE: &str = "TICKETGATE_SESSIONS_PER_TYPE";
+/// Window in which the immediate parent of a refresh token is still accepted.
+pub const REFRESH_GRACE: &str = "TICKETGATE_REFRESH_GRACE";
+/// How often nodes reload access-token keys from the data dir.
+pub const KEY_RELOAD: &str = "TICKETGATE_KEY_RELOAD";

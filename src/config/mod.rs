@@ -1,0 +1,348 @@
+//! Configuration: every setting, its default, its environment variable and its config
+//! file key, parsed and validated once at start.
+//!
+//! A setting's value comes from the environment variable (`TICKETGATE_X`) if set, else
+//! from the TOML config file (key `x`, the variable's name without the prefix, lower
+//! case), else the default below. Every problem is collected and reported together, so
+//! an operator fixes a config in one round.
+//!
+//! # Layout
+//! - this file: the schema (one sub-struct per subsystem), [`Config::defaults`], the
+//!   entry points [`Config::load`] and [`Config::load_from`], and the cross-field checks
+//!   of [`Config::validate`].
+//! - [`env`]: the name of every environment variable.
+//! - `parse`: the value parsers ([`Rate::parse`], [`parse_duration`], addresses, counts,
+//!   lists, CIDRs).
+//! - `sources`: reading the environment, the config file and `_FILE` secrets, and
+//!   collecting every problem with its origin.
+//!
+//! Architecture invariant: every default lives in this file.
+
+pub mod env;
+mod parse;
+mod sources;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+pub use self::parse::{parse_duration, Rate};
+pub use self::sources::file_key;
+
+/// Anti-flood limits.
+#[derive(Debug, Clone)]
+pub struct RateConfig {
+    /// Logins per IP.
+    pub login_ip: Rate,
+    /// Logins per username.
+    pub login_user: Rate,
+    /// Logins per device.
+    pub login_device: Rate,
+    /// Failures before authentication, per IP.
+    pub fail_ip: Rate,
+    /// Mints per device.
+    pub mint_device: Rate,
+    /// Connects per device.
+    pub connect_device: Rate,
+    /// Connects per IP.
+    pub connect_ip: Rate,
+    /// Frames per connection.
+    pub frames: Rate,
+}
+
+/// Lifetimes.
+#[derive(Debug, Clone)]
+pub struct TtlConfig {
+    /// Ticket lifetime.
+    pub ticket: Duration,
+    /// Access token lifetime.
+    pub access: Duration,
+    /// Refresh lifetime, web.
+    pub refresh_web: Duration,
+    /// Refresh lifetime, mobile.
+    pub refresh_mobile: Duration,
+    /// Refresh lifetime, api.
+    pub refresh_api: Duration,
+    /// Allowed clock skew of signed requests; nonces live twice as long.
+    pub skew: Duration,
+    /// Leeway for access token `exp`/`nbf`.
+    pub jwt_leeway: Duration,
+}
+
+/// WebSocket connection settings.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Largest message and frame, bytes.
+    pub max_frame_bytes: usize,
+    /// Close after this long without a frame from the client.
+    pub idle_timeout: Duration,
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// Allowed `Origin` values; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Concurrent connections per node.
+    pub max_connections: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration: plain data, one sub-struct per subsystem.
+#[derive(Clone)]
+pub struct Config {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Admin bearer key; `None` refuses every admin call.
+    pub admin_key: Option<String>,
+    /// Redis URL; `None` selects the embedded store.
+    pub redis_url: Option<String>,
+    /// Users file.
+    pub users_file: PathBuf,
+    /// API apps file.
+    pub apps_file: Option<PathBuf>,
+    /// Data dir (keys, secrets).
+    pub data_dir: PathBuf,
+    /// This node's name.
+    pub node_id: String,
+    /// Public base URL for `ws_url`; `None` derives it from the request's `Host`.
+    pub public_url: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Refreshes per session per day.
+    pub refresh_cap_per_day: u32,
+    /// Header read timeout.
+    pub header_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Live sessions per (user, client type) for web and mobile; older ones are
+    /// replaced (4509). API sessions are never replaced.
+    pub sessions_per_type: usize,
+    /// Refresh-token grace window for the immediate parent (zero: off).
+    pub refresh_grace: Duration,
+    /// Key reload period; a new key signs only after two periods.
+    pub key_reload: Duration,
+    /// Lifetimes.
+    pub ttl: TtlConfig,
+    /// Rates.
+    pub rates: RateConfig,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("users_file", &self.users_file)
+            .field("apps_file", &self.apps_file)
+            .field("data_dir", &self.data_dir)
+            .field("node_id", &self.node_id)
+            .field("public_url", &self.public_url)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("log_format", &self.log_format)
+            .field("refresh_cap_per_day", &self.refresh_cap_per_day)
+            .field("header_timeout", &self.header_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("sessions_per_type", &self.sessions_per_type)
+            .field("refresh_grace", &self.refresh_grace)
+            .field("key_reload", &self.key_reload)
+            .field("ttl", &self.ttl)
+            .field("rates", &self.rates)
+            .field("ws", &self.ws)
+            .finish()
+    }
+}
+
+/// Hides a password in a Redis URL (`redis://:secret@h` → `redis://:***@h`).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Everything wrong with a configuration, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// The defaults, as documented in `docs/protocol.md` and the README.
+    pub fn defaults() -> Config {
+        let rate = |s: &str| Rate::parse(s).unwrap_or_else(|_| Rate::per_second(1));
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            admin_key: None,
+            redis_url: None,
+            users_file: PathBuf::from("./ticketgate-users.toml"),
+            apps_file: None,
+            data_dir: PathBuf::from("./ticketgate-data"),
+            node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            log_format: LogFormat::Text,
+            refresh_cap_per_day: 200,
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            sessions_per_type: 1,
+            refresh_grace: Duration::ZERO,
+            key_reload: Duration::from_secs(10),
+            ttl: TtlConfig {
+                ticket: Duration::from_secs(30),
+                access: Duration::from_secs(15 * 60),
+                refresh_web: Duration::from_secs(86_400),
+                refresh_mobile: Duration::from_secs(30 * 86_400),
+                refresh_api: Duration::from_secs(7 * 86_400),
+                skew: Duration::from_secs(60),
+                jwt_leeway: Duration::from_secs(5),
+            },
+            rates: RateConfig {
+                login_ip: rate("20/min"),
+                login_user: rate("10/min"),
+                login_device: rate("10/min"),
+                fail_ip: rate("600/min"),
+                mint_device: rate("30/min"),
+                connect_device: rate("30/min"),
+                connect_ip: rate("6000/min"),
+                frames: rate("50/s"),
+            },
+            ws: WsConfig {
+                max_frame_bytes: 64 * 1024,
+                idle_timeout: Duration::from_secs(90),
+                ping_interval: Duration::from_secs(30),
+                allowed_origins: None,
+                max_connections: 100_000,
+            },
+        }
+    }
+
+    /// Loads the configuration from an optional TOML file and the process environment.
+    ///
+    /// # Errors
+    /// Every invalid value, collected into one [`ConfigError`].
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok();
+        Config::load_from(file, &env)
+    }
+
+    /// Like [`Config::load`], with the environment given as a function (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (config, mut errors) = sources::read(file, env);
+        errors.extend(config.validate());
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    /// Cross-field checks; one message per problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                errors.push(format!("{name} must be greater than zero"));
+            }
+        };
+        positive(env::TICKET_TTL, self.ttl.ticket);
+        positive(env::ACCESS_TTL, self.ttl.access);
+        positive(env::REFRESH_TTL_WEB, self.ttl.refresh_web);
+        positive(env::REFRESH_TTL_MOBILE, self.ttl.refresh_mobile);
+        positive(env::REFRESH_TTL_API, self.ttl.refresh_api);
+        positive(env::SKEW, self.ttl.skew);
+        positive(env::HEADER_TIMEOUT, self.header_timeout);
+        positive(env::IDLE_TIMEOUT, self.ws.idle_timeout);
+        positive(env::PING_INTERVAL, self.ws.ping_interval);
+        positive(env::KEY_RELOAD, self.key_reload);
+        if self.ws.max_frame_bytes < 1024 {
+            errors.push(format!("{} must be at least 1024", env::MAX_FRAME_BYTES));
+        }
+        if self.sessions_per_type == 0 {
+            errors.push(format!("{} must be at least 1", env::SESSIONS_PER_TYPE));
+        }
+        if self.refresh_grace > Duration::from_secs(60) {
+            errors.push(format!(
+                "{} must be short (at most 60s): it lets a stolen parent token through",
+                env::REFRESH_GRACE
+            ));
+        }
+        if self.ws.max_connections == 0 {
+            errors.push(format!("{} must be at least 1", env::MAX_CONNECTIONS));
+        }
+        if let Some(url) = &self.redis_url {
+            let known = [
+                "redis://",
+                "rediss://",
+                "redis-sentinel://",
+                "redis-cluster://",
+            ];
+            if !known.iter().any(|p| url.starts_with(p)) {
+                errors.push(format!(
+                    "{}: `{}` must start with redis://, rediss://, redis-sentinel:// or redis-cluster://",
+                    env::REDIS_URL,
+                    redact_url(url)
+                ));
+            }
+        }
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!(
+                    "{}: `{url}` must start with http:// or https://",
+                    env::PUBLIC_URL
+                ));
+            }
+        }
+        if matches!(&self.admin_key, Some(k) if k.len() < 16) {
+            errors.push(format!(
+                "{}: the admin key must be at least 16 characters",
+                env::ADMIN_KEY
+            ));
+        }
+        errors
+    }
+
+    /// The refresh lifetime of a client type.
+    pub fn refresh_ttl(&self, client_type: ticketgate_sdk::ClientType) -> Duration {
+        match client_type {
+            ticketgate_sdk::ClientType::Web => self.ttl.refresh_web,
+            ticketgate_sdk::ClientType::Mobile => self.ttl.refresh_mobile,
+            ticketgate_sdk::ClientType::Api => self.ttl.refresh_api,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = Config::defaults();
+        c.admin_key = Some("super-secret-admin-key".into());
+        c.redis_url = Some("redis://:hunter2@127.0.0.1:6379".into());
+        let s = format!("{c:?}");
+        assert!(!s.contains("super-secret") && !s.contains("hunter2"), "{s}");
+    }
+}

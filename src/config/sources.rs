@@ -1,0 +1,240 @@
+//! Where values come from: the environment variable if set, else the key of the TOML
+//! config file, else the default; a secret may also come from a file named by a `_FILE`
+//! variable.
+//!
+//! Reading never stops at the first problem: a value that cannot be read or parsed is
+//! recorded with its origin (the variable, or `config key `x``) and the default is kept,
+//! so that every problem is reported together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::parse::{
+    parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off, parse_list,
+    parse_log_format, parse_path, parse_u32, parse_usize, Rate,
+};
+use super::{env, Config, RateConfig, TtlConfig, WsConfig};
+
+/// Reads every setting from `env` and the optional config `file`: the configuration
+/// (the default wherever a value is missing or invalid) and one message per value that
+/// could not be read or parsed. Cross-field checks are [`Config::validate`]'s.
+pub(super) fn read(
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Config, Vec<String>) {
+    let mut src = Sources::new(file, env);
+    let d = Config::defaults();
+    let dur = parse_duration;
+    let rate = Rate::parse;
+
+    let admin_key = src.secret(env::ADMIN_KEY, env::ADMIN_KEY_FILE);
+    let log_format = src.get(env::LOG_FORMAT, d.log_format, parse_log_format);
+    let config = Config {
+        listen: src.get(env::LISTEN, d.listen, parse_addr),
+        admin_listen: src.get(env::ADMIN_LISTEN, d.admin_listen, parse_addr),
+        admin_key,
+        redis_url: src.opt_string(env::REDIS_URL),
+        users_file: src.get(env::USERS_FILE, d.users_file, parse_path),
+        apps_file: src.opt_string(env::APPS_FILE).map(PathBuf::from),
+        data_dir: src.get(env::DATA_DIR, d.data_dir, parse_path),
+        node_id: src.opt_string(env::NODE_ID).unwrap_or(d.node_id),
+        public_url: src.opt_string(env::PUBLIC_URL),
+        trusted_proxies: src.get(env::TRUSTED_PROXIES, d.trusted_proxies, parse_cidrs),
+        log_format,
+        refresh_cap_per_day: src.get(env::REFRESH_CAP_PER_DAY, d.refresh_cap_per_day, parse_u32),
+        header_timeout: src.get(env::HEADER_TIMEOUT, d.header_timeout, dur),
+        shutdown_grace: src.get(env::SHUTDOWN_GRACE, d.shutdown_grace, dur),
+        sessions_per_type: src.get(env::SESSIONS_PER_TYPE, d.sessions_per_type, parse_usize),
+        refresh_grace: src.get(env::REFRESH_GRACE, d.refresh_grace, parse_duration_or_off),
+        key_reload: src.get(env::KEY_RELOAD, d.key_reload, dur),
+        ttl: TtlConfig {
+            ticket: src.get(env::TICKET_TTL, d.ttl.ticket, dur),
+            access: src.get(env::ACCESS_TTL, d.ttl.access, dur),
+            refresh_web: src.get(env::REFRESH_TTL_WEB, d.ttl.refresh_web, dur),
+            refresh_mobile: src.get(env::REFRESH_TTL_MOBILE, d.ttl.refresh_mobile, dur),
+            refresh_api: src.get(env::REFRESH_TTL_API, d.ttl.refresh_api, dur),
+            skew: src.get(env::SKEW, d.ttl.skew, dur),
+            jwt_leeway: src.get(env::JWT_LEEWAY, d.ttl.jwt_leeway, dur),
+        },
+        rates: RateConfig {
+            login_ip: src.get(env::RATE_LOGIN_IP, d.rates.login_ip, rate),
+            login_user: src.get(env::RATE_LOGIN_USER, d.rates.login_user, rate),
+            login_device: src.get(env::RATE_LOGIN_DEVICE, d.rates.login_device, rate),
+            fail_ip: src.get(env::RATE_FAIL_IP, d.rates.fail_ip, rate),
+            mint_device: src.get(env::RATE_MINT_DEVICE, d.rates.mint_device, rate),
+            connect_device: src.get(env::RATE_CONNECT_DEVICE, d.rates.connect_device, rate),
+            connect_ip: src.get(env::RATE_CONNECT_IP, d.rates.connect_ip, rate),
+            frames: src.get(env::RATE_FRAMES, d.rates.frames, rate),
+        },
+        ws: WsConfig {
+            max_frame_bytes: src.get(env::MAX_FRAME_BYTES, d.ws.max_frame_bytes, parse_byte_count),
+            idle_timeout: src.get(env::IDLE_TIMEOUT, d.ws.idle_timeout, dur),
+            ping_interval: src.get(env::PING_INTERVAL, d.ws.ping_interval, dur),
+            allowed_origins: src.opt_string(env::ALLOWED_ORIGINS).map(|s| parse_list(&s)),
+            max_connections: src.get(env::MAX_CONNECTIONS, d.ws.max_connections, parse_usize),
+        },
+    };
+    (config, src.errors)
+}
+
+/// The config file key of an environment variable: the name without `TICKETGATE_`,
+/// lower case.
+pub fn file_key(var: &str) -> String {
+    var.trim_start_matches("TICKETGATE_").to_ascii_lowercase()
+}
+
+/// Where values come from: environment first, then the config file.
+struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: BTreeMap<String, String>,
+    errors: Vec<String>,
+}
+
+impl<'a> Sources<'a> {
+    /// The environment and the config file at `file`, if any; a file that cannot be
+    /// read counts as empty, and its problem is the first one recorded.
+    fn new(file: Option<&Path>, env: &'a dyn Fn(&str) -> Option<String>) -> Sources<'a> {
+        let mut errors = Vec::new();
+        let file = match file {
+            None => BTreeMap::new(),
+            Some(path) => read_file(path).unwrap_or_else(|e| {
+                errors.push(e);
+                BTreeMap::new()
+            }),
+        };
+        Sources { env, file, errors }
+    }
+
+    /// The raw value of a setting and where it came from, for messages.
+    fn raw(&self, var: &str) -> Option<(String, String)> {
+        if let Some(v) = (self.env)(var) {
+            return Some((v, var.to_owned()));
+        }
+        let key = file_key(var);
+        self.file
+            .get(&key)
+            .map(|v| (v.clone(), format!("config key `{key}`")))
+    }
+
+    fn get<T>(&mut self, var: &str, default: T, parse: impl Fn(&str) -> Result<T, String>) -> T {
+        match self.raw(var) {
+            None => default,
+            Some((raw, origin)) => match parse(&raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.errors.push(format!("{origin}: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn opt_string(&mut self, var: &str) -> Option<String> {
+        self.raw(var)
+            .map(|(v, _)| v)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// A secret: the value of `var`, else the trimmed contents of the file named by
+    /// `file_var`.
+    fn secret(&mut self, var: &str, file_var: &str) -> Option<String> {
+        if let Some(value) = self.opt_string(var) {
+            return Some(value);
+        }
+        let path = self.opt_string(file_var)?;
+        match std::fs::read_to_string(&path) {
+            Ok(k) => Some(k.trim().to_owned()),
+            Err(e) => {
+                self.errors
+                    .push(format!("{file_var}: cannot read `{path}`: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Reads a TOML config file into `key → raw string`; scalars only.
+fn read_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file `{}`: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config file `{}`: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (k, v) in table {
+        let raw = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(a) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => {
+                bad.push(format!(
+                    "config key `{k}`: expected a string, number or list"
+                ));
+                continue;
+            }
+        };
+        out.insert(k, raw);
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        Err(bad.join("\n  "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ConfigError;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Config::load_from(None, &env)
+    }
+
+    #[test]
+    fn env_overrides_defaults_and_all_errors_are_reported_together() {
+        let c = load(&[(env::TICKET_TTL, "2s"), (env::RATE_FRAMES, "5/s")]).expect("valid");
+        assert_eq!(c.ttl.ticket, Duration::from_secs(2));
+        assert_eq!(c.rates.frames.count.get(), 5);
+        let err = load(&[
+            (env::TICKET_TTL, "soon"),
+            (env::LISTEN, "nowhere"),
+            (env::REDIS_URL, "http://x"),
+        ])
+        .expect_err("invalid");
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn file_keys_are_lower_case_names_without_prefix() {
+        assert_eq!(file_key(env::RATE_MINT_DEVICE), "rate_mint_device");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "ticket_ttl = \"5s\"\nmax_connections = 7\nallowed_origins = [\"https://a\", \"https://b\"]\n")
+            .expect("write");
+        let c = Config::load_from(Some(&path), &|_| None).expect("valid");
+        assert_eq!(c.ttl.ticket, Duration::from_secs(5));
+        assert_eq!(c.ws.max_connections, 7);
+        assert_eq!(
+            c.ws.allowed_origins,
+            Some(vec!["https://a".into(), "https://b".into()])
+        );
+    }
+}
