@@ -8,13 +8,14 @@
 //! [`SessionHandle`](crate::SessionHandle), in `session`.
 
 use std::fmt;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use crate::clock::unix_now;
 use crate::error::ClientError;
-use crate::protocol::LoginResponse;
+use crate::protocol::{renewal_window, LoginResponse};
 
 /// A logged-in session: what login, app login and refresh answer.
 ///
@@ -79,15 +80,12 @@ pub struct Welcome {
     pub expires_at: i64,
 }
 
-/// Longest renewal window: an access token is renewed at the latest 5 minutes before
-/// it expires (protocol §3, the same window the server uses for `X-New-Token`).
-const MAX_RENEWAL_WINDOW_SECS: u64 = 5 * 60;
-
 impl Session {
     /// True when the access token is inside its renewal window at `now` (unix seconds):
     /// remaining ≤ min(5 min, 30 % of [`Session::access_lifetime`]), or expired.
     ///
-    /// The server uses the same window for `X-New-Token` and the `expiring` frame.
+    /// The window is [`protocol::renewal_window`](crate::protocol::renewal_window), the
+    /// one the server uses for `X-New-Token` and the `expiring` frame.
     ///
     /// ```
     /// # fn run(mut session: ticketgate_sdk::Session) {
@@ -99,8 +97,8 @@ impl Session {
     /// # }
     /// ```
     pub fn needs_refresh(&self, now: u64) -> bool {
-        let window = MAX_RENEWAL_WINDOW_SECS.min(self.access_lifetime.saturating_mul(3) / 10);
-        self.access_expires_at.saturating_sub(now) <= window
+        let window = renewal_window(Duration::from_secs(self.access_lifetime));
+        Duration::from_secs(self.access_expires_at.saturating_sub(now)) <= window
     }
 
     /// Takes a renewed access token of this session, as sent in `X-New-Token` (see
