@@ -16,30 +16,27 @@
 //! of expiry, single-flight refresh, `X-New-Token`) and
 //! [`ManagedConnection`](crate::ManagedConnection) adds reconnects on top.
 
-use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use futures_util::StreamExt as _;
 use rand::distributions::Alphanumeric;
 use rand::Rng as _;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use reqwest::Url;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::clock::unix_now;
+use crate::error::{api_error, ClientError};
 use crate::protocol::{
-    ClientType, ErrorBody, ErrorCode, LoginRequest, LoginResponse, MintRequest, MintResponse,
-    RefreshRequest, ServerFrame, HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE,
-    HEADER_TIMESTAMP, SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX,
+    ClientType, LoginRequest, LoginResponse, MintRequest, MintResponse, RefreshRequest,
+    ServerFrame, HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+    SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX,
 };
-use crate::session::EndReason;
+use crate::session_data::{Session, Ticket, Welcome};
 use crate::signing::{sign, SignedParts};
 
 /// Length of the nonces this client sends: 32 chars of `[A-Za-z0-9]`, about 190 bits.
@@ -51,8 +48,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the `welcome` frame after the upgrade; the server sends it at
 /// once, so a longer wait means something is wrong.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest body text quoted in an error when the answer is not the protocol's JSON.
-const MAX_QUOTED_BODY: usize = 200;
 
 /// The WebSocket returned by [`Client::connect`].
 pub type WsStream =
@@ -78,153 +73,6 @@ pub struct Client {
     http: reqwest::Client,
     base_url: Url,
     device_id: String,
-}
-
-/// A logged-in session: what login, app login and refresh answer.
-///
-/// The fields are public so that an application can persist a session and build it
-/// again. `Debug` prints no secret: tokens and the signing key are redacted.
-#[derive(Clone)]
-pub struct Session {
-    /// The JWT access token, sent as `Authorization: Bearer`. Lives 15 minutes by default.
-    pub access_token: String,
-    /// The single-use refresh token; `None` in web cookie mode.
-    pub refresh_token: Option<String>,
-    /// The session's HMAC-SHA256 key, already decoded from base64url. Signs every call
-    /// of this session.
-    pub signing_key: Vec<u8>,
-    /// The session id (`sid` of the access token).
-    pub session_id: String,
-    /// The device the session is bound to; sent as `X-TG-Device` on its calls.
-    pub device_id: String,
-    /// When the access token expires, unix seconds, computed from `access_expires_in`
-    /// when the answer arrived.
-    pub access_expires_at: u64,
-    /// The access token's lifetime in seconds (`access_expires_in` of the last login or
-    /// refresh answer). Sets the renewal window, see [`Session::needs_refresh`].
-    pub access_lifetime: u64,
-    /// When the refresh token (and so the session) expires, unix seconds.
-    pub refresh_expires_at: u64,
-}
-
-/// A one-time connection ticket from [`Client::mint_ticket`].
-///
-/// It is a single-use bearer credential that lives about 30 seconds and only opens a
-/// socket for the device it was minted for. `Debug` does not print it.
-#[derive(Clone)]
-pub struct Ticket {
-    /// The ticket itself; only `[A-Za-z0-9_.-]`.
-    pub ticket: String,
-    /// Seconds until the ticket expires, counted from the mint answer.
-    pub expires_in: u64,
-    /// Where to connect, e.g. `ws://host:8080/v1/connect`; empty means "the base URL's
-    /// `/v1/connect`".
-    pub ws_url: String,
-    /// A renewed access token of the same session, when the mint answer carried
-    /// `X-New-Token` (the presented token was inside its renewal window). Hand it to
-    /// [`Session::adopt_access_token`]; a [`SessionHandle`](crate::SessionHandle) does
-    /// that by itself.
-    pub new_access_token: Option<String>,
-}
-
-/// The first frame of every connection, as returned by [`Client::connect`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Welcome {
-    /// The session the connection belongs to.
-    pub session_id: String,
-    /// This connection's id, as shown in the server's logs and connection list.
-    pub conn_id: String,
-    /// The user id (the username; `app:<app_id>` for an API app).
-    pub user_id: String,
-    /// The device id the ticket was bound to.
-    pub device_id: String,
-    /// Unix seconds when the server closes the connection with 4004 unless it is
-    /// refreshed with a newer access token.
-    pub expires_at: i64,
-}
-
-/// Everything that can go wrong in a [`Client`] call.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server refused the call with a protocol error answer
-    /// (`{"error": "<code>", "message": "..."}`).
-    #[error("server answered {status} {raw_code}: {message}")]
-    Api {
-        /// The HTTP status.
-        status: u16,
-        /// The parsed error code; `None` when the code is unknown to this SDK or the
-        /// body was not the protocol's JSON.
-        code: Option<ErrorCode>,
-        /// The `error` field as sent; empty when the body was not the protocol's JSON.
-        raw_code: String,
-        /// The `message` field, or the status text when the body was not JSON.
-        message: String,
-        /// The `Retry-After` header in seconds, when present (429 answers carry it).
-        retry_after: Option<u64>,
-    },
-    /// The HTTP request failed before an answer arrived (connect, timeout, I/O).
-    #[error("HTTP request failed: {0}")]
-    Http(#[from] reqwest::Error),
-    /// The WebSocket connection failed, other than by an HTTP error answer.
-    #[error("WebSocket failed: {0}")]
-    WebSocket(#[source] tungstenite::Error),
-    /// The server answered something the protocol does not allow.
-    #[error("unexpected answer: {0}")]
-    Protocol(String),
-    /// A URL (the base URL or the ticket's `ws_url`) is not usable.
-    #[error("invalid URL: {0}")]
-    InvalidUrl(String),
-    /// The session is over and cannot be renewed: the user (or app) must log in again.
-    /// A [`SessionHandle`](crate::SessionHandle) answers every call with this once it
-    /// learnt so, without asking the server again.
-    #[error("the session has ended ({0}); log in again")]
-    SessionEnded(EndReason),
-    /// A refresh through a [`SessionHandle`](crate::SessionHandle) failed for a reason
-    /// that may pass (network, 429, 503). Every caller that waited for that one refresh
-    /// gets the same error; [`ClientError::code`] looks inside.
-    #[error("refresh failed: {0}")]
-    RefreshFailed(#[source] Arc<ClientError>),
-    /// The [`ManagedConnection`](crate::ManagedConnection) has stopped (closed, or ended
-    /// for a reason it reported as an event), or the runtime is shutting down.
-    #[error("the connection has stopped")]
-    Stopped,
-}
-
-impl ClientError {
-    /// The protocol error code, when the server sent a known one.
-    ///
-    /// ```no_run
-    /// # async fn run(client: ticketgate_sdk::Client) {
-    /// use ticketgate_sdk::{ClientType, ErrorCode};
-    ///
-    /// match client.login("alice", "wrong", ClientType::Web).await {
-    ///     Err(e) if e.code() == Some(ErrorCode::BadCredentials) => eprintln!("wrong password"),
-    ///     Err(e) => eprintln!("login failed: {e}"),
-    ///     Ok(_) => {}
-    /// }
-    /// # }
-    /// ```
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Api { code, .. } => *code,
-            ClientError::RefreshFailed(inner) => inner.code(),
-            _ => None,
-        }
-    }
-}
-
-impl From<tungstenite::Error> for ClientError {
-    /// An HTTP answer to the upgrade request is the server refusing admission; it
-    /// becomes [`ClientError::Api`]. Everything else is a transport failure.
-    fn from(err: tungstenite::Error) -> Self {
-        match err {
-            tungstenite::Error::Http(response) => {
-                let body = response.body().as_deref().unwrap_or_default();
-                api_error(response.status().as_u16(), response.headers(), body)
-            }
-            other => ClientError::WebSocket(other),
-        }
-    }
 }
 
 impl Client {
@@ -330,7 +178,7 @@ impl Client {
             .send()
             .await?;
         let answer: LoginResponse = read_answer(response).await?;
-        let session = session_from(answer, &self.device_id)?;
+        let session = Session::from_answer(answer, &self.device_id)?;
         tracing::debug!(session_id = %session.session_id, "logged in");
         Ok(session)
     }
@@ -362,7 +210,7 @@ impl Client {
             &AppLoginRequest { app_id },
         )?;
         let answer: LoginResponse = read_answer(request.send().await?).await?;
-        let session = session_from(answer, &self.device_id)?;
+        let session = Session::from_answer(answer, &self.device_id)?;
         tracing::debug!(session_id = %session.session_id, "logged in");
         Ok(session)
     }
@@ -529,7 +377,7 @@ impl Client {
             ));
         }
         tracing::debug!(session_id = %answer.session_id, "refreshed");
-        session_from(answer, &session.device_id)
+        Session::from_answer(answer, &session.device_id)
     }
 
     /// Ends a session: `POST /v1/logout` with Bearer + signature, body `{}`.
@@ -629,101 +477,6 @@ impl Client {
     }
 }
 
-/// A session from a login, app login or refresh answer, bound to `device_id`.
-fn session_from(answer: LoginResponse, device_id: &str) -> Result<Session, ClientError> {
-    let signing_key = URL_SAFE_NO_PAD
-        .decode(answer.signing_key.trim_end_matches('='))
-        .map_err(|_| ClientError::Protocol("signing_key is not base64url".to_owned()))?;
-    if signing_key.is_empty() {
-        return Err(ClientError::Protocol("signing_key is empty".to_owned()));
-    }
-    let now = unix_now();
-    Ok(Session {
-        access_token: answer.access_token,
-        refresh_token: answer.refresh_token,
-        signing_key,
-        session_id: answer.session_id,
-        device_id: device_id.to_owned(),
-        access_expires_at: now.saturating_add(answer.access_expires_in),
-        access_lifetime: answer.access_expires_in,
-        refresh_expires_at: now.saturating_add(answer.refresh_expires_in),
-    })
-}
-
-/// Longest renewal window: an access token is renewed at the latest 5 minutes before
-/// it expires (protocol §3, the same window the server uses for `X-New-Token`).
-const MAX_RENEWAL_WINDOW_SECS: u64 = 5 * 60;
-
-impl Session {
-    /// True when the access token is inside its renewal window at `now` (unix seconds):
-    /// remaining ≤ min(5 min, 30 % of [`Session::access_lifetime`]), or expired.
-    ///
-    /// The server uses the same window for `X-New-Token` and the `expiring` frame.
-    ///
-    /// ```
-    /// # fn run(mut session: ticketgate_sdk::Session) {
-    /// session.access_lifetime = 900; // 15 minutes: the window is the last 270 s
-    /// session.access_expires_at = 10_000;
-    /// assert!(!session.needs_refresh(10_000 - 271));
-    /// assert!(session.needs_refresh(10_000 - 270));
-    /// assert!(session.needs_refresh(10_001));
-    /// # }
-    /// ```
-    pub fn needs_refresh(&self, now: u64) -> bool {
-        let window = MAX_RENEWAL_WINDOW_SECS.min(self.access_lifetime.saturating_mul(3) / 10);
-        self.access_expires_at.saturating_sub(now) <= window
-    }
-
-    /// Takes a renewed access token of this session, as sent in `X-New-Token` (see
-    /// [`Ticket::new_access_token`]). It expires one [`Session::access_lifetime`] from
-    /// now: the server gives every access token of a session the same lifetime. The
-    /// refresh token stays the same.
-    ///
-    /// ```
-    /// # fn run(mut session: ticketgate_sdk::Session, ticket: ticketgate_sdk::Ticket) {
-    /// if let Some(token) = ticket.new_access_token {
-    ///     session.adopt_access_token(token);
-    /// }
-    /// # }
-    /// ```
-    pub fn adopt_access_token(&mut self, access_token: String) {
-        self.access_token = access_token;
-        self.access_expires_at = unix_now().saturating_add(self.access_lifetime);
-    }
-}
-
-impl fmt::Debug for Session {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("access_token", &"<redacted>")
-            .field(
-                "refresh_token",
-                &self.refresh_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("signing_key", &"<redacted>")
-            .field("session_id", &self.session_id)
-            .field("device_id", &self.device_id)
-            .field("access_expires_at", &self.access_expires_at)
-            .field("access_lifetime", &self.access_lifetime)
-            .field("refresh_expires_at", &self.refresh_expires_at)
-            .finish()
-    }
-}
-
-impl fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ticket")
-            .field("ticket", &"<redacted>")
-            .field("expires_in", &self.expires_in)
-            .field("ws_url", &self.ws_url)
-            .field(
-                "new_access_token",
-                &self.new_access_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
 /// Reads a success answer as `T`, or turns an error answer into [`ClientError::Api`].
 async fn read_answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
     let status = response.status();
@@ -747,56 +500,6 @@ async fn read_empty_answer(response: reqwest::Response) -> Result<(), ClientErro
     let headers = response.headers().clone();
     let body = response.bytes().await?;
     Err(api_error(status.as_u16(), &headers, &body))
-}
-
-/// Builds [`ClientError::Api`] from an error answer's status, headers and body.
-fn api_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ClientError {
-    let retry_after = headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    // The WebSocket handshake hands over whatever was read after the headers; keep
-    // only the announced body.
-    let announced = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    let body = match announced {
-        Some(len) if len < body.len() => &body[..len],
-        _ => body,
-    };
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(parsed) => ClientError::Api {
-            status,
-            code: ErrorCode::parse(&parsed.error),
-            raw_code: parsed.error,
-            message: parsed.message,
-            retry_after,
-        },
-        Err(_) => ClientError::Api {
-            status,
-            code: None,
-            raw_code: String::new(),
-            message: quoted_body(status, body),
-            retry_after,
-        },
-    }
-}
-
-/// A short, printable stand-in for a body that is not the protocol's JSON.
-fn quoted_body(status: u16, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    if text.is_empty() {
-        let reason = reqwest::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason());
-        return reason.unwrap_or("error").to_owned();
-    }
-    text.chars()
-        .take(MAX_QUOTED_BODY)
-        .filter(|c| !c.is_control())
-        .collect()
 }
 
 /// Waits for the first data frame and requires it to be `welcome`.
@@ -864,11 +567,4 @@ fn new_nonce() -> String {
         .take(NONCE_LEN)
         .map(char::from)
         .collect()
-}
-
-/// The wall clock in unix seconds (0 before 1970).
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

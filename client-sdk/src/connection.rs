@@ -31,9 +31,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{ClientError, Ticket, Welcome, WsStream};
+use crate::client::WsStream;
+use crate::error::ClientError;
 use crate::protocol::{close, ClientFrame, ServerFrame};
 use crate::session::{EndReason, SessionHandle};
+use crate::session_data::{Ticket, Welcome};
 
 /// Events the task can queue before it waits for the application to read them.
 const EVENT_BUFFER: usize = 256;

@@ -10,7 +10,11 @@
 //! - [`signing`]: the canonical string and its HMAC-SHA256 signature. Always compiled.
 //! - `client` (feature `client`, on by default): [`Client`], one call per request:
 //!   login, refresh, logout, ticket mint and the WebSocket connect, with request
-//!   signing built in. [`Session`] holds what a login answers.
+//!   signing built in.
+//! - `session_data` (feature `client`): the values those calls answer: [`Session`]
+//!   (what a login answers, with [`Session::needs_refresh`]), [`Ticket`], [`Welcome`].
+//! - `error` (feature `client`): [`ClientError`], what every SDK call fails with.
+//! - `clock` (feature `client`): the wall clock in unix seconds, read in one place.
 //! - `session` (feature `client`): [`SessionHandle`], a session shared by many tasks:
 //!   renewal ahead of expiry, single-flight refresh, `X-New-Token`, and the
 //!   [`EndReason`] once the user must log in again.
@@ -67,17 +71,27 @@ pub mod signing;
 #[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "client")]
+mod clock;
+#[cfg(feature = "client")]
 mod connection;
 #[cfg(feature = "client")]
+mod error;
+#[cfg(feature = "client")]
 mod session;
+#[cfg(feature = "client")]
+mod session_data;
 
 #[cfg(feature = "client")]
-pub use client::{Client, ClientError, Session, Ticket, Welcome, WsStream};
+pub use client::{Client, WsStream};
 #[cfg(feature = "client")]
 pub use connection::{
     backoff_delay, close_action, CloseAction, ConnectOptions, ConnectionSender, Event,
     ManagedConnection,
 };
+#[cfg(feature = "client")]
+pub use error::ClientError;
 pub use protocol::{ClientType, ErrorCode};
 #[cfg(feature = "client")]
 pub use session::{EndReason, SessionHandle};
+#[cfg(feature = "client")]
+pub use session_data::{Session, Ticket, Welcome};

@@ -42,9 +42,11 @@ pub const MAX_RENEWAL_WINDOW: std::time::Duration = std::time::Duration::from_se
 /// use ticketgate_sdk::protocol::renewal_window;
 /// assert_eq!(renewal_window(Duration::from_secs(900)), Duration::from_secs(270));
 /// assert_eq!(renewal_window(Duration::from_secs(3600)), Duration::from_secs(300));
+/// // Saturates instead of overflowing: the lifetime may come from a peer's answer.
+/// assert_eq!(renewal_window(Duration::MAX), Duration::from_secs(300));
 /// ```
 pub fn renewal_window(access_lifetime: std::time::Duration) -> std::time::Duration {
-    (access_lifetime * 3 / 10).min(MAX_RENEWAL_WINDOW)
+    (access_lifetime.saturating_mul(3) / 10).min(MAX_RENEWAL_WINDOW)
 }
 
 /// True when a token expiring at `expires_at_ms` (unix milliseconds) is inside its

@@ -19,9 +19,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::client::{unix_now, Client, ClientError, Session, Ticket};
+use crate::client::Client;
+use crate::clock::unix_now;
 use crate::connection::{ConnectOptions, ManagedConnection};
+use crate::error::ClientError;
 use crate::protocol::{close, ErrorCode};
+use crate::session_data::{Session, Ticket};
 
 /// Why a session is over. After any of these only a new login helps.
 ///

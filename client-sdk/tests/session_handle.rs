@@ -84,6 +84,18 @@ fn the_renewal_window_is_the_smaller_of_five_minutes_and_30_percent() {
     }
 }
 
+#[test]
+fn a_huge_lifetime_from_the_server_caps_the_window_instead_of_panicking() {
+    let mut session = session_expiring_in(0);
+    session.access_expires_at = 100_000;
+    session.access_lifetime = u64::MAX;
+    assert!(
+        !session.needs_refresh(100_000 - 301),
+        "the window is at most 5 minutes"
+    );
+    assert!(session.needs_refresh(100_000 - 300));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_refreshes_send_one_request_and_share_its_answer() {
     let http = refreshing_server().await;
