@@ -201,3 +201,50 @@ impl Findings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::Recorder;
+
+    fn run(rate: f64) -> Figures {
+        let mut figures = Recorder::new().figures("run", Duration::from_secs(1));
+        figures.rate = rate;
+        figures
+    }
+
+    #[test]
+    fn without_findings_every_row_is_not_available() {
+        let mut report = Report::default();
+        Findings::default().compose_bar(&mut report);
+        assert_eq!(report.bar.len(), 8);
+        assert!(report
+            .bar
+            .iter()
+            .all(|row| row.verdict == Verdict::NotAvailable && row.ticketgate == "n/a"));
+        assert_eq!(report.bar[0].bar, "≥ 0.8 × baseline");
+        let growth: Vec<&str> = report.growth.iter().map(|g| g.shown.as_str()).collect();
+        assert_eq!(growth, ["n/a", "n/a"]);
+    }
+
+    #[test]
+    fn a_rate_passes_on_the_median_round() {
+        let measured = Interleaved {
+            baselines: [100.0, 100.0, 100.0].map(run).to_vec(),
+            runs: [90.0, 80.0].map(run).to_vec(),
+        };
+        let row = rate_row("admit", Some(&measured), 0.8);
+        assert_eq!(row.verdict, Verdict::Pass);
+        assert_eq!(row.ratio, "0.85× (0.80–0.90)");
+        assert_eq!(
+            (row.ticketgate.as_str(), row.baseline.as_str()),
+            ("85/s", "100/s")
+        );
+        assert_eq!(
+            rate_row("admit", Some(&measured), 0.9).verdict,
+            Verdict::Miss
+        );
+    }
+}
