@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
-
 use crate::bench::interleave::{Measured, RoundRun};
 use crate::bench::nodes::{embedded_env, settings};
 use crate::bench::sizes::RUN_CONCURRENCY;
@@ -158,16 +156,7 @@ impl Bench {
     /// Forged tickets at the upgrade in interleaved rounds; none may cost a Redis
     /// command.
     async fn forged_tickets(&mut self) -> anyhow::Result<()> {
-        let sample_device = &self.devices[0];
-        let sample = sample_device
-            .client
-            .mint_ticket(&sample_device.session)
-            .await
-            .context("mint the forger's sample ticket")?;
-        let sample = forged::Sample {
-            ticket: sample.ticket,
-            device_id: sample_device.id().to_owned(),
-        };
+        let sample = forged::Sample::mint(&self.devices[0]).await?;
         let a = self.a.clone();
         let snap = self.redis.snapshot()?;
         let (refused, _) = self
