@@ -11,7 +11,9 @@
 //! ```
 //!
 //! # Layout
-//! - `bench`: the orchestrator: child processes, the run order, the bar.
+//! - `bench/`: the orchestrator: the run order (`bench`), one module per phase
+//!   (`phases/`), the rounds on the live processes, the nodes' settings, the sizes and
+//!   the bar.
 //! - `rounds`: interleaved baseline and ticketgate runs, the ratios of the bar.
 //! - `standalone`: one scenario against an existing deployment.
 //! - `scenarios/`: one module per scenario, plain async functions returning figures.

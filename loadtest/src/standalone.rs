@@ -291,16 +291,7 @@ pub async fn replay(args: TargetArgs) -> anyhow::Result<()> {
 pub async fn forged(args: TargetArgs) -> anyhow::Result<()> {
     let mut ctx = Ctx::new(args, "forged", 0)?;
     let devices = ctx.devices(1).await?;
-    let device = &devices[0];
-    let sample = device
-        .client
-        .mint_ticket(&device.session)
-        .await
-        .context("mint the forger's sample ticket")?;
-    let sample = forged::Sample {
-        ticket: sample.ticket,
-        device_id: device.id().to_owned(),
-    };
+    let sample = forged::Sample::mint(&devices[0]).await?;
     let snap = ctx.snapshot();
     let forged = forged::run("forged", sample, ctx.dialer.clone(), &ctx.plan()).await;
     ctx.cost(snap, "forged", forged.all.ok + forged.all.error_count());

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::progress;
@@ -70,20 +71,7 @@ pub async fn cold(label: &str, devices: &[Device], dialer: Arc<Dialer>, clients:
         .collect();
     let started = Instant::now();
     let _ = go_tx.send(Some(started));
-    let mut record = Recorder::new();
-    let mut sockets = Vec::with_capacity(clients);
-    let mut last = Duration::ZERO;
-    for task in tasks {
-        match task.await {
-            Ok(Ok((socket, took))) => {
-                record.ok(took);
-                last = last.max(took);
-                sockets.push(socket);
-            }
-            Ok(Err((kind, detail))) => record.error_with(kind, detail),
-            Err(_) => record.error("task panicked"),
-        }
-    }
+    let (record, sockets, last) = settle(tasks, clients).await;
     bar.finish_and_clear();
     close_all(sockets).await;
     record.figures(label, last.max(Duration::from_millis(1)))
@@ -159,20 +147,7 @@ pub async fn after_drain(
     let _ = stop_tx.send(Some(stopped_at));
     stop()?;
 
-    let mut record = Recorder::new();
-    let mut sockets = Vec::with_capacity(clients);
-    let mut last = Duration::ZERO;
-    for task in tasks {
-        match task.await {
-            Ok(Ok((socket, took))) => {
-                record.ok(took);
-                last = last.max(took);
-                sockets.push(socket);
-            }
-            Ok(Err((kind, detail))) => record.error_with(kind, detail),
-            Err(_) => record.error("task panicked"),
-        }
-    }
+    let (record, sockets, last) = settle(tasks, clients).await;
     close_all(sockets).await;
     Ok(DrainOutcome {
         figures: record.figures(label, last.max(Duration::from_millis(1))),
@@ -264,6 +239,29 @@ fn resume_ticket(text: &str) -> Option<String> {
         return None;
     }
     value.get("ticket")?.as_str().map(str::to_owned)
+}
+
+/// Waits for every client of a storm: their welcomed sockets, the record of their
+/// latencies and failures, and the latency of the last one welcomed.
+async fn settle(
+    tasks: Vec<JoinHandle<Result<(Ws, Duration), Failure>>>,
+    clients: usize,
+) -> (Recorder, Vec<Ws>, Duration) {
+    let mut record = Recorder::new();
+    let mut sockets = Vec::with_capacity(clients);
+    let mut last = Duration::ZERO;
+    for task in tasks {
+        match task.await {
+            Ok(Ok((socket, took))) => {
+                record.ok(took);
+                last = last.max(took);
+                sockets.push(socket);
+            }
+            Ok(Err((kind, detail))) => record.error_with(kind, detail),
+            Err(_) => record.error("task panicked"),
+        }
+    }
+    (record, sockets, last)
 }
 
 async fn close_all(sockets: Vec<Ws>) {

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac as _};
@@ -25,7 +26,7 @@ use sha2::Sha256;
 
 use super::Plan;
 use crate::stats::{Budget, Figures, Recorder};
-use crate::target::Minted;
+use crate::target::{Device, Minted};
 use crate::ws::Dialer;
 
 /// Bytes of MAC in a ticket (the server keeps 128 bits).
@@ -39,6 +40,24 @@ pub struct Sample {
     pub ticket: String,
     /// Its device.
     pub device_id: String,
+}
+
+impl Sample {
+    /// Mints the forger's sample ticket with `device`'s session.
+    ///
+    /// # Errors
+    /// When the mint fails.
+    pub async fn mint(device: &Device) -> anyhow::Result<Sample> {
+        let minted = device
+            .client
+            .mint_ticket(&device.session)
+            .await
+            .context("mint the forger's sample ticket")?;
+        Ok(Sample {
+            ticket: minted.ticket,
+            device_id: device.id().to_owned(),
+        })
+    }
 }
 
 /// The figures of a forged-ticket run.
