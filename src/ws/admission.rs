@@ -247,7 +247,15 @@ impl Admitted {
             registered,
             ..
         } = self;
-        connection::run(ws, info, state, permit, registered, welcome).await;
+        // Interim: built per socket until the node builds it once (a field of the
+        // shared state) and each socket borrows it.
+        let node = connection::SocketNode::new(
+            connection::SocketSettings::new(&state.config),
+            std::sync::Arc::new(crate::clock::SystemClock),
+            state.shutdown.clone(),
+            state.limits.clock().clone(),
+        );
+        connection::run(ws, info, &node, &state, permit, registered, welcome).await;
     }
 
     /// The 101 answer as raw HTTP/1.1 bytes (the fields of
@@ -314,7 +322,12 @@ pub async fn admit(
     // Registered before the ticket is consumed: a revocation that lands between the
     // admission script and the socket's start finds it and queues its close.
     let conn_id = crate::auth::random_id(9);
-    let registered = connection::register(state, conn_id.clone(), &verified.session_id);
+    let registered = connection::register(
+        &state.registry,
+        &crate::clock::SystemClock,
+        conn_id.clone(),
+        &verified.session_id,
+    );
 
     let outcome = state
         .store

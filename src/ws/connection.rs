@@ -3,25 +3,32 @@
 //! `exp`), the idle timer, the ping timer and shutdown.
 //!
 //! The loop is generic over `Sink + Stream` of tungstenite messages so it can be driven
-//! by any transport.
+//! by any transport, and it takes from its node only what it needs: a [`SocketNode`]
+//! (settings, clock, drain signal; one per node) and a [`SocketServices`] (access-token
+//! checks and resume tickets). Its tests drive it over in-memory streams on tokio's
+//! paused clock.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::sync::Arc;
-use ticketgate_sdk::protocol::{close, ClientFrame, ServerFrame};
+use governor::clock::DefaultClock;
+use ticketgate_sdk::protocol::{close, renewal_window, ClientFrame, ServerFrame};
 use ticketgate_sdk::{ClientType, ErrorCode};
-
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::inbox::{Inbox, Next};
-use super::registry::{ConnHandle, Outbound, Registration};
-use crate::auth::unix_now;
+use super::registry::{ConnHandle, Outbound, Registration, Registry};
+use crate::auth::tokens::{Claims, TokenError};
+use crate::clock::Clock;
+use crate::config::{Config, Rate};
 use crate::limits::frame_limiter;
 use crate::state::AppState;
 use crate::store::{MintOutcome, MintTicket, TicketGrant};
@@ -46,6 +53,106 @@ pub struct ConnectionInfo {
 /// Capacity of a connection's inbox; a full inbox closes the socket with 4010.
 const INBOX: usize = 32;
 
+/// How long one write may wait for a client that does not read before it is closed
+/// as a slow consumer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the closing handshake may take: a peer that does not read must not hold
+/// the slot.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a draining socket waits to deliver its resume ticket.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The socket loop's settings, read from the configuration once per node.
+#[derive(Debug, Clone)]
+pub struct SocketSettings {
+    /// Close with 1000 after this long without a frame from the client.
+    pub idle_timeout: Duration,
+    /// Send a ping this often.
+    pub ping_interval: Duration,
+    /// Send `expiring` this long before the access token's `exp`.
+    pub renewal_window: Duration,
+    /// Client frames allowed per connection; over it, close with 4008.
+    pub frames: Rate,
+    /// How long one write may wait for a client that does not read; then 4010.
+    pub send_timeout: Duration,
+    /// How long the closing handshake may take.
+    pub close_timeout: Duration,
+}
+
+impl SocketSettings {
+    /// The settings of a node running `config`.
+    pub fn new(config: &Config) -> Self {
+        SocketSettings {
+            idle_timeout: config.ws.idle_timeout,
+            ping_interval: config.ws.ping_interval,
+            renewal_window: renewal_window(config.ttl.access),
+            frames: config.rates.frames,
+            send_timeout: SEND_TIMEOUT,
+            close_timeout: CLOSE_TIMEOUT,
+        }
+    }
+}
+
+/// What every socket of a node shares: built once per node, borrowed by each socket
+/// (per-socket memory matters: a node holds up to `max_connections` of them).
+pub struct SocketNode {
+    settings: SocketSettings,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+    /// One clock for every socket's frame limiter (a new `quanta` clock per socket
+    /// would calibrate itself every time).
+    frame_clock: DefaultClock,
+}
+
+impl SocketNode {
+    /// The node's sockets read time from `clock`, drain when `shutdown` is cancelled,
+    /// and rate their frames on `frame_clock`.
+    pub(crate) fn new(
+        settings: SocketSettings,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+        frame_clock: DefaultClock,
+    ) -> Self {
+        SocketNode {
+            settings,
+            clock,
+            shutdown,
+            frame_clock,
+        }
+    }
+
+    /// The settings every socket of this node runs with.
+    pub fn settings(&self) -> &SocketSettings {
+        &self.settings
+    }
+
+    /// The instant (tokio clock) of a unix-seconds deadline; now when it has passed.
+    fn instant_at(&self, unix: i64) -> Instant {
+        let wait_ms = unix
+            .saturating_mul(1000)
+            .saturating_sub(self.clock.unix_ms());
+        Instant::now() + Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))
+    }
+}
+
+/// What a socket needs from the rest of its node.
+pub trait SocketServices: Send + Sync + 'static {
+    /// Verifies an access token presented in a `refresh` frame.
+    ///
+    /// # Errors
+    /// [`TokenError`] when the token is expired or invalid.
+    fn verify_access(&self, token: &str) -> Result<Claims, TokenError>;
+
+    /// A `resume` frame carrying a one-time ticket for the same session and device,
+    /// offered before a drain close; `None` when there is none to offer.
+    fn resume_ticket(
+        &self,
+        info: &ConnectionInfo,
+    ) -> impl Future<Output = Option<ServerFrame>> + Send;
+}
+
 /// Why the loop ended and how to close.
 enum Exit {
     /// The node is shutting down: offer a resume ticket, then close with 1001.
@@ -54,17 +161,6 @@ enum Exit {
     Close(u16, &'static str),
     /// The peer is gone or closed; nothing more to send.
     Gone,
-}
-
-/// The instant (tokio clock) of a unix-seconds deadline.
-fn instant_at(unix: i64) -> Instant {
-    let now = unix_now();
-    Instant::now() + Duration::from_secs(u64::try_from(unix - now).unwrap_or(0))
-}
-
-/// The renewal window: remaining ≤ min(5 min, 30 % of the access lifetime).
-fn renewal_window(access_ttl: Duration) -> Duration {
-    (access_ttl * 3 / 10).min(Duration::from_secs(300))
 }
 
 /// A server frame as JSON text.
@@ -94,17 +190,23 @@ pub struct Registered {
     pub inbox: Arc<Inbox>,
 }
 
-/// Registers a connection of `session_id` before admission; see [`Registered`].
-pub fn register(state: &AppState, conn_id: String, session_id: &str) -> Registered {
+/// Registers a connection of `session_id` in `registry` before admission; see
+/// [`Registered`].
+pub(crate) fn register(
+    registry: &Registry,
+    clock: &dyn Clock,
+    conn_id: String,
+    session_id: &str,
+) -> Registered {
     let inbox = Arc::new(Inbox::new(INBOX));
-    let registration = state.registry.insert(
+    let registration = registry.insert(
         conn_id,
         ConnHandle {
             session_id: session_id.to_owned(),
             user_id: String::new(),
             device_id: String::new(),
             client_type: ClientType::Web,
-            connected_at: unix_now(),
+            connected_at: clock.unix(),
             inbox: inbox.clone(),
         },
     );
@@ -139,31 +241,35 @@ pub fn welcome_text(info: &ConnectionInfo) -> String {
 ///
 /// The span is at debug level: an enabled span costs memory for the socket's whole
 /// life, and a node holds up to `max_connections` of them.
-pub async fn run<S>(
+pub async fn run<S, V>(
     ws: S,
     info: ConnectionInfo,
-    state: AppState,
+    node: &SocketNode,
+    services: &V,
     permit: OwnedSemaphorePermit,
     registered: Registered,
     welcome: Welcome,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    V: SocketServices,
 {
     let span = tracing::debug_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
-    drive(ws, info, state, permit, registered, welcome)
+    drive(ws, info, node, services, registered, welcome)
         .instrument(span)
         .await;
+    drop(permit);
 }
 
-async fn drive<S>(
+async fn drive<S, V>(
     mut ws: S,
     mut info: ConnectionInfo,
-    state: AppState,
-    permit: OwnedSemaphorePermit,
+    node: &SocketNode,
+    services: &V,
     registered: Registered,
     welcome: Welcome,
 ) where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    V: SocketServices,
 {
     let Registered {
         registration: _registration,
@@ -176,13 +282,13 @@ async fn drive<S>(
         Welcome::Send => ws.send(Message::text(welcome_text(&info))).await,
     };
     let exit = match welcomed {
-        Ok(()) => serve(&mut ws, &mut info, &state, &inbox).await,
+        Ok(()) => serve(&mut ws, &mut info, node, services, &inbox).await,
         Err(_) => Exit::Gone,
     };
     let exit = match exit {
         Exit::Drain => {
-            if let Some(resume) = resume_ticket(&info, &state).await {
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(text(&resume))).await;
+            if let Some(resume) = services.resume_ticket(&info).await {
+                let _ = tokio::time::timeout(RESUME_TIMEOUT, ws.send(text(&resume))).await;
             }
             Exit::Close(close::GOING_AWAY, "server shutting down")
         }
@@ -194,7 +300,7 @@ async fn drive<S>(
             reason: reason.into(),
         };
         // Best effort, bounded: a peer that does not read must not hold the slot.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::time::timeout(node.settings.close_timeout, async {
             let _ = ws.send(Message::Close(Some(frame))).await;
             // Drain until the peer's close answer or EOF, so the close handshake completes.
             while let Some(Ok(_)) = ws.next().await {}
@@ -202,21 +308,27 @@ async fn drive<S>(
         .await;
         tracing::debug!(code, reason, "connection closed by server");
     }
-    drop(permit);
 }
 
-async fn serve<S>(ws: &mut S, info: &mut ConnectionInfo, state: &AppState, inbox: &Inbox) -> Exit
+async fn serve<S, V>(
+    ws: &mut S,
+    info: &mut ConnectionInfo,
+    node: &SocketNode,
+    services: &V,
+    inbox: &Inbox,
+) -> Exit
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    V: SocketServices,
 {
-    let cfg = &state.config.ws;
-    let window = renewal_window(state.config.ttl.access);
-    let limiter = frame_limiter(state.config.rates.frames, state.limits.clock());
-    let shutdown = state.shutdown.clone();
+    let cfg = &node.settings;
+    let window = cfg.renewal_window;
+    let limiter = frame_limiter(cfg.frames, &node.frame_clock);
+    let shutdown = &node.shutdown;
     if shutdown.is_cancelled() {
         return Exit::Drain;
     }
-    let mut deadline = instant_at(info.expires_at);
+    let mut deadline = node.instant_at(info.expires_at);
     let mut expiring_sent = false;
     let mut idle_deadline = Instant::now() + cfg.idle_timeout;
     let mut next_ping = Instant::now() + cfg.ping_interval;
@@ -247,20 +359,21 @@ where
                 if !expiring_sent && now >= expiring_at {
                     expiring_sent = true;
                     let frame = text(&ServerFrame::Expiring { expires_at: info.expires_at });
-                    if let Err(exit) = send(ws, frame, inbox).await {
+                    if let Err(exit) = send(ws, frame, inbox, cfg.send_timeout).await {
                         return exit;
                     }
                 }
                 if now >= next_ping {
                     next_ping = now + cfg.ping_interval;
-                    if let Err(exit) = send(ws, Message::Ping(Default::default()), inbox).await {
+                    let ping = Message::Ping(Default::default());
+                    if let Err(exit) = send(ws, ping, inbox, cfg.send_timeout).await {
                         return exit;
                     }
                 }
             }
             next = inbox.next() => match next {
                 Next::Message(Outbound::Text(t)) => {
-                    if let Err(exit) = send(ws, Message::text(t), inbox).await {
+                    if let Err(exit) = send(ws, Message::text(t), inbox, cfg.send_timeout).await {
                         return exit;
                     }
                 }
@@ -271,7 +384,9 @@ where
                 let msg = match msg {
                     None => return Exit::Gone,
                     Some(Err(WsError::Capacity(_))) => return Exit::Close(close::TOO_BIG, "frame too big"),
-                    Some(Err(WsError::Protocol(_))) => return Exit::Close(1002, "protocol error"),
+                    Some(Err(WsError::Protocol(_))) => {
+                        return Exit::Close(close::PROTOCOL_ERROR, "protocol error")
+                    }
                     Some(Err(_)) => return Exit::Gone,
                     Some(Ok(msg)) => msg,
                 };
@@ -280,17 +395,17 @@ where
                 }
                 idle_deadline = Instant::now() + cfg.idle_timeout;
                 match msg {
-                    Message::Text(t) => match handle_frame(t.as_str(), info, state) {
+                    Message::Text(t) => match handle_frame(t.as_str(), info, services) {
                         Reply::None => {}
                         Reply::Send(m) => {
-                            if let Err(exit) = send(ws, m, inbox).await {
+                            if let Err(exit) = send(ws, m, inbox, cfg.send_timeout).await {
                                 return exit;
                             }
                         }
                         Reply::Extend(m) => {
-                            deadline = instant_at(info.expires_at);
+                            deadline = node.instant_at(info.expires_at);
                             expiring_sent = false;
-                            if let Err(exit) = send(ws, m, inbox).await {
+                            if let Err(exit) = send(ws, m, inbox, cfg.send_timeout).await {
                                 return exit;
                             }
                         }
@@ -298,7 +413,7 @@ where
                     Message::Binary(_) => return Exit::Close(close::POLICY, "binary frames are not allowed"),
                     // tungstenite queues the pong itself; flushing sends it.
                     Message::Ping(_) => {
-                        if let Err(exit) = flush(ws, inbox).await {
+                        if let Err(exit) = flush(ws, inbox, cfg.send_timeout).await {
                             return exit;
                         }
                     }
@@ -306,7 +421,7 @@ where
                     // tungstenite queued the close reply; flush it so the client sees
                     // the close handshake complete, then the socket is done.
                     Message::Close(_) => {
-                        let _ = flush(ws, inbox).await;
+                        let _ = flush(ws, inbox, cfg.send_timeout).await;
                         return Exit::Gone;
                     }
                 }
@@ -315,19 +430,15 @@ where
     }
 }
 
-/// How long one write may wait for a client that does not read before it is closed
-/// as a slow consumer.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Sends a frame, giving up on a client that stopped reading: the write takes longer
-/// than [`SEND_TIMEOUT`], or the inbox overflowed meanwhile (4010 either way).
-async fn send<S>(ws: &mut S, msg: Message, inbox: &Inbox) -> Result<(), Exit>
+/// than `timeout`, or the inbox overflowed meanwhile (4010 either way).
+async fn send<S>(ws: &mut S, msg: Message, inbox: &Inbox, timeout: Duration) -> Result<(), Exit>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer");
     tokio::select! {
-        sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(msg)) => match sent {
+        sent = tokio::time::timeout(timeout, ws.send(msg)) => match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::Gone),
             Err(_) => Err(slow()),
@@ -337,13 +448,13 @@ where
 }
 
 /// Flushes queued control frames (pongs) under the same rules as [`send`].
-async fn flush<S>(ws: &mut S, inbox: &Inbox) -> Result<(), Exit>
+async fn flush<S>(ws: &mut S, inbox: &Inbox, timeout: Duration) -> Result<(), Exit>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer");
     tokio::select! {
-        flushed = tokio::time::timeout(SEND_TIMEOUT, ws.flush()) => match flushed {
+        flushed = tokio::time::timeout(timeout, ws.flush()) => match flushed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::Gone),
             Err(_) => Err(slow()),
@@ -359,7 +470,7 @@ enum Reply {
     Extend(Message),
 }
 
-fn handle_frame(raw: &str, info: &mut ConnectionInfo, state: &AppState) -> Reply {
+fn handle_frame(raw: &str, info: &mut ConnectionInfo, services: &impl SocketServices) -> Reply {
     let frame: ClientFrame = match serde_json::from_str(raw) {
         Ok(f) => f,
         Err(_) => {
@@ -372,7 +483,7 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, state: &AppState) -> Reply
     match frame {
         ClientFrame::Ping => Reply::Send(text(&ServerFrame::Pong)),
         ClientFrame::Ack { .. } => Reply::None,
-        ClientFrame::Refresh { access_token } => match state.keys.verify(&access_token) {
+        ClientFrame::Refresh { access_token } => match services.verify_access(&access_token) {
             Ok(claims) if claims.sid == info.session_id && claims.sub == info.user_id => {
                 if claims.exp > info.expires_at {
                     info.expires_at = claims.exp;
@@ -385,7 +496,7 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, state: &AppState) -> Reply
                 ErrorCode::TokenInvalid,
                 "token of another session",
             )),
-            Err(crate::auth::tokens::TokenError::Expired) => {
+            Err(TokenError::Expired) => {
                 Reply::Send(error_frame(ErrorCode::TokenExpired, "access token expired"))
             }
             Err(_) => Reply::Send(error_frame(ErrorCode::TokenInvalid, "access token invalid")),
@@ -393,36 +504,504 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, state: &AppState) -> Reply
     }
 }
 
-/// A one-time ticket for the same session and device, offered before a drain close so a
-/// mass reconnect after a deploy needs no mint round trip. `None` when the session has
-/// ended or the store does not answer within a second (the client then mints as usual).
-async fn resume_ticket(info: &ConnectionInfo, state: &AppState) -> Option<ServerFrame> {
-    let ttl = state.config.ttl.ticket;
-    let expires_at_ms = crate::auth::unix_now_ms() + ttl.as_millis() as i64;
-    let (ticket, ticket_id) = state.tickets.mint(&info.session_id, expires_at_ms);
-    let grant = TicketGrant {
-        device_id: info.device_id.clone(),
-        user_id: info.user_id.clone(),
-        client_type: info.client_type,
-        access_expires_at: info.expires_at,
-    };
-    // Server-made: the nonce only has to be unique.
-    let nonce = format!("resume-{}", crate::auth::random_b64(16));
-    let mint = MintTicket {
-        session_id: &info.session_id,
-        nonce: &nonce,
-        nonce_ttl: ttl,
-        ticket_id: &ticket_id,
-        grant: &grant,
-        ticket_ttl: ttl,
-    };
-    let outcome =
-        tokio::time::timeout(Duration::from_secs(1), state.store.mint_ticket(&mint)).await;
-    match outcome {
-        Ok(Ok(MintOutcome::Minted)) => Some(ServerFrame::Resume {
-            ticket,
-            expires_in: ttl.as_secs().max(1),
-        }),
-        _ => None,
+/// The server's services: access tokens from the node's key store, resume tickets
+/// minted in the store.
+impl SocketServices for AppState {
+    fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
+        self.keys.verify(token)
+    }
+
+    /// A one-time ticket for the same session and device, offered before a drain close
+    /// so a mass reconnect after a deploy needs no mint round trip. `None` when the
+    /// session has ended or the store does not answer within a second (the client then
+    /// mints as usual).
+    async fn resume_ticket(&self, info: &ConnectionInfo) -> Option<ServerFrame> {
+        let ttl = self.config.ttl.ticket;
+        let expires_at_ms = crate::auth::unix_now_ms() + ttl.as_millis() as i64;
+        let (ticket, ticket_id) = self.tickets.mint(&info.session_id, expires_at_ms);
+        let grant = TicketGrant {
+            device_id: info.device_id.clone(),
+            user_id: info.user_id.clone(),
+            client_type: info.client_type,
+            access_expires_at: info.expires_at,
+        };
+        // Server-made: the nonce only has to be unique.
+        let nonce = format!("resume-{}", crate::auth::random_b64(16));
+        let mint = MintTicket {
+            session_id: &info.session_id,
+            nonce: &nonce,
+            nonce_ttl: ttl,
+            ticket_id: &ticket_id,
+            grant: &grant,
+            ticket_ttl: ttl,
+        };
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(1), self.store.mint_ticket(&mint)).await;
+        match outcome {
+            Ok(Ok(MintOutcome::Minted)) => Some(ServerFrame::Resume {
+                ticket,
+                expires_in: ttl.as_secs().max(1),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop over an in-memory pipe, on tokio's paused clock: every timer fires at a
+    //! known instant, and the test clock's unix time follows tokio's.
+
+    use super::*;
+    use crate::ws::admission::ws_config_for;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio::sync::Semaphore;
+    use tokio::task::JoinHandle;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// Unix milliseconds at the start of every test (a whole second).
+    const BASE_MS: i64 = 1_700_000_000_000;
+    /// The admitted access token's `exp`: ten minutes after the start.
+    const EXP: i64 = BASE_MS / 1000 + 600;
+    /// Long enough not to fire in a test that is not about it.
+    const NEVER: Duration = Duration::from_secs(24 * 3600);
+
+    /// Unix time that moves with tokio's (paused) clock.
+    struct TestClock {
+        start: Instant,
+    }
+
+    impl Clock for TestClock {
+        fn unix_ms(&self) -> i64 {
+            BASE_MS + i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX)
+        }
+    }
+
+    /// Tokens known by name; a fixed resume answer.
+    #[derive(Default)]
+    struct TestServices {
+        tokens: Vec<(&'static str, Result<Claims, TokenError>)>,
+        resume: Option<ServerFrame>,
+    }
+
+    impl SocketServices for TestServices {
+        fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
+            self.tokens
+                .iter()
+                .find(|(name, _)| *name == token)
+                .map_or(Err(TokenError::Invalid), |(_, verdict)| verdict.clone())
+        }
+
+        async fn resume_ticket(&self, _info: &ConnectionInfo) -> Option<ServerFrame> {
+            self.resume.clone()
+        }
+    }
+
+    fn claims(session_id: &str, user_id: &str, exp: i64) -> Claims {
+        Claims {
+            iss: "ticketgate".into(),
+            sub: user_id.into(),
+            aud: "ticketgate".into(),
+            exp,
+            iat: BASE_MS / 1000,
+            jti: "j".into(),
+            sid: session_id.into(),
+            did: "d1".into(),
+            ctp: ClientType::Web,
+        }
+    }
+
+    struct Setup {
+        settings: SocketSettings,
+        services: TestServices,
+        /// Bytes the pipe holds before a writer blocks.
+        pipe: usize,
+        welcome: Welcome,
+    }
+
+    impl Default for Setup {
+        fn default() -> Self {
+            Setup {
+                settings: SocketSettings {
+                    idle_timeout: NEVER,
+                    ping_interval: NEVER,
+                    renewal_window: Duration::from_secs(60),
+                    frames: Rate::per_second(1000),
+                    send_timeout: Duration::from_secs(10),
+                    close_timeout: Duration::from_secs(2),
+                },
+                services: TestServices::default(),
+                pipe: 64 * 1024,
+                welcome: Welcome::Send,
+            }
+        }
+    }
+
+    /// A running socket loop and the client end of its pipe.
+    struct Socket {
+        client: WebSocketStream<DuplexStream>,
+        inbox: Arc<Inbox>,
+        shutdown: CancellationToken,
+        task: JoinHandle<()>,
+        registry: Registry,
+        started: Instant,
+    }
+
+    impl Setup {
+        async fn open(self) -> Socket {
+            let (server_io, client_io) = tokio::io::duplex(self.pipe);
+            let started = Instant::now();
+            let clock = Arc::new(TestClock { start: started });
+            let shutdown = CancellationToken::new();
+            let node = SocketNode::new(
+                self.settings,
+                clock.clone(),
+                shutdown.clone(),
+                DefaultClock::default(),
+            );
+            let registry = Registry::default();
+            let registered = register(&registry, &*clock, "c1".into(), "s1");
+            let inbox = registered.inbox.clone();
+            let permit = Arc::new(Semaphore::new(1))
+                .try_acquire_owned()
+                .expect("a free slot");
+            let info = ConnectionInfo {
+                conn_id: "c1".into(),
+                session_id: "s1".into(),
+                user_id: "alice".into(),
+                device_id: "d1".into(),
+                client_type: ClientType::Web,
+                expires_at: EXP,
+            };
+            let (services, welcome) = (self.services, self.welcome);
+            let task = tokio::spawn(async move {
+                let config = Some(ws_config_for(4096));
+                let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, config).await;
+                run(ws, info, &node, &services, permit, registered, welcome).await;
+            });
+            let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+            Socket {
+                client,
+                inbox,
+                shutdown,
+                task,
+                registry,
+                started,
+            }
+        }
+    }
+
+    impl Socket {
+        /// The next message from the server (fails the test on EOF or an error).
+        async fn message(&mut self) -> Message {
+            self.client
+                .next()
+                .await
+                .expect("a message, not the end")
+                .expect("a well-formed message")
+        }
+
+        /// The next message, which must be a server frame.
+        async fn frame(&mut self) -> ServerFrame {
+            match self.message().await {
+                Message::Text(t) => serde_json::from_str(t.as_str()).expect("a server frame"),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+
+        /// The next message, which must be a close frame: its code and reason.
+        async fn close(&mut self) -> (u16, String) {
+            match self.message().await {
+                Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+
+        async fn send(&mut self, frame: &ClientFrame) {
+            let text = serde_json::to_string(frame).expect("json");
+            self.client.send(Message::text(text)).await.expect("sent");
+        }
+
+        fn elapsed(&self) -> Duration {
+            self.started.elapsed()
+        }
+
+        /// Welcome already read; the elapsed time is within [at, at + 1 s).
+        fn assert_at(&self, at: Duration, what: &str) {
+            let elapsed = self.elapsed();
+            assert!(
+                elapsed >= at && elapsed < at + Duration::from_secs(1),
+                "{what} at {elapsed:?}, expected at {at:?}"
+            );
+        }
+    }
+
+    fn welcome() -> ServerFrame {
+        ServerFrame::Welcome {
+            session_id: "s1".into(),
+            conn_id: "c1".into(),
+            user_id: "alice".into(),
+            device_id: "d1".into(),
+            expires_at: EXP,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_welcome_frame_comes_first_unless_it_was_sent_with_the_101() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        socket.send(&ClientFrame::Ping).await;
+        assert_eq!(socket.frame().await, ServerFrame::Pong);
+        assert_eq!(socket.registry.len(), 1, "registered while it runs");
+
+        let mut sent = Setup {
+            welcome: Welcome::Sent,
+            ..Setup::default()
+        }
+        .open()
+        .await;
+        sent.send(&ClientFrame::Ping).await;
+        assert_eq!(sent.frame().await, ServerFrame::Pong, "no second welcome");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_socket_closes_with_1000_after_the_idle_timeout() {
+        let mut setup = Setup::default();
+        setup.settings.idle_timeout = Duration::from_secs(30);
+        let mut socket = setup.open().await;
+        assert_eq!(socket.frame().await, welcome());
+        // A client frame at 20 s moves the idle deadline to 50 s.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        socket.send(&ClientFrame::Ping).await;
+        assert_eq!(socket.frame().await, ServerFrame::Pong);
+        assert_eq!(
+            socket.close().await,
+            (close::NORMAL, "idle timeout".to_owned())
+        );
+        socket.assert_at(Duration::from_secs(50), "idle close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiring_comes_at_the_renewal_window_then_4004_at_exp() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        assert_eq!(
+            socket.frame().await,
+            ServerFrame::Expiring { expires_at: EXP }
+        );
+        socket.assert_at(Duration::from_secs(600 - 60), "expiring");
+        assert_eq!(
+            socket.close().await,
+            (close::SESSION_EXPIRED, "session expired".to_owned())
+        );
+        socket.assert_at(Duration::from_secs(600), "4004");
+        socket.task.await.expect("the loop ends");
+        assert!(socket.registry.is_empty(), "unregistered at the end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_frame_of_the_session_extends_the_deadline_and_others_are_refused() {
+        let later = EXP + 600;
+        let mut setup = Setup::default();
+        setup.services.tokens = vec![
+            ("later", Ok(claims("s1", "alice", later))),
+            ("other-session", Ok(claims("s2", "alice", later))),
+            ("other-user", Ok(claims("s1", "bob", later))),
+            ("stale", Err(TokenError::Expired)),
+        ];
+        let mut socket = setup.open().await;
+        assert_eq!(socket.frame().await, welcome());
+
+        let refused = [
+            ("other-session", "token_invalid"),
+            ("other-user", "token_invalid"),
+            ("stale", "token_expired"),
+            ("unknown", "token_invalid"),
+        ];
+        for (token, code) in refused {
+            socket
+                .send(&ClientFrame::Refresh {
+                    access_token: token.into(),
+                })
+                .await;
+            match socket.frame().await {
+                ServerFrame::Error { error, .. } => assert_eq!(error, code, "{token}"),
+                other => panic!("{token}: expected an error frame, got {other:?}"),
+            }
+        }
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        socket
+            .send(&ClientFrame::Refresh {
+                access_token: "later".into(),
+            })
+            .await;
+        assert_eq!(
+            socket.frame().await,
+            ServerFrame::Refreshed { expires_at: later }
+        );
+        // Nothing at the old window nor the old exp: the next frame is about the new one.
+        assert_eq!(
+            socket.frame().await,
+            ServerFrame::Expiring { expires_at: later }
+        );
+        socket.assert_at(Duration::from_secs(1200 - 60), "expiring");
+        assert_eq!(socket.close().await.0, close::SESSION_EXPIRED);
+        socket.assert_at(Duration::from_secs(1200), "4004");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_goes_out_every_ping_interval() {
+        let mut setup = Setup::default();
+        setup.settings.ping_interval = Duration::from_secs(15);
+        let mut socket = setup.open().await;
+        assert_eq!(socket.frame().await, welcome());
+        for n in 1..=3 {
+            let message = socket.message().await;
+            assert!(matches!(message, Message::Ping(_)), "got {message:?}");
+            socket.assert_at(Duration::from_secs(15 * n), "ping");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_does_not_read_is_closed_with_4010_after_the_send_timeout() {
+        let mut socket = Setup {
+            pipe: 1024,
+            ..Setup::default()
+        }
+        .open()
+        .await;
+        let big = "x".repeat(8 * 1024);
+        assert!(socket.inbox.push(Outbound::Text(big.clone())));
+        // The write blocks on the full pipe; the client starts reading only later.
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(socket.frame().await, welcome());
+        match socket.message().await {
+            Message::Text(t) => assert_eq!(t.as_str(), big),
+            other => panic!("expected the big frame, got {other:?}"),
+        }
+        assert_eq!(
+            socket.close().await,
+            (close::SLOW_CONSUMER, "slow consumer".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overflowing_inbox_closes_with_4010() {
+        let mut socket = Setup::default().open().await;
+        // The loop does not run between these pushes (one thread, no await).
+        for n in 0..INBOX {
+            assert!(socket.inbox.push(Outbound::Text(format!("m{n}"))));
+        }
+        assert!(!socket.inbox.push(Outbound::Text("one too many".into())));
+        assert_eq!(socket.frame().await, welcome());
+        assert_eq!(
+            socket.close().await,
+            (close::SLOW_CONSUMER, "slow consumer".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overflow_abandons_a_blocked_write_at_once() {
+        let socket = Setup {
+            pipe: 1024,
+            ..Setup::default()
+        }
+        .open()
+        .await;
+        assert!(socket.inbox.push(Outbound::Text("x".repeat(8 * 1024))));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for n in 0..=INBOX {
+            socket.inbox.push(Outbound::Text(format!("m{n}")));
+        }
+        // Gone well before the send timeout (10 s): only the close's own 2 s budget.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(socket.task.is_finished(), "still blocked on its write");
+        assert!(socket.registry.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_offers_a_resume_ticket_then_closes_with_1001() {
+        let resume = ServerFrame::Resume {
+            ticket: "1.resume.ticket".into(),
+            expires_in: 30,
+        };
+        let mut setup = Setup::default();
+        setup.services.resume = Some(resume.clone());
+        let mut socket = setup.open().await;
+        assert_eq!(socket.frame().await, welcome());
+        socket.shutdown.cancel();
+        assert_eq!(socket.frame().await, resume);
+        assert_eq!(
+            socket.close().await,
+            (close::GOING_AWAY, "server shutting down".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_without_a_resume_ticket_just_closes_with_1001() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        socket.shutdown.cancel();
+        assert_eq!(socket.close().await.0, close::GOING_AWAY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_inbox_delivers_pushes_and_a_kick_closes_with_its_code() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        assert!(socket
+            .inbox
+            .push(Outbound::Text(r#"{"type":"pong"}"#.into())));
+        assert!(socket
+            .inbox
+            .push(Outbound::Close(close::REVOKED, "revoked")));
+        assert_eq!(socket.frame().await, ServerFrame::Pong);
+        assert_eq!(socket.close().await, (close::REVOKED, "revoked".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_binary_frame_closes_with_1008() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        socket
+            .client
+            .send(Message::binary(vec![1, 2, 3]))
+            .await
+            .expect("sent");
+        assert_eq!(socket.close().await.0, close::POLICY);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unmasked_client_frame_closes_with_1002() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        // A text frame "hi" without the mask a client must set (RFC 6455 §5.1).
+        let raw = socket.client.get_mut();
+        raw.write_all(&[0x81, 0x02, b'h', b'i'])
+            .await
+            .expect("written");
+        assert_eq!(
+            socket.close().await,
+            (close::PROTOCOL_ERROR, "protocol error".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_over_the_rate_close_with_4008() {
+        let mut setup = Setup::default();
+        setup.settings.frames = Rate::parse("3/min").expect("rate");
+        let mut socket = setup.open().await;
+        assert_eq!(socket.frame().await, welcome());
+        for _ in 0..3 {
+            socket.send(&ClientFrame::Ping).await;
+            assert_eq!(socket.frame().await, ServerFrame::Pong);
+        }
+        socket.send(&ClientFrame::Ping).await;
+        assert_eq!(
+            socket.close().await,
+            (close::FLOOD, "message flood".to_owned())
+        );
     }
 }
