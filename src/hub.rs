@@ -23,10 +23,10 @@ use ticketgate_sdk::ClientType;
 use tokio::sync::mpsc;
 
 use crate::clock::unix_now_ms;
+use crate::registry::{Outbound, Registry};
 use crate::store::bus::{BusEvent, BusEvents, RedisBus};
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
-use crate::ws::registry::{Outbound, Registry};
 
 /// How long a requester waits for every node's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);

@@ -23,6 +23,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod registry;
 pub mod server;
 pub mod sessions;
 pub mod state;

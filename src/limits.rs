@@ -52,6 +52,8 @@ pub enum Limit<'a> {
     ConnectDevice(&'a str),
     /// Connects from an IP.
     ConnectIp(IpAddr),
+    /// Refresh and logout calls of a session (after the request's signature verified).
+    Session(&'a str),
 }
 
 /// Every keyed limiter of a node.
@@ -63,6 +65,7 @@ pub struct Limits<C: Clock + Clone = DefaultClock> {
     mint_device: Keyed<String, C>,
     connect_device: Keyed<String, C>,
     connect_ip: Keyed<IpAddr, C>,
+    session: Keyed<String, C>,
     clock: C,
 }
 
@@ -95,6 +98,7 @@ impl<C: Clock + Clone> Limits<C> {
             mint_device: keyed(rates.mint_device, &clock),
             connect_device: keyed(rates.connect_device, &clock),
             connect_ip: keyed(rates.connect_ip, &clock),
+            session: keyed(rates.session, &clock),
             clock,
         }
     }
@@ -112,6 +116,7 @@ impl<C: Clock + Clone> Limits<C> {
             Limit::MintDevice(d) => self.mint_device.check_key(&d.to_owned()),
             Limit::ConnectDevice(d) => self.connect_device.check_key(&d.to_owned()),
             Limit::ConnectIp(ip) => self.connect_ip.check_key(&ip),
+            Limit::Session(s) => self.session.check_key(&s.to_owned()),
         };
         verdict.map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
@@ -131,6 +136,7 @@ impl<C: Clock + Clone> Limits<C> {
         self.mint_device.retain_recent();
         self.connect_device.retain_recent();
         self.connect_ip.retain_recent();
+        self.session.retain_recent();
         self.login_ip.shrink_to_fit();
         self.login_user.shrink_to_fit();
         self.login_device.shrink_to_fit();
@@ -138,6 +144,7 @@ impl<C: Clock + Clone> Limits<C> {
         self.mint_device.shrink_to_fit();
         self.connect_device.shrink_to_fit();
         self.connect_ip.shrink_to_fit();
+        self.session.shrink_to_fit();
     }
 
     /// Keys held across every limiter (for metrics and tests).
@@ -149,6 +156,7 @@ impl<C: Clock + Clone> Limits<C> {
             + self.mint_device.len()
             + self.connect_device.len()
             + self.connect_ip.len()
+            + self.session.len()
     }
 }
 

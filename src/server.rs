@@ -18,15 +18,17 @@ use crate::auth::secrets::{load_or_create_server_secret, Secrets, SecretsError};
 use crate::auth::ticket::TicketCodec;
 use crate::auth::tokens::KeyStore;
 use crate::auth::users::{Users, UsersError};
+use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::registry::Registry;
 use crate::sessions::{Policy, Sessions};
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{Store, StoreError};
-use crate::ws::registry::Registry;
+use crate::ws::connection::{SocketNode, SocketSettings};
 
 /// How often limiter state and expired embedded-store entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -62,6 +64,8 @@ pub struct Server {
     admin: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    /// The users and apps files, watched while the node runs.
+    files: (Users, Apps),
 }
 
 /// Accept queue length: a reconnect storm after a deploy arrives all at once, and the
@@ -129,18 +133,25 @@ impl Server {
             keys.clone(),
             secrets,
             tickets.clone(),
-            users,
-            apps,
+            users.clone(),
+            apps.clone(),
             Policy::from_config(&config),
         );
+        let limits = Limits::new(&config.rates);
+        let sockets = SocketNode::new(
+            SocketSettings::new(&config),
+            Arc::new(SystemClock),
+            shutdown.clone(),
+            limits.clock().clone(),
+        );
         let state = AppState::new(Shared {
-            limits: Limits::new(&config.rates),
+            limits,
+            sockets,
             connection_slots: Arc::new(Semaphore::new(config.ws.max_connections)),
             registry,
             hub,
             sessions,
             tickets,
-            shutdown: shutdown.clone(),
             config,
             store,
             keys,
@@ -150,6 +161,7 @@ impl Server {
             admin,
             state,
             shutdown,
+            files: (users, apps),
         })
     }
 
@@ -178,7 +190,10 @@ impl Server {
             admin,
             state,
             shutdown,
+            files: (users, apps),
         } = self;
+        let users_watch = tokio::spawn(users.watch(shutdown.clone()));
+        let apps_watch = tokio::spawn(apps.watch(shutdown.clone()));
         let header_timeout = state.config.header_timeout;
         let public_task = tokio::spawn(crate::http::serve(
             public,
@@ -229,6 +244,8 @@ impl Server {
         let _ = public_task.await;
         let _ = admin_task.await;
         sweeper.abort();
+        let _ = users_watch.await;
+        let _ = apps_watch.await;
         key_reloader.abort();
         let all = u32::try_from(state.config.ws.max_connections).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(

@@ -3,16 +3,16 @@
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::ticket::TicketCodec;
 use crate::auth::tokens::KeyStore;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::registry::Registry;
 use crate::sessions::Sessions;
 use crate::store::Store;
-use crate::ws::registry::Registry;
+use crate::ws::connection::SocketNode;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -38,8 +38,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Connection slots (`max_connections`); a permit lives as long as its socket.
     pub(crate) connection_slots: Arc<Semaphore>,
-    /// Cancelled when the node shuts down.
-    pub(crate) shutdown: CancellationToken,
+    /// What every socket of the node shares: settings, clock, drain signal.
+    pub(crate) sockets: SocketNode,
 }
 
 impl std::ops::Deref for AppState {

@@ -289,10 +289,16 @@ async fn with_header_timeout(timeout: Duration) -> TestServer {
 }
 
 /// A 101 of §4 for `key`, then the session's welcome frame.
-async fn assert_socket(answer: &Answer, conn: Conn, session: &Session, key: &str) {
+async fn assert_socket(
+    answer: &Answer,
+    conn: Conn,
+    session: &Session,
+    key: &str,
+) -> WebSocketStream<TcpStream> {
     assert_accepts(answer, key);
     let mut ws = conn.into_ws().await;
     assert_welcome(&mut ws, session).await;
+    ws
 }
 
 /// `answer` is a 101, and the socket after it starts with a welcome.
@@ -372,7 +378,9 @@ async fn a_first_connect_request_is_admitted_with_101_and_welcome() {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
         "{answer:?}"
     );
-    assert_socket(&answer, conn, &session, WS_KEY).await;
+    // Held open: a dropped client socket leaves the registry as soon as the server
+    // reads its EOF.
+    let _ws = assert_socket(&answer, conn, &session, WS_KEY).await;
     assert_eq!(server.state.registry.len(), 1);
 }
 

@@ -110,7 +110,16 @@ both_stores!(
 both_stores!(
     concurrent_refreshes_with_one_token_have_exactly_one_winner,
     |kind| async move {
-        let server = Arc::new(TestServer::builder().store(kind).start().await);
+        // The race, not the per-session quota, is under test here.
+        let server = Arc::new(
+            TestServer::builder()
+                .store(kind)
+                .config(|c| {
+                    c.rates.session = ticketgate::config::Rate::parse("1000/min").expect("rate")
+                })
+                .start()
+                .await,
+        );
         let (_client, session) = server.login().await;
         let token = session.refresh_token.clone().expect("refresh token");
         let barrier = Arc::new(tokio::sync::Barrier::new(50));
@@ -333,6 +342,81 @@ both_stores!(
             error_of(refresh(&server, &session, &token).await).await,
             (401, "token_revoked".into())
         );
+    }
+);
+
+/// Logout, Bearer + signed with `session`'s key.
+async fn logout(server: &TestServer, session: &Session) -> reqwest::Response {
+    Signed {
+        server,
+        path: "/v1/logout",
+        key: &session.signing_key,
+        device_id: &session.device_id,
+        bearer: Some(&session.access_token),
+        body: "{}",
+    }
+    .send()
+    .await
+}
+
+both_stores!(
+    logout_of_an_ended_session_answers_token_revoked_and_touches_nothing,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (_client, session) = server.login().await;
+        assert_eq!(logout(&server, &session).await.status(), 204);
+        let before = matches!(kind, StoreKind::Redis).then(|| server.redis_stats());
+        for _ in 0..5 {
+            assert_eq!(
+                error_of(logout(&server, &session).await).await,
+                (401, "token_revoked".into())
+            );
+        }
+        if let Some(before) = before {
+            let after = server.redis_stats();
+            let count = |stats: &std::collections::HashMap<String, u64>, cmd: &str| {
+                stats.get(cmd).copied().unwrap_or(0)
+            };
+            for cmd in ["publish", "hdel", "zrem", "zcount"] {
+                assert_eq!(
+                    count(&before, cmd),
+                    count(&after, cmd),
+                    "{cmd} sent for an ended session"
+                );
+            }
+        }
+    }
+);
+
+both_stores!(
+    refresh_and_logout_are_limited_per_session_after_the_signature,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.rates.session = ticketgate::config::Rate::parse("3/min").expect("rate"))
+            .start()
+            .await;
+        let (_client, session) = server.login().await;
+        // A forged signature is not the session's: it never uses the session's quota.
+        let forged = Session {
+            signing_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            ..session.clone()
+        };
+        let mut token = session.refresh_token.clone().expect("refresh token");
+        for _ in 0..5 {
+            let response = refresh(&server, &forged, &token).await;
+            assert_eq!(error_of(response).await, (401, "bad_signature".into()));
+        }
+        for _ in 0..3 {
+            token = refreshed(&server, &session, &token)
+                .await
+                .refresh_token
+                .expect("rotated");
+        }
+        let over = refresh(&server, &session, &token).await;
+        assert!(over.headers().contains_key("retry-after"));
+        assert_eq!(error_of(over).await, (429, "rate_limited".into()));
+        assert_eq!(logout(&server, &session).await.status(), 429);
     }
 );
 

@@ -23,7 +23,7 @@ const WELCOME: &str = r#"{"type":"welcome"}"#;
 /// ticketgate's own WebSocket settings with its default frame limit
 /// (`TICKETGATE_MAX_FRAME_BYTES` = 64 KiB): the same buffers, by construction.
 pub fn ws_config() -> WebSocketConfig {
-    ticketgate::ws::admission::ws_config_for(MAX_BODY_BYTES)
+    ticketgate::ws::ws_config_for(MAX_BODY_BYTES)
 }
 
 /// Serves until the process is stopped.

@@ -6,6 +6,7 @@
 //! - [`ticket`]: the self-authenticating one-time ticket format.
 //! - [`users`]: the users file (argon2id hashes) and password checks.
 //! - [`apps`]: the API apps file (app id → secret).
+//! - [`watched`]: files reloaded off the async workers (users, apps).
 //! - [`refresh`]: session ids, refresh tokens and their stored hash.
 
 pub mod apps;
@@ -15,6 +16,7 @@ pub mod signing;
 pub mod ticket;
 pub mod tokens;
 pub mod users;
+pub(crate) mod watched;
 
 pub use crate::clock::{unix_now, unix_now_ms};
 

@@ -6,16 +6,22 @@
 //! blocked = false
 //! ```
 //!
-//! The server re-reads the file when its modification time changes, so
-//! `ticketgate user add/block` take effect on a running node at its next login.
+//! A running node re-reads the file when its modification time changes (looked at
+//! once a second, off the async workers: see [`super::watched`]), so
+//! `ticketgate user add/block` take effect within a second. A change that does not
+//! parse is logged and the last good copy stays in force.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(test)]
 use std::time::SystemTime;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use tokio_util::sync::CancellationToken;
+
+use super::watched::{Watched, RELOAD_EVERY};
 use serde::{Deserialize, Serialize};
 
 /// Errors reading or writing the users file.
@@ -82,6 +88,11 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|_| UsersError::Hash)
+}
+
+/// Parses the users file's text.
+fn parse(text: &str) -> Result<UsersFile, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
 }
 
 fn read(path: &Path) -> Result<UsersFile, UsersError> {
@@ -161,21 +172,10 @@ pub enum PasswordCheck {
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$zzNtXno4iH9qvSslZpOF0g$okX401GWy9EdXRNU/8c+OhRwNqT90Ujjzyo3tS5jft0";
 
-/// How often the users file's modification time is looked at.
-const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The parsed users file and when it was last looked at.
-struct Cache {
-    mtime: Option<SystemTime>,
-    checked: Option<std::time::Instant>,
-    file: Arc<UsersFile>,
-}
-
-/// The users file, cached and re-read when it changes (looked at once a second).
+/// The users file, kept current by [`Users::watch`]; cheap to clone.
 #[derive(Clone)]
 pub struct Users {
-    path: PathBuf,
-    cache: Arc<Mutex<Cache>>,
+    file: Arc<Watched<UsersFile>>,
     /// Verified against when the user does not exist, so unknown users take as long
     /// as wrong passwords.
     dummy_hash: Arc<String>,
@@ -188,44 +188,31 @@ pub struct Users {
 impl Users {
     /// Opens (and first reads) the users file; a missing file means no users.
     pub fn open(path: &Path) -> Result<Users, UsersError> {
-        let users = Users {
-            path: path.to_owned(),
-            cache: Arc::new(Mutex::new(Cache {
-                mtime: None,
-                checked: None,
-                file: Arc::new(UsersFile::default()),
-            })),
+        let file = Watched::open(Some(path), parse).map_err(|e| UsersError::Parse {
+            path: e.path,
+            message: e.message,
+        })?;
+        Ok(Users {
+            file: Arc::new(file),
             dummy_hash: Arc::new(DUMMY_HASH.to_owned()),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
-        };
-        users.current()?;
-        Ok(users)
+        })
     }
 
-    fn current(&self) -> Result<Arc<UsersFile>, UsersError> {
-        // A std mutex: held only to swap an Arc, never across an await.
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Every mint asks whether its user is blocked: look at the file's modification
-        // time at most once a second, not on every call.
-        if cache.checked.is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
-            return Ok(cache.file.clone());
-        }
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if cache.mtime != mtime || mtime.is_none() {
-            cache.file = Arc::new(read(&self.path)?);
-            cache.mtime = mtime;
-        }
-        cache.checked = Some(std::time::Instant::now());
-        Ok(cache.file.clone())
+    /// Keeps the file current until `stop` (see [`Watched::watch`]).
+    pub(crate) async fn watch(self, stop: CancellationToken) {
+        self.file.clone().watch(RELOAD_EVERY, stop).await;
+    }
+
+    fn current(&self) -> Arc<UsersFile> {
+        self.file.current()
     }
 
     /// Whether the user exists and is blocked.
-    pub fn is_blocked(&self, name: &str) -> Result<bool, UsersError> {
-        Ok(self.current()?.users.get(name).is_some_and(|u| u.blocked))
+    pub fn is_blocked(&self, name: &str) -> bool {
+        self.current().users.get(name).is_some_and(|u| u.blocked)
     }
 
     /// Checks a password on a blocking thread, at most one per core at a time.
@@ -244,7 +231,7 @@ impl Users {
     /// Checks a password. CPU-heavy by design (argon2id): call from a blocking thread.
     /// Unknown users are checked against a dummy hash so timing does not tell.
     pub fn check_password(&self, name: &str, password: &str) -> Result<PasswordCheck, UsersError> {
-        let file = self.current()?;
+        let file = self.current();
         let record = file.users.get(name);
         let phc = record
             .map(|u| u.password.as_str())
@@ -302,13 +289,12 @@ mod tests {
             .expect("open")
             .set_modified(later)
             .expect("touch");
-        // The file is looked at again once RECHECK_EVERY has passed.
-        std::thread::sleep(RECHECK_EVERY + std::time::Duration::from_millis(100));
+        assert!(users.file.reload_if_changed().expect("reload"));
         assert_eq!(
             users.check_password("alice", "pw-alice").expect("check"),
             PasswordCheck::Refused
         );
-        assert!(users.is_blocked("alice").expect("blocked"));
+        assert!(users.is_blocked("alice"));
         assert!(matches!(
             set_blocked(&path, "nobody", true),
             Err(UsersError::NoSuchUser(_))

@@ -50,6 +50,8 @@ pub const RATE_MINT_DEVICE: &str = "TICKETGATE_RATE_MINT_DEVICE";
 pub const RATE_CONNECT_DEVICE: &str = "TICKETGATE_RATE_CONNECT_DEVICE";
 /// Connects per IP.
 pub const RATE_CONNECT_IP: &str = "TICKETGATE_RATE_CONNECT_IP";
+/// Refresh and logout calls per session (charged after the signature verified).
+pub const RATE_SESSION: &str = "TICKETGATE_RATE_SESSION";
 /// Frames per connection.
 pub const RATE_FRAMES: &str = "TICKETGATE_RATE_FRAMES";
 /// Concurrent connections per node.

@@ -49,6 +49,8 @@ pub struct RateConfig {
     pub connect_device: Rate,
     /// Connects per IP.
     pub connect_ip: Rate,
+    /// Refresh and logout calls per session (charged after the signature verified).
+    pub session: Rate,
     /// Frames per connection.
     pub frames: Rate,
 }
@@ -223,6 +225,7 @@ impl Config {
                 mint_device: rate("30/min"),
                 connect_device: rate("30/min"),
                 connect_ip: rate("6000/min"),
+                session: rate("30/min"),
                 frames: rate("50/s"),
             },
             ws: WsConfig {

@@ -64,6 +64,7 @@ pub(super) fn read(
             mint_device: src.get(env::RATE_MINT_DEVICE, d.rates.mint_device, rate),
             connect_device: src.get(env::RATE_CONNECT_DEVICE, d.rates.connect_device, rate),
             connect_ip: src.get(env::RATE_CONNECT_IP, d.rates.connect_ip, rate),
+            session: src.get(env::RATE_SESSION, d.rates.session, rate),
             frames: src.get(env::RATE_FRAMES, d.rates.frames, rate),
         },
         ws: WsConfig {

@@ -15,6 +15,7 @@ use crate::auth::ticket::TicketError;
 use crate::auth::tokens::TokenError;
 use crate::sessions::SessionError;
 use crate::store::StoreError;
+use crate::ws::connection::Refusal;
 
 /// Every error a public or admin call can answer.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,15 @@ impl ApiError {
             PayloadTooLarge => (ErrorCode::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
             OriginForbidden => (ErrorCode::OriginForbidden, StatusCode::FORBIDDEN),
             Internal => (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// The refusal a socket sends as an `error` frame for this error: the same code and
+    /// text an HTTP answer would carry.
+    pub(crate) fn refusal(&self) -> Refusal {
+        Refusal {
+            code: self.code_and_status().0,
+            message: self.to_string(),
         }
     }
 

@@ -205,7 +205,7 @@ async fn authenticate(
     if signed.device_id != claims.did {
         return Err(ApiError::DeviceMismatch);
     }
-    if sessions.is_blocked_in_file(&claims.sub)? {
+    if sessions.is_blocked_in_file(&claims.sub) {
         return Err(ApiError::TokenRevoked);
     }
     Ok(Authenticated {

@@ -32,10 +32,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::admission;
 use super::client_ip::client_ip;
 use super::headers::{is_valid_value, Headers, Parsed as ParsedHeaders};
 use crate::state::AppState;
-use crate::ws::admission;
 
 /// The path served without hyper.
 const CONNECT_PATH: &str = "/v1/connect";
@@ -142,7 +142,7 @@ fn parse<'h, 'b>(buf: &'b [u8], storage: &'h mut [httparse::Header<'b>]) -> Pars
 }
 
 /// What a connection does after its first request.
-pub enum Next {
+pub(crate) enum Next {
     /// A connect request was admitted: the socket runs on `stream` (see
     /// [`admission::Admitted::answer_and_run`]); `rest` holds bytes read after the head.
     Socket {
@@ -158,7 +158,7 @@ pub enum Next {
 }
 
 /// Admits `request`, or answers its refusal and hands the connection on to hyper.
-pub async fn serve_connect(
+pub(crate) async fn serve_connect(
     state: &AppState,
     mut stream: TcpStream,
     peer: SocketAddr,

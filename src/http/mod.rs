@@ -7,6 +7,7 @@
 //! requests are admitted there).
 
 pub mod admin;
+pub(crate) mod admission;
 pub mod body;
 pub mod client_ip;
 mod cookie;
@@ -81,7 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/token/refresh", post(public::refresh))
         .route("/v1/logout", post(public::logout))
         .route("/v1/app/login", post(public::app_login))
-        .route("/v1/connect", get(crate::ws::admission::connect))
+        .route("/v1/connect", get(admission::connect))
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))

@@ -94,7 +94,8 @@ pub(crate) async fn refresh(
     let sid = refresh_token_session(&token)
         .ok_or_else(|| request.failed(&state, ApiError::TokenInvalid))?;
     request.verify(&state, &state.sessions.signing_key(sid))?;
-    // Authenticated from here on.
+    // Authenticated from here on: the session's own quota.
+    state.limits.check(Limit::Session(sid))?;
     let refreshed = state
         .sessions
         .refresh(
@@ -117,6 +118,7 @@ pub(crate) async fn logout(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<Response, ApiError> {
+    state.limits.check(Limit::Session(&auth.claims.sid))?;
     state
         .sessions
         .logout(&auth.claims, &auth.signed.nonce)
@@ -144,7 +146,7 @@ pub(crate) async fn app_login(
         .limits
         .check(Limit::LoginDevice(&request.signed.device_id))?;
     let app_id = &request.json.app_id;
-    let secret = state.sessions.app_secret(app_id)?;
+    let secret = state.sessions.app_secret(app_id);
     // Unknown apps cost the same HMAC as known ones and get the same answer.
     let key = secret
         .clone()

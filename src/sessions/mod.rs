@@ -181,11 +181,8 @@ impl Sessions {
     }
 
     /// The secret of an API app, `None` for an unknown app.
-    pub(crate) fn app_secret(&self, app_id: &str) -> Result<Option<Vec<u8>>, SessionError> {
-        self.0
-            .apps
-            .secret(app_id)
-            .map_err(|e| SessionError::Credentials(e.to_string()))
+    pub(crate) fn app_secret(&self, app_id: &str) -> Option<Vec<u8>> {
+        self.0.apps.secret(app_id)
     }
 
     /// Logs an API app in, after its request signature verified with the app's secret:
@@ -345,11 +342,25 @@ impl Sessions {
     }
 
     /// Logs a session out after its Bearer + signed request verified: records the
-    /// nonce, then ends the session everywhere.
+    /// nonce, then ends the session everywhere. A session that already ended answers
+    /// `Revoked` and touches nothing else (no unindexing, no message to the nodes).
     pub(crate) async fn logout(&self, claims: &Claims, nonce: &str) -> Result<Ended, SessionError> {
         self.record_nonce(&claims.sid, nonce).await?;
-        self.end(&claims.sub, vec![claims.sid.clone()], close::REVOKED)
-            .await
+        if !self.0.store.revoke_session(&claims.sid).await? {
+            return Err(SessionError::Revoked);
+        }
+        self.0
+            .store
+            .unindex_session(&claims.sub, &claims.sid)
+            .await?;
+        let sockets = self
+            .close_sockets(vec![claims.sid.clone()], close::REVOKED)
+            .await?;
+        tracing::info!(user_id = %claims.sub, session_id = %claims.sid, sockets, "logged out");
+        Ok(Ended {
+            sessions: 1,
+            sockets,
+        })
     }
 
     /// Ends sessions of one user: deletes them (their refresh tokens die, their access
@@ -422,12 +433,12 @@ impl Sessions {
 
     /// Blocked in the users file or by the admin API (deployment-wide flag).
     pub(crate) async fn is_blocked(&self, user_id: &str) -> Result<bool, SessionError> {
-        Ok(self.0.users.is_blocked(user_id)? || self.0.store.is_blocked(user_id).await?)
+        Ok(self.0.users.is_blocked(user_id) || self.0.store.is_blocked(user_id).await?)
     }
 
     /// Blocked in the users file (no store round trip).
-    pub(crate) fn is_blocked_in_file(&self, user_id: &str) -> Result<bool, SessionError> {
-        Ok(self.0.users.is_blocked(user_id)?)
+    pub(crate) fn is_blocked_in_file(&self, user_id: &str) -> bool {
+        self.0.users.is_blocked(user_id)
     }
 
     /// Mints a one-time ticket for a verified Bearer + signed request, recording its

@@ -24,14 +24,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::inbox::{Inbox, Next};
-use super::registry::{ConnHandle, Outbound, Registration, Registry};
-use crate::auth::tokens::{Claims, TokenError};
+use crate::auth::tokens::Claims;
 use crate::clock::Clock;
 use crate::config::{Config, Rate};
 use crate::limits::frame_limiter;
-use crate::state::AppState;
-use crate::store::{MintOutcome, MintTicket, TicketGrant};
+use crate::registry::inbox::{Inbox, Next};
+use crate::registry::{ConnHandle, Outbound, Registration, Registry};
 
 /// Who is on the other end of an admitted connection.
 #[derive(Debug, Clone)]
@@ -123,6 +121,11 @@ impl SocketNode {
         }
     }
 
+    /// The clock every socket of this node reads.
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
     /// The settings every socket of this node runs with.
     pub fn settings(&self) -> &SocketSettings {
         &self.settings
@@ -137,13 +140,22 @@ impl SocketNode {
     }
 }
 
+/// Why a client frame was refused: the code and text of the `error` frame it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The protocol error code.
+    pub code: ErrorCode,
+    /// A human-readable reason (no secrets).
+    pub message: String,
+}
+
 /// What a socket needs from the rest of its node.
 pub trait SocketServices: Send + Sync + 'static {
     /// Verifies an access token presented in a `refresh` frame.
     ///
     /// # Errors
-    /// [`TokenError`] when the token is expired or invalid.
-    fn verify_access(&self, token: &str) -> Result<Claims, TokenError>;
+    /// The [`Refusal`] the client gets in an `error` frame (expired or invalid).
+    fn verify_access(&self, token: &str) -> Result<Claims, Refusal>;
 
     /// A `resume` frame carrying a one-time ticket for the same session and device,
     /// offered before a drain close; `None` when there is none to offer.
@@ -496,54 +508,8 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, services: &impl SocketServ
                 ErrorCode::TokenInvalid,
                 "token of another session",
             )),
-            Err(TokenError::Expired) => {
-                Reply::Send(error_frame(ErrorCode::TokenExpired, "access token expired"))
-            }
-            Err(_) => Reply::Send(error_frame(ErrorCode::TokenInvalid, "access token invalid")),
+            Err(refusal) => Reply::Send(error_frame(refusal.code, &refusal.message)),
         },
-    }
-}
-
-/// The server's services: access tokens from the node's key store, resume tickets
-/// minted in the store.
-impl SocketServices for AppState {
-    fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
-        self.keys.verify(token)
-    }
-
-    /// A one-time ticket for the same session and device, offered before a drain close
-    /// so a mass reconnect after a deploy needs no mint round trip. `None` when the
-    /// session has ended or the store does not answer within a second (the client then
-    /// mints as usual).
-    async fn resume_ticket(&self, info: &ConnectionInfo) -> Option<ServerFrame> {
-        let ttl = self.config.ttl.ticket;
-        let expires_at_ms = crate::auth::unix_now_ms() + ttl.as_millis() as i64;
-        let (ticket, ticket_id) = self.tickets.mint(&info.session_id, expires_at_ms);
-        let grant = TicketGrant {
-            device_id: info.device_id.clone(),
-            user_id: info.user_id.clone(),
-            client_type: info.client_type,
-            access_expires_at: info.expires_at,
-        };
-        // Server-made: the nonce only has to be unique.
-        let nonce = format!("resume-{}", crate::auth::random_b64(16));
-        let mint = MintTicket {
-            session_id: &info.session_id,
-            nonce: &nonce,
-            nonce_ttl: ttl,
-            ticket_id: &ticket_id,
-            grant: &grant,
-            ticket_ttl: ttl,
-        };
-        let outcome =
-            tokio::time::timeout(Duration::from_secs(1), self.store.mint_ticket(&mint)).await;
-        match outcome {
-            Ok(Ok(MintOutcome::Minted)) => Some(ServerFrame::Resume {
-                ticket,
-                expires_in: ttl.as_secs().max(1),
-            }),
-            _ => None,
-        }
     }
 }
 
@@ -553,7 +519,8 @@ mod tests {
     //! known instant, and the test clock's unix time follows tokio's.
 
     use super::*;
-    use crate::ws::admission::ws_config_for;
+    use crate::auth::tokens::TokenError;
+    use crate::ws::ws_config_for;
     use tokio::io::{AsyncWriteExt, DuplexStream};
     use tokio::sync::Semaphore;
     use tokio::task::JoinHandle;
@@ -586,11 +553,14 @@ mod tests {
     }
 
     impl SocketServices for TestServices {
-        fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
-            self.tokens
+        /// Refusals spelled as the server's error mapping spells them.
+        fn verify_access(&self, token: &str) -> Result<Claims, Refusal> {
+            let verdict = self
+                .tokens
                 .iter()
                 .find(|(name, _)| *name == token)
-                .map_or(Err(TokenError::Invalid), |(_, verdict)| verdict.clone())
+                .map_or(Err(TokenError::Invalid), |(_, verdict)| verdict.clone());
+            verdict.map_err(|e| crate::http::error::ApiError::from(e).refusal())
         }
 
         async fn resume_ticket(&self, _info: &ConnectionInfo) -> Option<ServerFrame> {

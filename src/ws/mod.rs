@@ -1,7 +1,25 @@
-//! WebSocket: admission (the upgrade that consumes a ticket), the connection's frame
-//! loop, and the registry of live connections.
+//! WebSocket: the frame loop of an admitted connection ([`connection`]) and the
+//! WebSocket settings every socket of a node (and the load harness's baseline) uses.
+//! Admission, the upgrade that consumes a ticket, is HTTP's: `http::admission`.
 
-pub mod admission;
 pub mod connection;
-pub mod inbox;
-pub mod registry;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
+/// and small buffers: most sockets are idle most of the time, and tungstenite's read
+/// buffer is allocated up front for every socket. The load harness's baseline server
+/// uses this same function, so both are measured with the same buffer settings.
+pub fn ws_config_for(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame_bytes * 4)
+        .accept_unmasked_frames(false)
+}
+
+/// tungstenite's read buffer per socket. Client frames are small JSON; a larger frame
+/// grows the buffer for its own length only.
+pub const READ_BUFFER_BYTES: usize = 1024;

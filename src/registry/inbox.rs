@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use super::registry::Outbound;
+use super::Outbound;
 
 /// What the socket task gets from its inbox.
 #[derive(Debug)]

@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
-use super::inbox::Inbox;
+pub mod inbox;
+
 use dashmap::DashMap;
+use inbox::Inbox;
 use ticketgate_sdk::ClientType;
 
 /// What can be sent to a live connection from elsewhere (kick, push, shutdown).
@@ -213,7 +215,7 @@ mod tests {
         let next = futures_util::FutureExt::now_or_never(rx2.next());
         assert!(matches!(
             next,
-            Some(super::super::inbox::Next::Message(Outbound::Close(4503, _)))
+            Some(super::inbox::Next::Message(Outbound::Close(4503, _)))
         ));
         drop(g2);
         drop(g3);

@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use ticketgate_sdk::protocol::{SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
+use ticketgate_sdk::protocol::{ServerFrame, SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -31,19 +31,22 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use super::connection::{self, ConnectionInfo, Welcome};
+use super::client_ip::{client_ip, PeerAddr};
+use super::error::ApiError;
+use super::headers::{text, Headers};
 use crate::auth::signing::is_device_id;
+use crate::auth::tokens::Claims;
 use crate::auth::unix_now_ms;
-use crate::http::client_ip::{client_ip, PeerAddr};
-use crate::http::error::ApiError;
-use crate::http::headers::{text, Headers};
 use crate::limits::Limit;
+use crate::sessions::TicketFor;
 use crate::state::AppState;
 use crate::store::{AdmitOutcome, AdmitTicket};
+use crate::ws::connection::{self, ConnectionInfo, Refusal, SocketServices, Welcome};
+use crate::ws::ws_config_for;
 
 /// `GET /v1/connect` through hyper and axum: the path of a connect request that was not
 /// the first request of its connection (see [`crate::http::first`] for the usual path).
-pub async fn connect(State(state): State<AppState>, mut req: Request) -> Response {
+pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> Response {
     let peer = req
         .extensions()
         .get::<PeerAddr>()
@@ -73,10 +76,10 @@ pub async fn connect(State(state): State<AppState>, mut req: Request) -> Respons
 
 /// Counts a refused admission and charges it to the IP's failure quota when it failed
 /// authentication: the error to answer with.
-pub fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
+pub(crate) fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
     metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
         .increment(1);
-    crate::http::extract::charge_failure(state, ip, err)
+    super::extract::charge_failure(state, ip, err)
 }
 
 /// The handshake headers a WebSocket upgrade needs, checked.
@@ -176,7 +179,7 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
 
 /// A consumed ticket: the socket may open. Holds the connection's slot and its early
 /// registration until [`Admitted::run`] takes them over.
-pub struct Admitted {
+pub(crate) struct Admitted {
     accept_key: String,
     /// Whether the answer names `ticketgate.v1` (only when the client offered it).
     offered_subprotocol: bool,
@@ -191,7 +194,7 @@ impl Admitted {
     }
 
     /// The `101 Switching Protocols` answer, for hyper.
-    pub fn switching_protocols(&self) -> Response {
+    pub(crate) fn switching_protocols(&self) -> Response {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -205,7 +208,7 @@ impl Admitted {
 
     /// Runs the socket on `io`, a connection hyper upgraded after
     /// [`Admitted::switching_protocols`].
-    pub async fn run_upgraded<S>(self, state: AppState, io: S)
+    pub(crate) async fn run_upgraded<S>(self, state: AppState, io: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -216,7 +219,12 @@ impl Admitted {
     /// frame in one write (one segment instead of two, for the client and for us), then
     /// runs the socket. `read_ahead` holds bytes the client sent after its request head
     /// that were already read.
-    pub async fn answer_and_run(self, state: AppState, mut io: TcpStream, read_ahead: Vec<u8>) {
+    pub(crate) async fn answer_and_run(
+        self,
+        state: AppState,
+        mut io: TcpStream,
+        read_ahead: Vec<u8>,
+    ) {
         let mut out = self.switching_protocols_head();
         let welcome = Frame::message(
             connection::welcome_text(&self.info),
@@ -247,15 +255,8 @@ impl Admitted {
             registered,
             ..
         } = self;
-        // Interim: built per socket until the node builds it once (a field of the
-        // shared state) and each socket borrows it.
-        let node = connection::SocketNode::new(
-            connection::SocketSettings::new(&state.config),
-            std::sync::Arc::new(crate::clock::SystemClock),
-            state.shutdown.clone(),
-            state.limits.clock().clone(),
-        );
-        connection::run(ws, info, &node, &state, permit, registered, welcome).await;
+        let sockets = &state.sockets;
+        connection::run(ws, info, sockets, &state, permit, registered, welcome).await;
     }
 
     /// The 101 answer as raw HTTP/1.1 bytes (the fields of
@@ -294,7 +295,7 @@ fn switching_protocols_fields(
 
 /// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
 /// ticket was consumed and the socket may open.
-pub async fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     ip: std::net::IpAddr,
     headers: &impl Headers,
@@ -324,7 +325,7 @@ pub async fn admit(
     let conn_id = crate::auth::random_id(9);
     let registered = connection::register(
         &state.registry,
-        &crate::clock::SystemClock,
+        state.sockets.clock(),
         conn_id.clone(),
         &verified.session_id,
     );
@@ -364,27 +365,31 @@ pub async fn admit(
 }
 
 /// The WebSocket settings of this node.
-pub fn ws_config(state: &AppState) -> WebSocketConfig {
+pub(crate) fn ws_config(state: &AppState) -> WebSocketConfig {
     ws_config_for(state.config.ws.max_frame_bytes)
 }
 
-/// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
-/// and small buffers: most sockets are idle most of the time, and tungstenite's read
-/// buffer is allocated up front for every socket. The load harness's baseline server
-/// uses this same function, so both are measured with the same buffer settings.
-pub fn ws_config_for(max_frame_bytes: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(max_frame_bytes))
-        .max_frame_size(Some(max_frame_bytes))
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_frame_bytes * 4)
-        .accept_unmasked_frames(false)
-}
+/// What a socket needs from its node: access tokens checked by the sessions service
+/// (refusals spelled by `http/error.rs`), resume tickets minted by it.
+impl SocketServices for AppState {
+    fn verify_access(&self, token: &str) -> Result<Claims, Refusal> {
+        self.sessions
+            .verify_access(token)
+            .map_err(|e| ApiError::from(e).refusal())
+    }
 
-/// tungstenite's read buffer per socket. Client frames are small JSON; a larger frame
-/// grows the buffer for its own length only.
-pub const READ_BUFFER_BYTES: usize = 1024;
+    async fn resume_ticket(&self, info: &ConnectionInfo) -> Option<ServerFrame> {
+        self.sessions
+            .resume_frame(&TicketFor {
+                session_id: &info.session_id,
+                user_id: &info.user_id,
+                device_id: &info.device_id,
+                client_type: info.client_type,
+                access_expires_at: info.expires_at,
+            })
+            .await
+    }
+}
 
 #[cfg(test)]
 mod tests {
