@@ -10,7 +10,7 @@
 //!    costs no store command and is charged to the IP's failure quota.
 //! 5. The device's connect quota is charged (only for a ticket whose MAC verified).
 //! 6. ONE store round trip consumes the ticket and checks device and session.
-//! 7. Only then does the 101 go out, and the socket starts ([`Admitted::run`]).
+//! 7. Only then does the 101 go out, and the socket starts ([`Admitted`]).
 //!
 //! [`admit`] is the same for both transports: a connect request that is the first
 //! request of its connection (nearly all) is read by [`crate::http::first`] and answered
@@ -44,43 +44,78 @@ use crate::store::{AdmitOutcome, AdmitTicket};
 use crate::ws::connection::{self, ConnectionInfo, Refusal, SocketServices, Welcome};
 use crate::ws::ws_config_for;
 
-/// `GET /v1/connect` through hyper and axum: the path of a connect request that was not
-/// the first request of its connection (see [`crate::http::first`] for the usual path).
-pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> Response {
-    let peer = req
-        .extensions()
-        .get::<PeerAddr>()
-        .map(|p| p.0)
-        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
-    if req.version() != axum::http::Version::HTTP_11 {
-        // hyper upgrades HTTP/1.1 connections only: admitting would burn the ticket
-        // and the 101 would lead nowhere.
-        let err = ApiError::BadRequest("a WebSocket upgrade needs HTTP/1.1".into());
-        return refused(&state, ip, err).into_response();
-    }
-    let admitted = match admit(&state, ip, req.headers(), req.uri().query()).await {
-        Ok(admitted) => admitted,
-        Err(err) => return refused(&state, ip, err).into_response(),
+/// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
+/// ticket was consumed and the socket may open.
+pub(crate) async fn admit(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    headers: &impl Headers,
+    query: Option<&str>,
+) -> Result<Admitted, ApiError> {
+    let handshake = check_handshake(headers)?;
+    check_origin(state, headers)?;
+    let presented = presented(headers, query)?;
+
+    state.limits.check(Limit::ConnectIp(ip))?;
+    let permit = state
+        .connection_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::ServerBusy)?;
+
+    let verified = state.tickets.verify(&presented.ticket, unix_now_ms())?;
+    // Keyed on the MAC-verified session, not the presented device id: the MAC does not
+    // cover the device, so a replayed ticket naming a victim's device must not drain
+    // the victim's quota. A session belongs to one device, so this is per device.
+    state
+        .limits
+        .check(Limit::ConnectDevice(&verified.session_id))?;
+
+    // Registered before the ticket is consumed: a revocation that lands between the
+    // admission script and the socket's start finds it and queues its close.
+    let conn_id = crate::auth::random_id(9);
+    let registered = connection::register(
+        &state.registry,
+        state.sockets.clock(),
+        conn_id.clone(),
+        &verified.session_id,
+    );
+
+    let outcome = state
+        .store
+        .admit_ticket(&AdmitTicket {
+            session_id: &verified.session_id,
+            ticket_id: &verified.ticket_id,
+            device_id: &presented.device_id,
+        })
+        .await?;
+    let grant = match outcome {
+        AdmitOutcome::Admitted(grant) => grant,
+        AdmitOutcome::DeviceMismatch => return Err(ApiError::DeviceMismatch),
+        AdmitOutcome::Unknown | AdmitOutcome::SessionGone => return Err(ApiError::TicketInvalid),
     };
-    let response = admitted.switching_protocols();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => admitted.run_upgraded(state, TokioIo::new(upgraded)).await,
-            Err(e) => tracing::debug!(cause = %e, "client left before the upgrade completed"),
-        }
-    });
-    response
+
+    registered
+        .registration
+        .admitted(&grant.user_id, &grant.device_id, grant.client_type);
+    crate::metrics::hot().admissions.increment(1);
+    Ok(Admitted {
+        accept_key: handshake.accept_key,
+        offered_subprotocol: presented.offered_subprotocol,
+        info: ConnectionInfo {
+            conn_id,
+            session_id: verified.session_id,
+            user_id: grant.user_id,
+            device_id: grant.device_id,
+            client_type: grant.client_type,
+            expires_at: grant.access_expires_at,
+        },
+        permit,
+        registered,
+    })
 }
 
-/// Counts a refused admission and charges it to the IP's failure quota when it failed
-/// authentication: the error to answer with.
-pub(crate) fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
-    metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
-        .increment(1);
-    super::extract::charge_failure(state, ip, err)
-}
+// The steps of `admit`, in its order.
 
 /// The handshake headers a WebSocket upgrade needs, checked.
 struct Handshake {
@@ -175,6 +210,14 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
         device_id,
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })
+}
+
+/// Counts a refused admission and charges it to the IP's failure quota when it failed
+/// authentication: the error to answer with.
+pub(crate) fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
+    metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
+        .increment(1);
+    super::extract::charge_failure(state, ip, err)
 }
 
 /// A consumed ticket: the socket may open. Holds the connection's slot and its early
@@ -293,77 +336,6 @@ fn switching_protocols_fields(
     .chain([(header::SEC_WEBSOCKET_ACCEPT, accept_key)])
 }
 
-/// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
-/// ticket was consumed and the socket may open.
-pub(crate) async fn admit(
-    state: &AppState,
-    ip: std::net::IpAddr,
-    headers: &impl Headers,
-    query: Option<&str>,
-) -> Result<Admitted, ApiError> {
-    let handshake = check_handshake(headers)?;
-    check_origin(state, headers)?;
-    let presented = presented(headers, query)?;
-
-    state.limits.check(Limit::ConnectIp(ip))?;
-    let permit = state
-        .connection_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::ServerBusy)?;
-
-    let verified = state.tickets.verify(&presented.ticket, unix_now_ms())?;
-    // Keyed on the MAC-verified session, not the presented device id: the MAC does not
-    // cover the device, so a replayed ticket naming a victim's device must not drain
-    // the victim's quota. A session belongs to one device, so this is per device.
-    state
-        .limits
-        .check(Limit::ConnectDevice(&verified.session_id))?;
-
-    // Registered before the ticket is consumed: a revocation that lands between the
-    // admission script and the socket's start finds it and queues its close.
-    let conn_id = crate::auth::random_id(9);
-    let registered = connection::register(
-        &state.registry,
-        state.sockets.clock(),
-        conn_id.clone(),
-        &verified.session_id,
-    );
-
-    let outcome = state
-        .store
-        .admit_ticket(&AdmitTicket {
-            session_id: &verified.session_id,
-            ticket_id: &verified.ticket_id,
-            device_id: &presented.device_id,
-        })
-        .await?;
-    let grant = match outcome {
-        AdmitOutcome::Admitted(grant) => grant,
-        AdmitOutcome::DeviceMismatch => return Err(ApiError::DeviceMismatch),
-        AdmitOutcome::Unknown | AdmitOutcome::SessionGone => return Err(ApiError::TicketInvalid),
-    };
-
-    registered
-        .registration
-        .admitted(&grant.user_id, &grant.device_id, grant.client_type);
-    crate::metrics::hot().admissions.increment(1);
-    Ok(Admitted {
-        accept_key: handshake.accept_key,
-        offered_subprotocol: presented.offered_subprotocol,
-        info: ConnectionInfo {
-            conn_id,
-            session_id: verified.session_id,
-            user_id: grant.user_id,
-            device_id: grant.device_id,
-            client_type: grant.client_type,
-            expires_at: grant.access_expires_at,
-        },
-        permit,
-        registered,
-    })
-}
-
 /// The WebSocket settings of this node.
 pub(crate) fn ws_config(state: &AppState) -> WebSocketConfig {
     ws_config_for(state.config.ws.max_frame_bytes)
@@ -389,6 +361,40 @@ impl SocketServices for AppState {
             })
             .await
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The axum adapter: a connect request that was not the first of its connection.
+// ---------------------------------------------------------------------------------------
+
+/// `GET /v1/connect` through hyper and axum: the path of a connect request that was not
+/// the first request of its connection (see [`crate::http::first`] for the usual path).
+pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    if req.version() != axum::http::Version::HTTP_11 {
+        // hyper upgrades HTTP/1.1 connections only: admitting would burn the ticket
+        // and the 101 would lead nowhere.
+        let err = ApiError::BadRequest("a WebSocket upgrade needs HTTP/1.1".into());
+        return refused(&state, ip, err).into_response();
+    }
+    let admitted = match admit(&state, ip, req.headers(), req.uri().query()).await {
+        Ok(admitted) => admitted,
+        Err(err) => return refused(&state, ip, err).into_response(),
+    };
+    let response = admitted.switching_protocols();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => admitted.run_upgraded(state, TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(cause = %e, "client left before the upgrade completed"),
+        }
+    });
+    response
 }
 
 #[cfg(test)]
