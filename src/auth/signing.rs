@@ -58,9 +58,12 @@ pub fn parse_headers(headers: &HeaderMap) -> Result<SignedHeaders, SigningError>
         return Err(SigningError::BadHeader(HEADER_DEVICE));
     }
     let timestamp = single(headers, HEADER_TIMESTAMP)?;
+    // The canonical decimal only (what the client signed): digits, no leading zero.
+    // `00<ts>` would parse to the same number and verify against `<ts>`.
     if timestamp.is_empty()
         || timestamp.len() > 12
         || !timestamp.bytes().all(|b| b.is_ascii_digit())
+        || (timestamp.len() > 1 && timestamp.starts_with('0'))
     {
         return Err(SigningError::BadHeader(HEADER_TIMESTAMP));
     }
@@ -215,6 +218,9 @@ mod tests {
             (HEADER_TIMESTAMP, Some(b"12.5")),
             (HEADER_TIMESTAMP, Some(b"-5")),
             (HEADER_TIMESTAMP, Some(b"99999999999999999999")),
+            // Not the canonical decimal the client signed: refused, not re-read.
+            (HEADER_TIMESTAMP, Some(b"001700000000")),
+            (HEADER_TIMESTAMP, Some(b"+1700000000")),
             (HEADER_NONCE, Some(b"short")),
             (HEADER_NONCE, Some(b"has space in it 0123456789")),
             (HEADER_NONCE, Some(&[0xff; 30])),
