@@ -52,6 +52,9 @@ pub enum UsersError {
     /// Hashing failed.
     #[error("password hashing failed")]
     Hash,
+    /// Every password check slot stayed busy for [`MAX_QUEUE_WAIT`] (a login flood).
+    #[error("password checks are all busy")]
+    Busy,
     /// The blocking task checking a password died.
     #[error("password check task failed: {0}")]
     Task(String),
@@ -172,6 +175,11 @@ pub enum PasswordCheck {
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$zzNtXno4iH9qvSslZpOF0g$okX401GWy9EdXRNU/8c+OhRwNqT90Ujjzyo3tS5jft0";
 
+/// The longest a login waits for a password check slot. A check takes tens of
+/// milliseconds of one core, so this is a queue of about a hundred logins per core;
+/// past it a login is refused (503 `server_busy`) instead of waiting behind a flood.
+pub const MAX_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The users file, kept current by [`Users::watch`]; cheap to clone.
 #[derive(Clone)]
 pub struct Users {
@@ -215,12 +223,12 @@ impl Users {
         self.current().users.get(name).is_some_and(|u| u.blocked)
     }
 
-    /// Checks a password on a blocking thread, at most one per core at a time.
+    /// Checks a password on a blocking thread, at most one per core at a time, after
+    /// waiting at most [`MAX_QUEUE_WAIT`] for a turn.
     pub async fn verify(&self, name: &str, password: String) -> Result<PasswordCheck, UsersError> {
-        let _permit = self
-            .hashing
-            .acquire()
+        let _permit = tokio::time::timeout(MAX_QUEUE_WAIT, self.hashing.acquire())
             .await
+            .map_err(|_| UsersError::Busy)?
             .map_err(|e| UsersError::Task(e.to_string()))?;
         let (users, name) = (self.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || users.check_password(&name, &password))
@@ -253,6 +261,23 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A login flood must not queue a real login behind it without bound: past the
+    /// wait, the check is refused as busy (503 `server_busy` at the edge).
+    #[tokio::test(start_paused = true)]
+    async fn a_full_password_queue_refuses_after_a_bounded_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        let users = Users::open(&path).expect("open");
+        let permits = users.hashing.available_permits() as u32;
+        let _all_busy = users.hashing.acquire_many(permits).await.expect("permits");
+        let started = tokio::time::Instant::now();
+        let verdict = tokio::time::timeout(MAX_QUEUE_WAIT * 10, users.verify("alice", "pw".into()))
+            .await
+            .expect("the wait is bounded");
+        assert!(matches!(verdict, Err(UsersError::Busy)), "{verdict:?}");
+        assert_eq!(started.elapsed(), MAX_QUEUE_WAIT);
+    }
 
     #[test]
     fn the_dummy_hash_has_the_parameters_of_real_hashes() {

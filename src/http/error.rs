@@ -165,6 +165,10 @@ impl IntoResponse for ApiError {
                     HeaderValue::from(retry_after.as_secs().max(1)),
                 );
             }
+            // A busy node (connection cap, login queue) is busy for a moment.
+            ApiError::ServerBusy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
             ApiError::UpgradeRequired => {
                 headers.insert(
                     header::SEC_WEBSOCKET_VERSION,
@@ -197,6 +201,7 @@ impl From<SessionError> for ApiError {
             SessionError::RefreshLimit => ApiError::RefreshLimit,
             SessionError::DeviceMismatch => ApiError::DeviceMismatch,
             SessionError::Replayed => ApiError::ReplayedRequest,
+            SessionError::Busy => ApiError::ServerBusy,
             SessionError::Store(e) => e.into(),
             // The one place these are logged: the client only learns "internal".
             SessionError::Credentials(_) | SessionError::Signing(_) => {
@@ -238,5 +243,18 @@ impl From<TicketError> for ApiError {
 impl From<crate::limits::RetryAfter> for ApiError {
     fn from(r: crate::limits::RetryAfter) -> Self {
         ApiError::RateLimited { retry_after: r.0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_node_says_when_to_retry_and_errors_are_never_cached() {
+        let busy = ApiError::from(SessionError::Busy).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(busy.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

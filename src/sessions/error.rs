@@ -26,6 +26,9 @@ pub enum SessionError {
     /// The request's nonce was seen before.
     #[error("nonce already used")]
     Replayed,
+    /// Too many password checks queued: try again shortly.
+    #[error("password checks are all busy")]
+    Busy,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -39,6 +42,9 @@ pub enum SessionError {
 
 impl From<UsersError> for SessionError {
     fn from(err: UsersError) -> Self {
-        SessionError::Credentials(err.to_string())
+        match err {
+            UsersError::Busy => SessionError::Busy,
+            other => SessionError::Credentials(other.to_string()),
+        }
     }
 }
