@@ -345,6 +345,40 @@ both_stores!(
     }
 );
 
+/// Answers that carry a token, a ticket or a key are never cached (RFC 6749 §5.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_tokens_or_tickets_are_not_cached() {
+    let server = TestServer::builder().start().await;
+    let login = reqwest::Client::new()
+        .post(format!("{}/v1/login", server.url()))
+        .json(&json!({
+            "username": "alice", "password": PASSWORD, "client_type": "mobile",
+            "device_id": uuid::Uuid::new_v4().to_string(),
+        }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 200);
+    assert_eq!(login.headers()["cache-control"], "no-store");
+    let (_client, session) = server.login().await;
+    let minted = Signed {
+        server: &server,
+        path: "/v1/tickets",
+        key: &session.signing_key,
+        device_id: &session.device_id,
+        bearer: Some(&session.access_token),
+        body: "{}",
+    }
+    .send()
+    .await;
+    assert_eq!(minted.status(), 201);
+    assert_eq!(minted.headers()["cache-control"], "no-store");
+    let token = session.refresh_token.clone().expect("refresh token");
+    let refreshed = refresh(&server, &session, &token).await;
+    assert_eq!(refreshed.status(), 200);
+    assert_eq!(refreshed.headers()["cache-control"], "no-store");
+}
+
 /// Logout, Bearer + signed with `session`'s key.
 async fn logout(server: &TestServer, session: &Session) -> reqwest::Response {
     Signed {
@@ -782,6 +816,11 @@ async fn api_apps_log_in_with_their_secret_and_are_never_replaced() {
         .expect("login");
     let second = login("billing-secret-0123456789", device()).await;
     assert_eq!(second.status(), 200);
+    assert_eq!(
+        second.headers()["cache-control"],
+        "no-store",
+        "RFC 6749 §5.1"
+    );
     assert_eq!(
         error_of(login("wrong-secret", device()).await).await,
         (401, "bad_credentials".into())

@@ -53,18 +53,26 @@ pub(crate) async fn login(
     Ok(login_answer(answer, req.client_type, req.refresh_in_cookie))
 }
 
-/// Answers a login-shaped body; in cookie mode (web only) the refresh token moves from
-/// the body into the refresh cookie ([`cookie::set`]).
+/// Answers a login-shaped body, never cached; in cookie mode (web only) the refresh
+/// token moves from the body into the refresh cookie ([`cookie::set`]).
 fn login_answer(mut answer: LoginResponse, client_type: ClientType, cookie_mode: bool) -> Response {
-    if !(cookie_mode && client_type == ClientType::Web) {
-        return Json(answer).into_response();
-    }
-    let token = answer.refresh_token.take().unwrap_or_default();
-    let cookie = cookie::set(&token, answer.refresh_expires_in);
-    let mut response = Json(answer).into_response();
-    if let Some(value) = cookie {
+    let cookie = (cookie_mode && client_type == ClientType::Web).then(|| {
+        let token = answer.refresh_token.take().unwrap_or_default();
+        cookie::set(&token, answer.refresh_expires_in)
+    });
+    let mut response = no_store(Json(answer).into_response());
+    if let Some(Some(value)) = cookie {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
+    response
+}
+
+/// Marks an answer that carries a token, a ticket or a key as never to be cached
+/// (RFC 6749 §5.1; PROTOCOL §8 "Caps").
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -163,7 +171,7 @@ pub(crate) async fn app_login(
         .sessions
         .app_login(app_id, &request.signed.device_id)
         .await?;
-    Ok(Json(answer).into_response())
+    Ok(login_answer(answer, ClientType::Api, false))
 }
 
 /// `POST /v1/tickets`.
@@ -183,15 +191,17 @@ pub(crate) async fn mint(
         .mint_ticket(&auth.claims, device_id, &auth.signed.nonce)
         .await?;
     crate::metrics::hot().minted.increment(1);
-    let mut response = (
-        StatusCode::CREATED,
-        Json(MintResponse {
-            ticket: minted.ticket,
-            expires_in: minted.expires_in,
-            ws_url: ws_url(&state, &headers),
-        }),
-    )
-        .into_response();
+    let mut response = no_store(
+        (
+            StatusCode::CREATED,
+            Json(MintResponse {
+                ticket: minted.ticket,
+                expires_in: minted.expires_in,
+                ws_url: ws_url(&state, &headers),
+            }),
+        )
+            .into_response(),
+    );
     if let Some(token) = state.sessions.renew_access(&auth.claims).await {
         if let Ok(value) = HeaderValue::from_str(&token) {
             response.headers_mut().insert(HEADER_NEW_TOKEN, value);
