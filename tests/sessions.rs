@@ -691,6 +691,29 @@ async fn introspection_answers_inactive_for_revoked_expired_and_foreign_tokens()
     assert_eq!(answer["active"], false, "expired");
 }
 
+/// Guessing the admin key is charged to the IP's failure quota: past it, 429, and the
+/// right key still works from elsewhere (the quota is per IP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_keys_are_rate_limited_per_ip() {
+    let server = TestServer::builder()
+        .config(|c| c.rates.fail_ip = ticketgate::config::Rate::parse("5/min").expect("rate"))
+        .start()
+        .await;
+    let guess = || {
+        reqwest::Client::new()
+            .post(format!("http://{}/admin/v1/publish", server.admin_addr))
+            .bearer_auth("a-guess-at-the-admin-key")
+            .json(&json!({}))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(error_of(guess().await.expect("sent")).await.0, 401);
+    }
+    let over = guess().await.expect("sent");
+    assert!(over.headers().contains_key("retry-after"));
+    assert_eq!(error_of(over).await, (429, "rate_limited".into()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_without_or_with_a_wrong_key_are_refused() {
     let server = TestServer::builder().start().await;

@@ -20,6 +20,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::error::ApiError;
+use super::extract::{charge_failure, ClientIp};
 use crate::state::AppState;
 
 /// The admin router.
@@ -44,7 +45,13 @@ pub(crate) fn router(state: AppState, metrics: PrometheusHandle) -> Router {
 }
 
 /// Refuses a request without the right admin key (constant-time comparison).
-async fn require_admin_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// A wrong key is charged to the IP's failure quota, so guessing is slow (429 past it).
+async fn require_admin_key(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = state.config.admin_key.as_deref() else {
         return ApiError::AdminUnauthorized.into_response();
     };
@@ -52,7 +59,7 @@ async fn require_admin_key(State(state): State<AppState>, req: Request, next: Ne
     let digest = |s: &str| crate::auth::secrets::hmac32(b"admin-key-compare", s.as_bytes());
     // Comparing fixed-size digests keeps the comparison constant-time in the key length.
     if !ticketgate_sdk::signing::signatures_equal(&digest(given), &digest(expected)) {
-        return ApiError::AdminUnauthorized.into_response();
+        return charge_failure(&state, ip, ApiError::AdminUnauthorized).into_response();
     }
     next.run(req).await
 }

@@ -138,6 +138,7 @@ impl ApiError {
         matches!(
             self,
             BadRequest(_)
+                | AdminUnauthorized
                 | BadCredentials
                 | BadSignature
                 | StaleRequest
