@@ -1,5 +1,5 @@
 //! Building and running a node: config → secrets and keys → store → state → listeners
-//! → wait for the shutdown signal → drain with a grace period.
+//! → wait for the shutdown signal → drain with a grace period ([`crate::shutdown`]).
 //!
 //! Tests start a node with [`Server::bind`] on `127.0.0.1:0` and stop it by resolving the
 //! future given to [`Server::run`].
@@ -7,11 +7,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::apps::{Apps, AppsError};
 use crate::auth::secrets::{load_or_create_server_secret, Secrets, SecretsError};
@@ -19,8 +18,10 @@ use crate::auth::ticket::TicketCodec;
 use crate::auth::tokens::KeyStore;
 use crate::auth::users::{Users, UsersError};
 use crate::config::Config;
+use crate::http::ConnLimits;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::shutdown::{Shutdown, Stopped};
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -60,7 +61,6 @@ pub struct Server {
     public: TcpListener,
     admin: TcpListener,
     state: AppState,
-    shutdown: CancellationToken,
 }
 
 /// Accept queue length: a reconnect storm after a deploy arrives all at once, and the
@@ -120,7 +120,6 @@ impl Server {
         let (store, hub) = open_store(&config, &registry).await?;
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
-        let shutdown = CancellationToken::new();
         let state = AppState::new(Shared {
             tickets: TicketCodec::new(*secrets.ticket_mac_key()),
             limits: Limits::new(&config.rates),
@@ -128,7 +127,7 @@ impl Server {
             registry,
             hub,
             apps,
-            shutdown: shutdown.clone(),
+            shutdown: Shutdown::new(),
             config,
             store,
             secrets,
@@ -139,7 +138,6 @@ impl Server {
             public,
             admin,
             state,
-            shutdown,
         })
     }
 
@@ -160,53 +158,25 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serves until `signal` resolves, then stops accepting, closes every socket with
-    /// 1001 and waits up to the grace period for them to finish.
+    /// Serves until `signal` resolves, then shuts down: stops accepting, lets requests in
+    /// flight finish, closes every socket with 1001 and waits up to the grace period for
+    /// every task of the node.
     pub async fn run(self, signal: impl Future<Output = ()>) {
         let Server {
             public,
             admin,
             state,
-            shutdown,
         } = self;
-        let header_timeout = state.config.header_timeout;
-        let public_task = tokio::spawn(crate::http::serve(
-            public,
-            crate::http::router(state.clone()),
-            header_timeout,
-            shutdown.clone(),
-            Some(state.clone()),
-        ));
-        let admin_task = tokio::spawn(crate::http::serve(
+        let shutdown = state.shutdown.clone();
+        shutdown.spawn(crate::http::serve_public(public, state.clone()));
+        shutdown.spawn(crate::http::serve_admin(
             admin,
             crate::http::admin::router(state.clone(), crate::metrics::handle()),
-            header_timeout,
+            ConnLimits::of(&state.config),
             shutdown.clone(),
-            None,
         ));
-        let sweeper = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_EVERY);
-                loop {
-                    tick.tick().await;
-                    state.limits.retain_recent();
-                    state.keys.sweep();
-                }
-            })
-        };
-        let key_reloader = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(state.config.key_reload);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = state.keys.reload() {
-                        tracing::warn!(cause = %e, "reloading access-token keys failed; keeping the old ones");
-                    }
-                }
-            })
-        };
+        shutdown.spawn_background(sweep(state.clone()));
+        shutdown.spawn_background(reload_keys(state.clone()));
         tracing::info!(
             node_id = %state.config.node_id,
             store = if state.config.redis_url.is_some() { "redis" } else { "embedded" },
@@ -214,19 +184,29 @@ impl Server {
         );
 
         signal.await;
-        tracing::info!("shutting down: closing sockets with 1001");
-        shutdown.cancel();
-        let _ = public_task.await;
-        let _ = admin_task.await;
-        sweeper.abort();
-        key_reloader.abort();
+        tracing::info!(
+            sockets = state.registry.len(),
+            tasks = shutdown.running(),
+            "shutting down: finishing requests, closing sockets with 1001"
+        );
+        let grace = state.config.shutdown_grace;
+        let started = Instant::now();
+        if let Stopped::GraceOver { left } = shutdown.stop(grace).await {
+            tracing::warn!(
+                left,
+                sockets = state.registry.len(),
+                "grace period over with tasks still running"
+            );
+        }
+        // A socket upgraded through hyper (a connect request after another request on
+        // its connection) runs in a task `ws::admission::connect` spawns outside the
+        // tracker: its connection slot says when it is gone.
         let all = u32::try_from(state.config.ws.max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(
-            state.config.shutdown_grace,
-            state.connection_slots.acquire_many(all),
-        )
-        .await;
-        if drained.is_err() {
+        let rest = grace.saturating_sub(started.elapsed());
+        if tokio::time::timeout(rest, state.connection_slots.acquire_many(all))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 left = state.registry.len(),
                 "grace period over with sockets still open"
@@ -236,25 +216,25 @@ impl Server {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Forgets limiter state and access-token keys past their time, every [`SWEEP_EVERY`].
+async fn sweep(state: AppState) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        state.limits.retain_recent();
+        state.keys.sweep();
+    }
+}
+
+/// Reloads access-token keys from the data dir every `key_reload` (new keys appear
+/// there when an operator rotates them).
+async fn reload_keys(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.key_reload);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.keys.reload() {
+            tracing::warn!(cause = %e, "reloading access-token keys failed; keeping the old ones");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

@@ -4,7 +4,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::apps::Apps;
 use crate::auth::secrets::Secrets;
@@ -15,6 +14,7 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::hub::Hub;
 use crate::limits::{Limit, Limits};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::ws::registry::Registry;
 
@@ -46,8 +46,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Connection slots (`max_connections`); a permit lives as long as its socket.
     pub connection_slots: Arc<Semaphore>,
-    /// Cancelled when the node shuts down.
-    pub shutdown: CancellationToken,
+    /// The shutdown signal, and the tracker every task of the node is spawned on.
+    pub shutdown: Shutdown,
 }
 
 impl std::ops::Deref for AppState {
