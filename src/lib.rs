@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: every setting, default, env variable and config-file key.
 //! - [`server`]: builds a node and runs it until shutdown.
+//! - [`shutdown`]: the shutdown signal and the tracker of the node's tasks.
 //! - [`http`]: accept loop, public and admin routers, error mapping.
 //! - [`ws`]: admission (ticket → socket), the connection loop, the registry.
 //! - [`clock`]: the wall clock, read in one place.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod sessions;
+pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod ws;

@@ -186,7 +186,7 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         tracing::info!(public = %server.local_addr(), admin = %server.admin_addr(), "listening");
-        server.run(ticketgate::server::shutdown_signal()).await;
+        server.run(ticketgate::shutdown::os_signal()).await;
         ExitCode::SUCCESS
     })
 }

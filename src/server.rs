@@ -1,5 +1,5 @@
 //! Building and running a node: config → secrets and keys → store → state → listeners
-//! → wait for the shutdown signal → drain with a grace period.
+//! → wait for the shutdown signal → drain with a grace period ([`crate::shutdown`]).
 //!
 //! Tests start a node with [`Server::bind`] on `127.0.0.1:0` and stop it by resolving the
 //! future given to [`Server::run`].
@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::apps::{Apps, AppsError};
 use crate::auth::secrets::{load_or_create_server_secret, Secrets, SecretsError};
@@ -20,10 +19,12 @@ use crate::auth::tokens::KeyStore;
 use crate::auth::users::{Users, UsersError};
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::http::ConnLimits;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::sessions::{Policy, Sessions};
+use crate::shutdown::{Shutdown, Stopped};
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisSettings, RedisStore};
@@ -63,7 +64,6 @@ pub struct Server {
     public: TcpListener,
     admin: TcpListener,
     state: AppState,
-    shutdown: CancellationToken,
     /// The users and apps files, watched while the node runs.
     files: (Users, Apps),
 }
@@ -93,6 +93,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 async fn open_store(
     config: &Config,
     registry: &Registry,
+    shutdown: &Shutdown,
 ) -> Result<(Arc<dyn Store>, Arc<Hub>), StartError> {
     let node_id = config.node_id.clone();
     match &config.redis_url {
@@ -104,7 +105,7 @@ async fn open_store(
         }
         None => {
             let store = MemoryStore::new();
-            store.spawn_sweeper(SWEEP_EVERY);
+            shutdown.spawn_background(store.sweeper(SWEEP_EVERY));
             Ok((Arc::new(store), Hub::local(node_id, registry.clone())))
         }
     }
@@ -122,10 +123,10 @@ impl Server {
         let users = Users::open(&config.users_file)?;
         let apps = Apps::open(config.apps_file.as_deref())?;
         let registry = Registry::default();
-        let (store, hub) = open_store(&config, &registry).await?;
+        let shutdown = Shutdown::new();
+        let (store, hub) = open_store(&config, &registry, &shutdown).await?;
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
-        let shutdown = CancellationToken::new();
         let tickets = TicketCodec::new(*secrets.ticket_mac_key());
         let sessions = Sessions::new(
             store.clone(),
@@ -141,7 +142,7 @@ impl Server {
         let sockets = SocketNode::new(
             SocketSettings::new(&config),
             Arc::new(SystemClock),
-            shutdown.clone(),
+            shutdown.token().clone(),
             limits.clock().clone(),
         );
         let state = AppState::new(Shared {
@@ -152,6 +153,7 @@ impl Server {
             hub,
             sessions,
             tickets,
+            shutdown,
             config,
             store,
             keys,
@@ -160,7 +162,6 @@ impl Server {
             public,
             admin,
             state,
-            shutdown,
             files: (users, apps),
         })
     }
@@ -182,56 +183,28 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serves until `signal` resolves, then stops accepting, closes every socket with
-    /// 1001 and waits up to the grace period for them to finish.
+    /// Serves until `signal` resolves, then shuts down: stops accepting, lets requests in
+    /// flight finish, closes every socket with 1001 and waits up to the grace period for
+    /// every task of the node.
     pub async fn run(self, signal: impl Future<Output = ()>) {
         let Server {
             public,
             admin,
             state,
-            shutdown,
             files: (users, apps),
         } = self;
-        let users_watch = tokio::spawn(users.watch(shutdown.clone()));
-        let apps_watch = tokio::spawn(apps.watch(shutdown.clone()));
-        let header_timeout = state.config.header_timeout;
-        let public_task = tokio::spawn(crate::http::serve(
-            public,
-            crate::http::router(state.clone()),
-            header_timeout,
-            shutdown.clone(),
-            Some(state.clone()),
-        ));
-        let admin_task = tokio::spawn(crate::http::serve(
+        let shutdown = state.shutdown.clone();
+        shutdown.spawn_background(users.watch(shutdown.token().clone()));
+        shutdown.spawn_background(apps.watch(shutdown.token().clone()));
+        shutdown.spawn(crate::http::serve_public(public, state.clone()));
+        shutdown.spawn(crate::http::serve_admin(
             admin,
             crate::http::admin::router(state.clone(), crate::metrics::handle()),
-            header_timeout,
+            ConnLimits::of(&state.config),
             shutdown.clone(),
-            None,
         ));
-        let sweeper = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_EVERY);
-                loop {
-                    tick.tick().await;
-                    state.limits.retain_recent();
-                    state.keys.sweep();
-                }
-            })
-        };
-        let key_reloader = {
-            let state = state.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(state.config.key_reload);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = state.keys.reload() {
-                        tracing::warn!(cause = %e, "reloading access-token keys failed; keeping the old ones");
-                    }
-                }
-            })
-        };
+        shutdown.spawn_background(sweep(state.clone()));
+        shutdown.spawn_background(reload_keys(state.clone()));
         tracing::info!(
             node_id = %state.config.node_id,
             store = if state.config.redis_url.is_some() { "redis" } else { "embedded" },
@@ -239,49 +212,41 @@ impl Server {
         );
 
         signal.await;
-        tracing::info!("shutting down: closing sockets with 1001");
-        shutdown.cancel();
-        let _ = public_task.await;
-        let _ = admin_task.await;
-        sweeper.abort();
-        let _ = users_watch.await;
-        let _ = apps_watch.await;
-        key_reloader.abort();
-        let all = u32::try_from(state.config.ws.max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(
-            state.config.shutdown_grace,
-            state.connection_slots.acquire_many(all),
-        )
-        .await;
-        if drained.is_err() {
+        tracing::info!(
+            sockets = state.registry.len(),
+            tasks = shutdown.running(),
+            "shutting down: finishing requests, closing sockets with 1001"
+        );
+        if let Stopped::GraceOver { left } = shutdown.stop(state.config.shutdown_grace).await {
             tracing::warn!(
-                left = state.registry.len(),
-                "grace period over with sockets still open"
+                left,
+                sockets = state.registry.len(),
+                "grace period over with tasks still running"
             );
         }
         tracing::info!("stopped");
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Forgets limiter state and access-token keys past their time, every [`SWEEP_EVERY`].
+async fn sweep(state: AppState) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        state.limits.retain_recent();
+        state.keys.sweep();
+    }
+}
+
+/// Reloads access-token keys from the data dir every `key_reload` (new keys appear
+/// there when an operator rotates them).
+async fn reload_keys(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.key_reload);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.keys.reload() {
+            tracing::warn!(cause = %e, "reloading access-token keys failed; keeping the old ones");
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

@@ -11,6 +11,7 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::ws::connection::SocketNode;
 
@@ -40,6 +41,8 @@ pub struct Shared {
     pub(crate) connection_slots: Arc<Semaphore>,
     /// What every socket of the node shares: settings, clock, drain signal.
     pub(crate) sockets: SocketNode,
+    /// The shutdown signal, and the tracker every task of the node is spawned on.
+    pub(crate) shutdown: Shutdown,
 }
 
 impl std::ops::Deref for AppState {

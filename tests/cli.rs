@@ -1,12 +1,8 @@
-//! The `ticketgate` binary: config validation, user management, keys, and a graceful
-//! shutdown on SIGTERM.
+//! The `ticketgate` binary: config validation, user management and keys. Its shutdown
+//! on SIGTERM is tested in `tests/shutdown.rs`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
 
@@ -18,14 +14,6 @@ fn ticketgate(dir: &std::path::Path) -> Command {
         .env("TICKETGATE_USERS_FILE", dir.join("users.toml"))
         .env("TICKETGATE_DATA_DIR", dir.join("data"));
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 #[test]
@@ -106,72 +94,4 @@ fn keys_rotate_adds_a_key() {
         .expect("jwt dir")
         .count();
     assert_eq!(keys, 2);
-}
-
-/// SIGTERM: stop accepting, close sockets with 1001, exit 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_sockets_with_1001_and_exits_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut add = ticketgate(dir.path())
-        .args(["user", "add", "alice", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    add.stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"pw-alice-1234")
-        .expect("write");
-    assert!(add.wait().expect("wait").success());
-
-    let (port, admin) = (free_port(), free_port());
-    let mut server = ticketgate(dir.path())
-        .arg("serve")
-        .env("TICKETGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("TICKETGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-        .env("TICKETGATE_SHUTDOWN_GRACE", "3s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("{url}/healthz")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let client = ticketgate_sdk::Client::new(&url).expect("client");
-    let session = client
-        .login("alice", "pw-alice-1234", ticketgate_sdk::ClientType::Mobile)
-        .await
-        .expect("login");
-    let ticket = client.mint_ticket(&session).await.expect("mint");
-    let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");
-
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let code = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(msg) = ws.next().await {
-            if let Ok(Message::Close(frame)) = msg {
-                return frame.map(|f| u16::from(f.code));
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(code, Some(1001));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = server.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "server did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
 }

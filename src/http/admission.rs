@@ -388,7 +388,8 @@ pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> 
     };
     let response = admitted.switching_protocols();
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    let tasks = state.shutdown.clone();
+    tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => admitted.run_upgraded(state, TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(cause = %e, "client left before the upgrade completed"),

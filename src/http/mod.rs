@@ -1,10 +1,14 @@
 //! HTTP: the public and admin routers, the accept loop, and error mapping.
 //!
-//! `axum::serve` cannot set a header read timeout, so [`serve`] runs its own accept loop
-//! on hyper's HTTP/1 connection builder: a client that never finishes its headers is
-//! dropped after `TICKETGATE_HEADER_TIMEOUT` (slowloris guard). On the public listener
-//! the first request of a connection is read by [`first`] before hyper (connect
-//! requests are admitted there).
+//! `axum::serve` cannot set a header read timeout, so [`serve_public`] and
+//! [`serve_admin`] run their own accept loops on hyper's HTTP/1 connection builder: a
+//! client that never finishes its headers is dropped after `TICKETGATE_HEADER_TIMEOUT`
+//! (slowloris guard). On the public listener the first request of a connection is read
+//! by [`first`] before hyper (connect requests are admitted there).
+//!
+//! Every connection, and every socket admitted on one, is a task on the node's
+//! [`Shutdown`] tracker. At the signal the loops stop accepting, requests in flight
+//! finish and are answered, idle connections close, and the node waits for all of it.
 
 pub mod admin;
 pub(crate) mod admission;
@@ -18,6 +22,7 @@ pub mod headers;
 pub mod public;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,10 +35,11 @@ use ticketgate_sdk::protocol::{
     HEADER_DEVICE, HEADER_NEW_TOKEN, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::config::Config;
+use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use client_ip::PeerAddr;
 
@@ -93,23 +99,65 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled; then stops accepting
-/// and lets in-flight requests finish. Upgraded WebSockets are not tracked here: they
-/// watch the same signal themselves.
+/// Time limits of one connection, the same on both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// A request head must be complete within this long (slowloris guard).
+    pub header_timeout: Duration,
+    /// After the shutdown signal, the request in flight gets this long to finish.
+    pub grace: Duration,
+}
+
+impl ConnLimits {
+    /// The limits `config` sets.
+    pub fn of(config: &Config) -> ConnLimits {
+        ConnLimits {
+            header_timeout: config.header_timeout,
+            grace: config.shutdown_grace,
+        }
+    }
+}
+
+/// Serves the public API on `listener` until `state.shutdown` is signalled; then stops
+/// accepting. Every connection is a task on the shutdown tracker, and so is every
+/// socket admitted on one: the node waits for them.
 ///
-/// With `direct` (the public listener), the first request of each connection is read
-/// by [`first`]: a connect request is admitted without hyper, anything else goes on to
-/// hyper with the bytes already read.
-pub async fn serve(
+/// The first request of each connection is read by [`first`]: a connect request is
+/// admitted without hyper, anything else goes on to hyper with the bytes already read.
+pub async fn serve_public(listener: TcpListener, state: AppState) {
+    let router = router(state.clone());
+    let limits = ConnLimits::of(&state.config);
+    accept(&listener, &state.shutdown, |stream, peer| {
+        public_connection(state.clone(), router.clone(), stream, peer, limits)
+    })
+    .await;
+}
+
+/// Serves `router` (the admin API) on `listener` until `shutdown` is signalled; then
+/// stops accepting. Every connection is a task on the shutdown tracker.
+pub async fn serve_admin(
     listener: TcpListener,
     router: Router,
-    header_timeout: Duration,
-    shutdown: CancellationToken,
-    direct: Option<AppState>,
+    limits: ConnLimits,
+    shutdown: Shutdown,
 ) {
+    accept(&listener, &shutdown, |stream, peer| {
+        let io = first::Prefixed::new(Vec::new(), stream);
+        serve_hyper(io, peer, router.clone(), limits, shutdown.clone())
+    })
+    .await;
+}
+
+/// Accepts connections until the signal, each served by `connection` in a task of its
+/// own on the shutdown tracker.
+async fn accept<F, C>(listener: &TcpListener, shutdown: &Shutdown, mut connection: C)
+where
+    C: FnMut(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     loop {
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -121,69 +169,55 @@ pub async fn serve(
             },
         };
         // TCP_NODELAY comes from the listener (`server::bind`).
-        let router = router.clone();
-        let shutdown = shutdown.clone();
-        let direct = direct.clone();
-        tokio::spawn(async move {
-            // Boxed: hyper's state machine is large, and the first request's state
-            // holds its headers; this task allocates room for neither.
-            let Some(state) = direct else {
-                return Box::pin(serve_hyper(
-                    first::Prefixed::new(Vec::new(), stream),
-                    peer,
-                    router,
-                    header_timeout,
-                    shutdown,
-                ))
-                .await;
-            };
-            let next = Box::pin(serve_first(
-                &state,
-                stream,
-                peer,
-                header_timeout,
-                shutdown.clone(),
-            ))
-            .await;
-            match next {
-                first::Next::Socket {
-                    admitted,
-                    stream,
-                    rest,
-                } => {
-                    // A task of its own, sized for the socket alone (this one ends
-                    // here): run inline, the socket kept this task's other states too,
-                    // 1.4 KiB more per idle socket.
-                    tokio::spawn(admitted.answer_and_run(state, stream, rest));
-                }
-                first::Next::Hyper { stream, read } => {
-                    Box::pin(serve_hyper(
-                        first::Prefixed::new(read, stream),
-                        peer,
-                        router,
-                        header_timeout,
-                        shutdown,
-                    ))
-                    .await;
-                }
-                first::Next::Closed => {}
-            }
-        });
+        shutdown.spawn(connection(stream, peer));
+    }
+}
+
+/// One connection of the public listener: its first request read by [`first`], then
+/// a socket or hyper.
+async fn public_connection(
+    state: AppState,
+    router: Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: ConnLimits,
+) {
+    // Boxed: hyper's state machine is large, and the first request's state holds its
+    // headers; this task allocates room for neither.
+    let next = Box::pin(serve_first(&state, stream, peer, limits.header_timeout)).await;
+    match next {
+        first::Next::Socket {
+            admitted,
+            stream,
+            rest,
+        } => {
+            // A task of its own, sized for the socket alone (this one ends here): run
+            // inline, the socket kept this task's other states too, 1.4 KiB more per
+            // idle socket.
+            let shutdown = state.shutdown.clone();
+            shutdown.spawn(admitted.answer_and_run(state, stream, rest));
+        }
+        first::Next::Hyper { stream, read } => {
+            let io = first::Prefixed::new(read, stream);
+            let shutdown = state.shutdown.clone();
+            Box::pin(serve_hyper(io, peer, router, limits, shutdown)).await;
+        }
+        first::Next::Closed => {}
     }
 }
 
 /// The first request of a public connection, read by [`first`] and admitted when it is
-/// a connect request (bounded by the header timeout and by shutdown).
+/// a connect request (bounded by the header timeout). A head still arriving at the
+/// shutdown signal is dropped with its connection: no request was made yet.
 async fn serve_first(
     state: &AppState,
     mut stream: TcpStream,
     peer: SocketAddr,
     header_timeout: Duration,
-    shutdown: CancellationToken,
 ) -> first::Next {
     let read = tokio::select! {
         read = tokio::time::timeout(header_timeout, first::read(&mut stream, MAX_HEAD_BYTES)) => read,
-        () = shutdown.cancelled() => return first::Next::Closed,
+        () = state.shutdown.cancelled() => return first::Next::Closed,
     };
     match read {
         Err(_) | Ok(first::First::Gone) => first::Next::Closed,
@@ -195,13 +229,15 @@ async fn serve_first(
 }
 
 /// hyper's HTTP/1 on one connection, with upgrades and the header timeout, until the
-/// client leaves or `shutdown` (then in-flight requests get 5 s).
+/// client leaves or the shutdown signal. Then the request in flight (its body may still
+/// be arriving) gets up to the grace period to finish and be answered, and the
+/// connection closes; an idle connection closes at once.
 async fn serve_hyper(
     io: first::Prefixed<TcpStream>,
     peer: SocketAddr,
     router: Router,
-    header_timeout: Duration,
-    shutdown: CancellationToken,
+    limits: ConnLimits,
+    shutdown: Shutdown,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
@@ -211,17 +247,22 @@ async fn serve_hyper(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        _ = &mut conn => {}
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
+        // The connection first: hyper closes a connection it has read nothing from at
+        // once, so a request already read by the first-request path must reach it
+        // before the signal is acted on.
+        biased;
+        _ = &mut conn => return,
+        () = shutdown.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout(limits.grace, conn).await.is_err() {
+        tracing::debug!("grace period over with a request in flight; connection dropped");
     }
 }

@@ -120,9 +120,27 @@ impl MemoryStore {
     ///
     /// When called outside a Tokio runtime.
     pub fn spawn_sweeper(&self, every: Duration) -> JoinHandle<()> {
-        let store = Arc::downgrade(&self.inner);
-        let every = every.max(Duration::from_millis(1));
-        tokio::spawn(sweep(store, every))
+        tokio::spawn(self.sweeper(every))
+    }
+
+    /// The sweeping loop of [`MemoryStore::spawn_sweeper`], for a caller that spawns
+    /// (and tracks) it itself.
+    pub fn sweeper(
+        &self,
+        every: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        sweep(
+            Arc::downgrade(&self.inner),
+            every.max(Duration::from_millis(1)),
+        )
+    }
+
+    /// Removes expired entries now, and gives the memory of a map that emptied back
+    /// (after a flood of nonces, the map would otherwise keep its largest size).
+    fn sweep_once(inner: &Inner) {
+        let now = Instant::now();
+        inner.entries.retain(|_, e| e.is_live(now));
+        inner.entries.shrink_to_fit();
     }
 
     /// The number of entries held, including expired ones not yet swept.
@@ -165,8 +183,7 @@ async fn sweep(store: Weak<Inner>, every: Duration) {
         let Some(inner) = store.upgrade() else {
             return;
         };
-        let now = Instant::now();
-        inner.entries.retain(|_, e| e.is_live(now));
+        MemoryStore::sweep_once(&inner);
     }
 }
 
@@ -494,6 +511,26 @@ fn ttl_until(expires_at: i64) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    /// A flood of short-lived entries must not leave the map at its largest size once
+    /// they expired: the sweep gives the memory back.
+    #[tokio::test]
+    async fn a_sweep_gives_back_the_memory_of_expired_entries() {
+        let store = MemoryStore::new();
+        for i in 0..20_000 {
+            let nonce = format!("nonce-{i:0>20}");
+            store
+                .record_nonce("s", &nonce, Duration::from_millis(1))
+                .await
+                .expect("record");
+        }
+        let flooded = store.inner.entries.capacity();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        MemoryStore::sweep_once(&store.inner);
+        assert!(store.is_empty());
+        let after = store.inner.entries.capacity();
+        assert!(after * 10 < flooded, "capacity {flooded} -> {after}");
+    }
+
     use super::*;
 
     #[test]
