@@ -624,6 +624,59 @@ async fn a_draining_node_hands_out_resume_tickets_that_another_node_admits() {
     assert_eq!(api_error(err), (401, Some(ErrorCode::TicketInvalid)));
 }
 
+/// The preflight a browser sends before a credentialed `POST /v1/tickets` from `origin`.
+async fn preflight(server: &TestServer, origin: &'static str) -> reqwest::Response {
+    reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/tickets", server.url()),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, x-tg-signature",
+        )
+        .send()
+        .await
+        .expect("sent")
+}
+
+/// Without an allow list no origin gets cross-origin access with credentials, and
+/// `null` (sandboxed frames, `file:` pages) is never reflected, listed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_access_is_off_by_default_and_null_is_never_allowed() {
+    let default = TestServer::builder().start().await;
+    for origin in ["https://evil.example", "null"] {
+        let answer = preflight(&default, origin).await;
+        assert!(
+            answer
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none(),
+            "{origin}"
+        );
+        assert!(
+            answer
+                .headers()
+                .get("access-control-allow-credentials")
+                .is_none(),
+            "{origin}"
+        );
+    }
+    let listed = TestServer::builder()
+        .config(|c| c.ws.allowed_origins = Some(vec!["https://app.example".into(), "null".into()]))
+        .start()
+        .await;
+    let null = preflight(&listed, "null").await;
+    assert!(null.headers().get("access-control-allow-origin").is_none());
+    let app = preflight(&listed, "https://app.example").await;
+    assert_eq!(
+        app.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
 /// Browsers: CORS on `/v1/*` follows the origin allow list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_follows_the_origin_allow_list() {
@@ -631,23 +684,7 @@ async fn cors_follows_the_origin_allow_list() {
         .config(|c| c.ws.allowed_origins = Some(vec!["https://app.example".into()]))
         .start()
         .await;
-    let preflight = |origin: &'static str| {
-        let url = format!("{}/v1/tickets", server.url());
-        async move {
-            reqwest::Client::new()
-                .request(reqwest::Method::OPTIONS, url)
-                .header("origin", origin)
-                .header("access-control-request-method", "POST")
-                .header(
-                    "access-control-request-headers",
-                    "authorization, x-tg-signature",
-                )
-                .send()
-                .await
-                .expect("sent")
-        }
-    };
-    let allowed = preflight("https://app.example").await;
+    let allowed = preflight(&server, "https://app.example").await;
     let headers = allowed.headers();
     assert_eq!(
         headers
@@ -661,7 +698,7 @@ async fn cors_follows_the_origin_allow_list() {
             .and_then(|v| v.to_str().ok()),
         Some("true")
     );
-    let refused = preflight("https://evil.example").await;
+    let refused = preflight(&server, "https://evil.example").await;
     assert!(refused
         .headers()
         .get("access-control-allow-origin")

@@ -46,21 +46,27 @@ use client_ip::PeerAddr;
 /// Largest request head (request line + headers) accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// CORS for browsers: the WebSocket origin allow list governs it too
-/// (credentials allowed, `X-New-Token` and `Retry-After` readable by scripts).
-fn cors(state: &AppState) -> CorsLayer {
-    let origins = match &state.config.ws.allowed_origins {
-        // "Any origin" with credentials cannot be `*`: echo the request's origin.
-        None => AllowOrigin::mirror_request(),
-        Some(list) => {
-            let values: Vec<HeaderValue> = list
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect();
-            AllowOrigin::list(values)
-        }
-    };
-    CorsLayer::new()
+/// CORS for browsers, from the WebSocket origin allow list (credentials allowed,
+/// `X-New-Token` and `Retry-After` readable by scripts). Without a list there is no
+/// cross-origin access at all: no CORS headers.
+fn cors(state: &AppState) -> Option<CorsLayer> {
+    // No list: no origin gets cross-origin access (credentials make mirroring any
+    // origin as good as no same-origin policy). `null` is the origin of sandboxed
+    // frames and `file:` pages, which any attacker can produce: never allowed.
+    let values: Vec<HeaderValue> = state
+        .config
+        .ws
+        .allowed_origins
+        .iter()
+        .flatten()
+        .filter(|o| !o.eq_ignore_ascii_case("null"))
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let origins = AllowOrigin::list(values);
+    let layer = CorsLayer::new()
         .allow_origin(origins)
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST])
@@ -76,13 +82,14 @@ fn cors(state: &AppState) -> CorsLayer {
             HeaderName::from_static(HEADER_NEW_TOKEN),
             header::RETRY_AFTER,
         ])
-        .max_age(Duration::from_secs(600))
+        .max_age(Duration::from_secs(600));
+    Some(layer)
 }
 
 /// The public router.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state);
-    Router::new()
+    let router = Router::new()
         .route("/v1/login", post(public::login))
         .route("/v1/tickets", post(public::mint))
         .route("/v1/token/refresh", post(public::refresh))
@@ -94,9 +101,12 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(public::readyz))
         .fallback(public::not_found)
         .method_not_allowed_fallback(public::not_found)
-        .with_state(state)
+        .with_state(state);
+    match cors {
         // Outermost, so preflight `OPTIONS` is answered before routing.
-        .layer(cors)
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// Time limits of one connection, the same on both listeners.
