@@ -23,7 +23,7 @@ use crate::http::ConnLimits;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::registry::Registry;
-use crate::sessions::{Policy, Sessions};
+use crate::sessions::{self, Policy, Sessions};
 use crate::shutdown::{Shutdown, Stopped};
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
@@ -128,16 +128,16 @@ impl Server {
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
         let tickets = TicketCodec::new(*secrets.ticket_mac_key());
-        let sessions = Sessions::new(
-            store.clone(),
-            hub.clone(),
-            keys.clone(),
+        let sessions = Sessions::new(sessions::Parts {
+            store: store.clone(),
+            hub: hub.clone(),
+            keys: keys.clone(),
             secrets,
-            tickets.clone(),
-            users.clone(),
-            apps.clone(),
-            Policy::from_config(&config),
-        );
+            tickets: tickets.clone(),
+            users: users.clone(),
+            apps: apps.clone(),
+            policy: Policy::from_config(&config),
+        });
         let limits = Limits::new(&config.rates);
         let sockets = SocketNode::new(
             SocketSettings::new(&config),

@@ -52,6 +52,20 @@ async fn refreshed(server: &TestServer, session: &Session, token: &str) -> Login
     response.json().await.expect("login body")
 }
 
+/// Logout, Bearer + signed with `session`'s key.
+async fn logout(server: &TestServer, session: &Session) -> reqwest::Response {
+    Signed {
+        server,
+        path: "/v1/logout",
+        key: &session.signing_key,
+        device_id: &session.device_id,
+        bearer: Some(&session.access_token),
+        body: "{}",
+    }
+    .send()
+    .await
+}
+
 async fn admin(server: &TestServer, path: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("http://{}{path}", server.admin_addr))
@@ -325,17 +339,7 @@ both_stores!(
         let server = TestServer::builder().store(kind).start().await;
         let (client, session) = server.login().await;
         let mut ws = socket(&server, &client, &session).await;
-        let response = Signed {
-            server: &server,
-            path: "/v1/logout",
-            key: &session.signing_key,
-            device_id: &session.device_id,
-            bearer: Some(&session.access_token),
-            body: "{}",
-        }
-        .send()
-        .await;
-        assert_eq!(response.status(), 204);
+        assert_eq!(logout(&server, &session).await.status(), 204);
         assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
         let token = session.refresh_token.clone().expect("refresh token");
         assert_eq!(
@@ -377,20 +381,6 @@ async fn answers_with_tokens_or_tickets_are_not_cached() {
     let refreshed = refresh(&server, &session, &token).await;
     assert_eq!(refreshed.status(), 200);
     assert_eq!(refreshed.headers()["cache-control"], "no-store");
-}
-
-/// Logout, Bearer + signed with `session`'s key.
-async fn logout(server: &TestServer, session: &Session) -> reqwest::Response {
-    Signed {
-        server,
-        path: "/v1/logout",
-        key: &session.signing_key,
-        device_id: &session.device_id,
-        bearer: Some(&session.access_token),
-        body: "{}",
-    }
-    .send()
-    .await
 }
 
 both_stores!(

@@ -126,42 +126,25 @@ pub struct Ended {
 
 /// The sessions service of a node; cheap to clone.
 #[derive(Clone)]
-pub struct Sessions(Arc<Inner>);
+pub struct Sessions(Arc<Parts>);
 
-struct Inner {
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    keys: KeyStore,
-    secrets: Secrets,
-    tickets: TicketCodec,
-    users: Users,
-    apps: Apps,
-    policy: Policy,
+/// What the sessions service works with: the node's store and hub, its keys and
+/// secrets, the credential files, and the policy.
+pub(crate) struct Parts {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) keys: KeyStore,
+    pub(crate) secrets: Secrets,
+    pub(crate) tickets: TicketCodec,
+    pub(crate) users: Users,
+    pub(crate) apps: Apps,
+    pub(crate) policy: Policy,
 }
 
 impl Sessions {
-    /// The service over the node's store, hub, keys and credential files.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        store: Arc<dyn Store>,
-        hub: Arc<Hub>,
-        keys: KeyStore,
-        secrets: Secrets,
-        tickets: TicketCodec,
-        users: Users,
-        apps: Apps,
-        policy: Policy,
-    ) -> Sessions {
-        Sessions(Arc::new(Inner {
-            store,
-            hub,
-            keys,
-            secrets,
-            tickets,
-            users,
-            apps,
-            policy,
-        }))
+    /// The service over its parts.
+    pub(crate) fn new(parts: Parts) -> Sessions {
+        Sessions(Arc::new(parts))
     }
 
     /// Logs a user in with a password: a session of `client_type` for `device_id`.
