@@ -411,6 +411,10 @@ where
                     Some(Err(WsError::Protocol(_))) => {
                         return Exit::Close(close::PROTOCOL_ERROR, "protocol error")
                     }
+                    // A text frame or close reason that is not UTF-8 (RFC 6455 §8.1).
+                    Some(Err(WsError::Utf8(_))) => {
+                        return Exit::Close(close::INVALID_PAYLOAD, "invalid utf-8")
+                    }
                     Some(Err(WsError::Io(e))) => return match Violation::of(&e) {
                         Some(Violation::Flood) => Exit::Close(close::FLOOD, "message flood"),
                         Some(Violation::TooManyFragments) => {
@@ -1046,5 +1050,29 @@ mod tests {
             socket.close().await,
             (close::FLOOD, "message flood".to_owned())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_utf8_in_a_text_frame_or_a_close_reason_closes_with_1007() {
+        let bad_text = raw_frame(true, 0x1, &[b'{', 0xff, 0xfe, b'}']);
+        let bad_reason = raw_frame(true, 0x8, &[0x03, 0xe8, 0xc3, 0x28]);
+        // Split over two fragments, the bad sequence across the boundary.
+        let mut bad_fragments = raw_frame(false, 0x1, &[b'"', 0xe2]);
+        bad_fragments.extend(raw_frame(true, 0x0, &[0x28, 0xa1, b'"']));
+        for (what, bytes) in [
+            ("text", bad_text),
+            ("close reason", bad_reason),
+            ("fragments", bad_fragments),
+        ] {
+            let mut socket = Setup::default().open().await;
+            assert_eq!(socket.frame().await, welcome());
+            let raw = socket.client.get_mut();
+            raw.write_all(&bytes).await.expect("written");
+            assert_eq!(
+                socket.close().await,
+                (close::INVALID_PAYLOAD, "invalid utf-8".to_owned()),
+                "{what}"
+            );
+        }
     }
 }
