@@ -149,18 +149,45 @@ fn user(config: &Config, command: UserCommand) -> ExitCode {
     }
 }
 
+/// Dependencies whose logs stop at `warn` whatever `RUST_LOG` says: at debug and trace
+/// they print request heads and URIs (a ticket rides in `?ticket=` or a subprotocol)
+/// and whole frames (a `refresh` frame carries an access token).
+const CAPPED_TARGETS: [&str; 10] = [
+    "hyper",
+    "hyper_util",
+    "h2",
+    "tungstenite",
+    "tokio_tungstenite",
+    "axum",
+    "tower",
+    "tower_http",
+    "fred",
+    "reqwest",
+];
+
+/// Logs to stdout through two filters, both of which must let an event through:
+/// `RUST_LOG` (default `info`), and a fixed cap on [`CAPPED_TARGETS`]. The cap is a
+/// filter of its own, not directives appended to `RUST_LOG`: a more specific directive
+/// (`tungstenite::protocol=trace`) would win over an appended `tungstenite=warn`.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
-    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    // Dependencies are capped whatever RUST_LOG says: their debug logs dump frames and
-    // request URIs, and a URI may carry `?ticket=`.
-    let filter = format!("{base},hyper=warn,hyper_util=warn,tungstenite=warn,tokio_tungstenite=warn,axum=warn,fred=warn,h2=warn");
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let wanted = EnvFilter::try_new(wanted).unwrap_or_else(|_| EnvFilter::new("info"));
+    let cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(CAPPED_TARGETS.map(|target| (target, LevelFilter::WARN)));
+    let output = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(output)
+        .with(wanted)
+        .with(cap)
+        .init();
 }
 
 fn serve(config: Config) -> ExitCode {

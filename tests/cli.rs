@@ -3,8 +3,20 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
 
 fn ticketgate(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
@@ -94,4 +106,104 @@ fn keys_rotate_adds_a_key() {
         .expect("jwt dir")
         .count();
     assert_eq!(keys, 2);
+}
+
+/// Dependencies are capped whatever `RUST_LOG` says: at trace, tungstenite prints every
+/// frame (a `refresh` frame carries an access token) and hyper the request heads (a
+/// ticket). Run the binary with every directive lifted, log in, mint, connect, refresh
+/// over the socket, stop it: neither secret is in its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_cannot_lift_the_cap_on_dependencies() {
+    // Each with a line of ticketgate's own that it lets through.
+    for (rust_log, own_line) in [
+        (
+            "trace,tungstenite=trace,tokio_tungstenite=trace,hyper=trace",
+            "connection admitted",
+        ),
+        (
+            "info,tungstenite::protocol=trace,tokio_tungstenite::compat=trace,hyper::proto=trace",
+            "session opened",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut add = ticketgate(dir.path())
+            .args(["user", "add", "alice", "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        add.stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"pw-alice-1234")
+            .expect("write");
+        assert!(add.wait().expect("wait").success());
+
+        let (port, admin) = (free_port(), free_port());
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut server = ticketgate(dir.path())
+            .arg("serve")
+            .env("RUST_LOG", rust_log)
+            .env("TICKETGATE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TICKETGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("TICKETGATE_SHUTDOWN_GRACE", "1s")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn server");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::get(format!("{url}/healthz")).await.is_err() {
+            assert!(Instant::now() < deadline, "server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = ticketgate_sdk::Client::new(&url).expect("client");
+        let session = client
+            .login("alice", "pw-alice-1234", ticketgate_sdk::ClientType::Mobile)
+            .await
+            .expect("login");
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");
+        let refresh = serde_json::json!({"type": "refresh", "access_token": session.access_token});
+        ws.send(Message::text(refresh.to_string()))
+            .await
+            .expect("send");
+        let answer = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer in time")
+            .expect("a frame")
+            .expect("ok");
+        assert!(
+            answer.to_text().expect("text").contains("refreshed"),
+            "{answer:?}"
+        );
+
+        let kill = Command::new("kill")
+            .args(["-TERM", &server.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(kill.success());
+        while ws.next().await.is_some() {}
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let log = std::fs::read_to_string(&log_path).expect("the log");
+        assert!(
+            log.contains(own_line),
+            "RUST_LOG={rust_log} applies to ticketgate itself: {log}"
+        );
+        for (secret, value) in [
+            ("access token", session.access_token.as_str()),
+            ("ticket", ticket.ticket.as_str()),
+        ] {
+            if let Some(at) = log.find(value) {
+                let line = log[..at].rsplit('\n').next().unwrap_or_default();
+                panic!("RUST_LOG={rust_log}: the {secret} is in the log, after: {line}");
+            }
+        }
+    }
 }

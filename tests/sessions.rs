@@ -498,7 +498,9 @@ async fn the_policy_can_allow_several_sessions_per_client_type() {
 async fn a_refresh_frame_extends_the_connection() {
     let server = TestServer::builder()
         .config(|c| {
-            c.ttl.access = Duration::from_secs(4);
+            // Long enough that a loaded machine (a second or two late) still sends
+            // its ping before the renewed token's own deadline.
+            c.ttl.access = Duration::from_secs(8);
             c.ttl.jwt_leeway = Duration::ZERO;
         })
         .start()
@@ -506,15 +508,15 @@ async fn a_refresh_frame_extends_the_connection() {
     let (client, session) = server.login().await;
     let ticket = client.mint_ticket(&session).await.expect("mint");
     let (mut ws, welcome) = client.connect(&session, &ticket).await.expect("connect");
-    // `expiring` arrives in the renewal window (the last 30 % = 1.2 s).
-    let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+    // `expiring` arrives in the renewal window (the last 30 % = 2.4 s).
+    let frame = tokio::time::timeout(Duration::from_secs(9), ws.next())
         .await
         .expect("in time")
         .expect("frame")
         .expect("ok");
     let frame: Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
     assert_eq!(frame["type"], "expiring");
-    // `expiring` comes 1.8-2.8 s after login, so a token issued now has a later `exp`
+    // `expiring` comes 5.6-6.6 s after login, so a token issued now has a later `exp`
     // (whole seconds) than the one the socket was admitted with.
     let renewed = refreshed(
         &server,

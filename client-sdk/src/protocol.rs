@@ -257,6 +257,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The peer broke the WebSocket protocol (RFC 6455 §7.4.1).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame or close reason that is not valid UTF-8 (RFC 6455 §7.4.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame the protocol does not allow.
     pub const POLICY: u16 = 1008;
     /// Frame or message over the size limit.

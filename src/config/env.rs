@@ -72,6 +72,8 @@ pub const IDLE_TIMEOUT: &str = "TICKETGATE_IDLE_TIMEOUT";
 pub const PING_INTERVAL: &str = "TICKETGATE_PING_INTERVAL";
 /// Largest WebSocket message and frame.
 pub const MAX_FRAME_BYTES: &str = "TICKETGATE_MAX_FRAME_BYTES";
+/// Most frames (fragments) one WebSocket message may have.
+pub const MAX_FRAGMENTS: &str = "TICKETGATE_MAX_FRAGMENTS";
 /// Leeway for `exp`/`nbf` of access tokens.
 pub const JWT_LEEWAY: &str = "TICKETGATE_JWT_LEEWAY";
 /// Time given to connections to close at shutdown.

@@ -79,6 +79,8 @@ pub struct TtlConfig {
 pub struct WsConfig {
     /// Largest message and frame, bytes.
     pub max_frame_bytes: usize,
+    /// Most frames one message may have (its first frame included); over it, close 1008.
+    pub max_fragments: u32,
     /// Close after this long without a frame from the client.
     pub idle_timeout: Duration,
     /// Server ping period.
@@ -230,6 +232,7 @@ impl Config {
             },
             ws: WsConfig {
                 max_frame_bytes: 64 * 1024,
+                max_fragments: 16,
                 idle_timeout: Duration::from_secs(90),
                 ping_interval: Duration::from_secs(30),
                 allowed_origins: None,
@@ -281,6 +284,9 @@ impl Config {
         positive(env::KEY_RELOAD, self.key_reload);
         if self.ws.max_frame_bytes < 1024 {
             errors.push(format!("{} must be at least 1024", env::MAX_FRAME_BYTES));
+        }
+        if self.ws.max_fragments == 0 {
+            errors.push(format!("{} must be at least 1", env::MAX_FRAGMENTS));
         }
         if self.sessions_per_type == 0 {
             errors.push(format!("{} must be at least 1", env::SESSIONS_PER_TYPE));

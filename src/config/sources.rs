@@ -69,6 +69,7 @@ pub(super) fn read(
         },
         ws: WsConfig {
             max_frame_bytes: src.get(env::MAX_FRAME_BYTES, d.ws.max_frame_bytes, parse_byte_count),
+            max_fragments: src.get(env::MAX_FRAGMENTS, d.ws.max_fragments, parse_u32),
             idle_timeout: src.get(env::IDLE_TIMEOUT, d.ws.idle_timeout, dur),
             ping_interval: src.get(env::PING_INTERVAL, d.ws.ping_interval, dur),
             allowed_origins: src.opt_string(env::ALLOWED_ORIGINS).map(|s| parse_list(&s)),
@@ -221,6 +222,15 @@ mod tests {
         ])
         .expect_err("invalid");
         assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn max_fragments_is_read_and_must_be_at_least_one() {
+        assert_eq!(Config::defaults().ws.max_fragments, 16);
+        let c = load(&[(env::MAX_FRAGMENTS, "4")]).expect("valid");
+        assert_eq!(c.ws.max_fragments, 4);
+        let err = load(&[(env::MAX_FRAGMENTS, "0")]).expect_err("zero");
+        assert!(err.to_string().contains(env::MAX_FRAGMENTS), "{err}");
     }
 
     #[test]

@@ -28,8 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::client_ip::{client_ip, PeerAddr};
 use super::error::ApiError;
@@ -290,8 +289,7 @@ impl Admitted {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let config = Some(ws_config(&state));
-        let ws = WebSocketStream::from_partially_read(io, read_ahead, Role::Server, config).await;
+        let ws = crate::ws::accept(io, read_ahead, &state.sockets, ws_config(&state)).await;
         let Admitted {
             info,
             permit,

@@ -30,6 +30,7 @@ use crate::config::{Config, Rate};
 use crate::limits::frame_limiter;
 use crate::registry::inbox::{Inbox, Next};
 use crate::registry::{ConnHandle, Outbound, Registration, Registry};
+use crate::ws::frames::{FrameGuard, Violation};
 
 /// Who is on the other end of an admitted connection.
 #[derive(Debug, Clone)]
@@ -71,8 +72,11 @@ pub struct SocketSettings {
     pub ping_interval: Duration,
     /// Send `expiring` this long before the access token's `exp`.
     pub renewal_window: Duration,
-    /// Client frames allowed per connection; over it, close with 4008.
+    /// Client frames allowed per connection, control and continuation frames
+    /// included; over it, close with 4008.
     pub frames: Rate,
+    /// Most frames one client message may have; over it, close with 1008.
+    pub max_fragments: u32,
     /// How long one write may wait for a client that does not read; then 4010.
     pub send_timeout: Duration,
     /// How long the closing handshake may take.
@@ -87,6 +91,7 @@ impl SocketSettings {
             ping_interval: config.ws.ping_interval,
             renewal_window: renewal_window(config.ttl.access),
             frames: config.rates.frames,
+            max_fragments: config.ws.max_fragments,
             send_timeout: SEND_TIMEOUT,
             close_timeout: CLOSE_TIMEOUT,
         }
@@ -129,6 +134,13 @@ impl SocketNode {
     /// The settings every socket of this node runs with.
     pub fn settings(&self) -> &SocketSettings {
         &self.settings
+    }
+
+    /// `io` guarded with this node's frame rate and fragment cap (`read_ahead`: client
+    /// bytes already read); see [`FrameGuard`].
+    pub(crate) fn frame_guard<T>(&self, io: T, read_ahead: &[u8]) -> FrameGuard<T> {
+        let limiter = frame_limiter(self.settings.frames, &self.frame_clock);
+        FrameGuard::new(io, read_ahead, limiter, self.settings.max_fragments)
     }
 
     /// The instant (tokio clock) of a unix-seconds deadline; now when it has passed.
@@ -335,7 +347,6 @@ where
 {
     let cfg = &node.settings;
     let window = cfg.renewal_window;
-    let limiter = frame_limiter(cfg.frames, &node.frame_clock);
     let shutdown = &node.shutdown;
     if shutdown.is_cancelled() {
         return Exit::Drain;
@@ -399,12 +410,20 @@ where
                     Some(Err(WsError::Protocol(_))) => {
                         return Exit::Close(close::PROTOCOL_ERROR, "protocol error")
                     }
+                    // A text frame or close reason that is not UTF-8 (RFC 6455 §8.1).
+                    Some(Err(WsError::Utf8(_))) => {
+                        return Exit::Close(close::INVALID_PAYLOAD, "invalid utf-8")
+                    }
+                    Some(Err(WsError::Io(e))) => return match Violation::of(&e) {
+                        Some(Violation::Flood) => Exit::Close(close::FLOOD, "message flood"),
+                        Some(Violation::TooManyFragments) => {
+                            Exit::Close(close::POLICY, "too many fragments")
+                        }
+                        None => Exit::Gone,
+                    },
                     Some(Err(_)) => return Exit::Gone,
                     Some(Ok(msg)) => msg,
                 };
-                if limiter.check().is_err() {
-                    return Exit::Close(close::FLOOD, "message flood");
-                }
                 idle_deadline = Instant::now() + cfg.idle_timeout;
                 match msg {
                     Message::Text(t) => match handle_frame(t.as_str(), info, services) {
@@ -598,6 +617,7 @@ mod tests {
                     ping_interval: NEVER,
                     renewal_window: Duration::from_secs(60),
                     frames: Rate::per_second(1000),
+                    max_fragments: 16,
                     send_timeout: Duration::from_secs(10),
                     close_timeout: Duration::from_secs(2),
                 },
@@ -646,8 +666,7 @@ mod tests {
             };
             let (services, welcome) = (self.services, self.welcome);
             let task = tokio::spawn(async move {
-                let config = Some(ws_config_for(4096));
-                let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, config).await;
+                let ws = crate::ws::accept(server_io, Vec::new(), &node, ws_config_for(4096)).await;
                 run(ws, info, &node, &services, permit, registered, welcome).await;
             });
             let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
@@ -973,5 +992,81 @@ mod tests {
             socket.close().await,
             (close::FLOOD, "message flood".to_owned())
         );
+    }
+
+    /// A masked client frame (mask key 0) as raw bytes.
+    fn raw_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(payload.len()).expect("a short payload");
+        let mut out = vec![u8::from(fin) << 7 | opcode, 0x80 | len];
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_continuation_frames_close_with_1008_past_the_fragment_cap() {
+        let mut socket = Setup::default().open().await;
+        assert_eq!(socket.frame().await, welcome());
+        // An opening fragment, then empty continuations that never finish the message:
+        // tungstenite alone hands the loop nothing, ever.
+        let mut flood = raw_frame(false, 0x1, b"{");
+        for _ in 0..100 {
+            flood.extend(raw_frame(false, 0x0, b""));
+        }
+        let raw = socket.client.get_mut();
+        raw.write_all(&flood).await.expect("written");
+        assert_eq!(
+            socket.close().await,
+            (close::POLICY, "too many fragments".to_owned())
+        );
+        assert!(socket.elapsed() < Duration::from_secs(1), "closed at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_frame_counts_against_the_rate_fragments_and_pings_included() {
+        let mut setup = Setup::default();
+        setup.settings.frames = Rate::parse("4/min").expect("rate");
+        let mut socket = setup.open().await;
+        assert_eq!(socket.frame().await, welcome());
+        // Two `ack` messages of two fragments each: four frames, two messages.
+        let mut acks = Vec::new();
+        for _ in 0..2 {
+            acks.extend(raw_frame(false, 0x1, br#"{"type":"ack","#));
+            acks.extend(raw_frame(true, 0x0, br#""id":"1"}"#));
+        }
+        let raw = socket.client.get_mut();
+        raw.write_all(&acks).await.expect("written");
+        raw.write_all(&raw_frame(true, 0x9, b""))
+            .await
+            .expect("written");
+        // The fifth frame: over the rate (a pong first would mean it was let through).
+        assert_eq!(
+            socket.close().await,
+            (close::FLOOD, "message flood".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalid_utf8_in_a_text_frame_or_a_close_reason_closes_with_1007() {
+        let bad_text = raw_frame(true, 0x1, &[b'{', 0xff, 0xfe, b'}']);
+        let bad_reason = raw_frame(true, 0x8, &[0x03, 0xe8, 0xc3, 0x28]);
+        // Split over two fragments, the bad sequence across the boundary.
+        let mut bad_fragments = raw_frame(false, 0x1, &[b'"', 0xe2]);
+        bad_fragments.extend(raw_frame(true, 0x0, &[0x28, 0xa1, b'"']));
+        for (what, bytes) in [
+            ("text", bad_text),
+            ("close reason", bad_reason),
+            ("fragments", bad_fragments),
+        ] {
+            let mut socket = Setup::default().open().await;
+            assert_eq!(socket.frame().await, welcome());
+            let raw = socket.client.get_mut();
+            raw.write_all(&bytes).await.expect("written");
+            assert_eq!(
+                socket.close().await,
+                (close::INVALID_PAYLOAD, "invalid utf-8".to_owned()),
+                "{what}"
+            );
+        }
     }
 }

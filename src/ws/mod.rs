@@ -1,10 +1,34 @@
-//! WebSocket: the frame loop of an admitted connection ([`connection`]) and the
+//! WebSocket: the frame loop of an admitted connection ([`connection`]), the guard that
+//! counts its client frames ([`frames`]), [`accept`] that puts a socket together, and the
 //! WebSocket settings every socket of a node (and the load harness's baseline) uses.
 //! Admission, the upgrade that consumes a ticket, is HTTP's: `http::admission`.
 
 pub mod connection;
+pub mod frames;
 
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use self::connection::SocketNode;
+use self::frames::FrameGuard;
+
+/// The server side of an admitted socket on `io`, its client frames counted by a
+/// [`FrameGuard`] with the node's frame rate and fragment cap: tungstenite alone would
+/// hand the loop whole messages and let any number of frames through unseen.
+/// `read_ahead`: bytes the client sent after its request head that were already read.
+pub async fn accept<S>(
+    io: S,
+    read_ahead: Vec<u8>,
+    node: &SocketNode,
+    config: WebSocketConfig,
+) -> WebSocketStream<FrameGuard<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let io = node.frame_guard(io, &read_ahead);
+    WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await
+}
 
 /// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
 /// and small buffers: most sockets are idle most of the time, and tungstenite's read
