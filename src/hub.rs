@@ -11,16 +11,36 @@
 //!
 //! Pub/sub drops messages while a subscriber reconnects, so after every (re)subscribe
 //! the node re-checks the sessions of its live sockets and closes revoked ones (4503).
+//!
+//! # Liveness
+//!
+//! A subscriber whose connection dies silently (a NAT or load balancer that forgets an
+//! idle connection: nothing closed, nothing delivered) would miss every kick and push,
+//! forever. So each node watches its own link, every [`PROBE_INTERVAL`]:
+//!
+//! - it pings the subscriber's connection; no answer within the unresponsive limit
+//!   (twice the command timeout), and the link is replaced. It pings the pool's
+//!   connections too, and replaces those that do not answer, before a command needs
+//!   them (a kick's answer, a session re-check);
+//! - when it has heard no hub message for [`QUIET_LIMIT`], it also sends one to itself
+//!   through Redis and expects it back within [`ECHO_TIMEOUT`]: the whole round trip,
+//!   publish to delivery.
+//!
+//! A failed check forces the subscriber to reconnect; it subscribes again and the
+//! node re-checks its live sessions. The re-check also runs every
+//! [`RECHECK_INTERVAL`], so a missed kick is repaired even when no failure was seen.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use ticketgate_sdk::protocol::{close, ServerFrame};
 use ticketgate_sdk::ClientType;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::MissedTickBehavior;
 
 use crate::clock::unix_now_ms;
 use crate::registry::{Outbound, Registry};
@@ -32,6 +52,19 @@ use crate::store::{Store, StoreError};
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Heartbeat period; a node silent for three periods is not waited for.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often a node checks its own hub link.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// With no hub message heard for this long, the link check includes a round trip
+/// through Redis (a message to this node alone). A busy hub never needs one.
+pub const QUIET_LIMIT: Duration = Duration::from_secs(10);
+/// How long the round trip may take.
+pub const ECHO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Live sessions are re-checked at least this often (one store read per session of
+/// the node's sockets).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// First retry of a re-check that could not read every session; doubles up to
+/// [`RECHECK_INTERVAL`].
+const RECHECK_RETRY: Duration = Duration::from_secs(1);
 
 /// Whose sockets a push goes to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,27 +154,51 @@ enum Transport {
     Redis(RedisBus),
 }
 
+/// What a re-check of live sessions did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recheck {
+    /// Sessions found ended; their sockets were closed (4503).
+    pub closed: usize,
+    /// Sessions the store did not answer for; their sockets stay open until the next
+    /// re-check.
+    pub unreadable: usize,
+}
+
 /// The hub of one node.
 pub struct Hub {
     node_id: String,
     registry: Registry,
     transport: Transport,
     pending: DashMap<String, mpsc::UnboundedSender<Answer>>,
+    /// When the hub was made; `last_heard_ms` counts from here.
+    born: Instant,
+    /// Milliseconds after `born` when the last hub message was heard.
+    last_heard_ms: AtomicU64,
+    /// Wakes the re-check task (shared with it, so that it does not keep the hub alive).
+    recheck_now: Arc<Notify>,
 }
 
 impl Hub {
     /// The in-process hub of a single node (embedded store).
     pub fn local(node_id: String, registry: Registry) -> Arc<Hub> {
-        Arc::new(Hub {
-            node_id,
-            registry,
-            transport: Transport::Local,
-            pending: DashMap::new(),
-        })
+        Arc::new(Hub::new(node_id, registry, Transport::Local))
     }
 
-    /// The Redis hub: opens the bus, starts the heartbeat, and re-checks live sessions
-    /// whenever the bus may have lost messages (a reconnect, or falling behind).
+    fn new(node_id: String, registry: Registry, transport: Transport) -> Hub {
+        Hub {
+            node_id,
+            registry,
+            transport,
+            pending: DashMap::new(),
+            born: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+            recheck_now: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The Redis hub: opens the bus, starts the heartbeat and the link check, and
+    /// re-checks live sessions whenever the bus may have lost messages (a reconnect, or
+    /// falling behind) and every [`RECHECK_INTERVAL`].
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the bus cannot connect.
@@ -152,13 +209,14 @@ impl Hub {
         store: Arc<dyn Store>,
     ) -> Result<Arc<Hub>, StoreError> {
         let (bus, events) = RedisBus::open(redis).await?;
-        let hub = Arc::new(Hub {
-            node_id,
-            registry,
-            transport: Transport::Redis(bus),
-            pending: DashMap::new(),
-        });
-        tokio::spawn(listen(Arc::downgrade(&hub), events, store));
+        let hub = Arc::new(Hub::new(node_id, registry, Transport::Redis(bus)));
+        tokio::spawn(listen(Arc::downgrade(&hub), events));
+        tokio::spawn(watch_link(Arc::downgrade(&hub)));
+        tokio::spawn(recheck_sessions(
+            Arc::downgrade(&hub),
+            hub.recheck_now.clone(),
+            store,
+        ));
         let weak = Arc::downgrade(&hub);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -175,6 +233,73 @@ impl Hub {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// How long since this node last heard a hub message (its own included); since the
+    /// hub started if none yet. `None` on the in-process hub, which has no link.
+    pub fn last_message_age(&self) -> Option<Duration> {
+        match self.transport {
+            Transport::Local => None,
+            Transport::Redis(_) => {
+                let heard = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
+                Some(self.born.elapsed().saturating_sub(heard))
+            }
+        }
+    }
+
+    fn heard(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Checks this node's hub link: a ping on the subscriber's connection and, after a
+    /// quiet spell, a message to this node through Redis.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the subscriber does not answer or the message
+    /// does not come back.
+    async fn check_link(&self, bus: &RedisBus) -> Result<(), StoreError> {
+        bus.ping_subscriber().await?;
+        match self.last_message_age() {
+            Some(age) if age >= QUIET_LIMIT => self.echo(bus).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends a message to this node alone and waits to hear it: an answer with no
+    /// request behind it, which every node understands and only this one takes.
+    ///
+    /// When it cannot even be published, Redis is out of reach of the pool, whose own
+    /// checks deal with that: the subscriber is not blamed.
+    async fn echo(&self, bus: &RedisBus) -> Result<(), StoreError> {
+        let id = crate::auth::random_id(12);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.pending.insert(id.clone(), tx);
+        let _cleanup = PendingGuard {
+            hub: self,
+            id: id.clone(),
+        };
+        let message = Message::Answer {
+            id,
+            to: self.node_id.clone(),
+            answer: Answer {
+                node_id: self.node_id.clone(),
+                count: 0,
+                connections: Vec::new(),
+            },
+        };
+        let text =
+            serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Err(e) = bus.publish(text).await {
+            tracing::debug!(cause = %e, "hub echo not published");
+            return Ok(());
+        }
+        match tokio::time::timeout(ECHO_TIMEOUT, rx.recv()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "hub message to this node not heard back".into(),
+            )),
+        }
     }
 
     async fn heartbeat(&self) {
@@ -324,33 +449,35 @@ impl Hub {
         answer
     }
 
-    /// Closes (4503) the sockets whose session no longer exists.
-    pub async fn recheck(&self, store: Arc<dyn Store>) {
+    /// Closes (4503) the sockets whose session no longer exists. A session the store
+    /// does not answer for is left alone and counted as unreadable.
+    pub async fn recheck(&self, store: Arc<dyn Store>) -> Recheck {
         let sessions = self.registry.sessions();
-        let closed = futures_util::stream::iter(sessions)
+        let found = futures_util::stream::iter(sessions)
             .map(|sid| {
                 let store = store.clone();
                 async move {
-                    match store.session(&sid).await {
-                        Ok(None) => Some(sid),
-                        _ => None,
-                    }
+                    let found = store.session(&sid).await.map(|s| s.is_some());
+                    (sid, found)
                 }
             })
             .buffer_unordered(32)
-            .filter_map(|gone| async move { gone })
             .collect::<Vec<_>>()
             .await;
-        for sid in closed {
-            self.registry
-                .send_to_session(&sid, Outbound::Close(close::REVOKED, "revoked"));
+        let mut outcome = Recheck::default();
+        for (sid, found) in found {
+            match found {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.registry
+                        .send_to_session(&sid, Outbound::Close(close::REVOKED, "revoked"));
+                    outcome.closed += 1;
+                }
+                Err(_) => outcome.unreadable += 1,
+            }
         }
+        outcome
     }
-}
-
-/// A re-check of its own, so that messages keep flowing meanwhile.
-async fn recheck(hub: Arc<Hub>, store: Arc<dyn Store>) {
-    hub.recheck(store).await;
 }
 
 /// A node silent for three heartbeats is not waited for.
@@ -358,21 +485,98 @@ fn stale_after_ms() -> i64 {
     i64::try_from(HEARTBEAT.as_millis()).unwrap_or(i64::MAX) * 3
 }
 
-/// The receiving side of a Redis hub: applies requests and routes answers; re-checks
-/// live sessions when messages may have been lost. Ends with the hub or the bus.
-async fn listen(hub: std::sync::Weak<Hub>, mut events: BusEvents, store: Arc<dyn Store>) {
+/// The receiving side of a Redis hub: applies requests and routes answers; asks for a
+/// re-check of live sessions when messages may have been lost. Ends with the hub or
+/// the bus.
+async fn listen(hub: Weak<Hub>, mut events: BusEvents) {
     while let Some(event) = events.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         match event {
-            BusEvent::Message(text) => hub.receive(&text).await,
+            BusEvent::Message(text) => {
+                hub.heard();
+                hub.receive(&text).await;
+            }
             BusEvent::Lagged(missed) => {
                 tracing::warn!(missed, "hub fell behind; re-checking sessions");
-                tokio::spawn(recheck(hub, store.clone()));
+                hub.recheck_now.notify_one();
             }
             BusEvent::Resubscribed => {
                 tracing::info!("hub resubscribed; re-checking live sessions");
-                tokio::spawn(recheck(hub, store.clone()));
+                hub.recheck_now.notify_one();
             }
+        }
+    }
+}
+
+/// Checks the hub link every [`PROBE_INTERVAL`] and replaces the subscriber's
+/// connection while the check fails; warns once per failure, and says when the link
+/// answers again. Ends with the hub.
+async fn watch_link(hub: Weak<Hub>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is immediate, and the link was just opened.
+    tick.tick().await;
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let Transport::Redis(bus) = &hub.transport else {
+            return;
+        };
+        let (link, replaced) = tokio::join!(hub.check_link(bus), bus.check_pool());
+        if replaced > 0 {
+            tracing::warn!(
+                replaced,
+                "redis connections did not answer a ping; replaced"
+            );
+        }
+        match link {
+            Ok(()) if failing => {
+                tracing::info!("hub link answers again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(
+                        cause = %e,
+                        "hub link unresponsive; reconnecting the subscriber, then re-checking live sessions"
+                    );
+                    failing = true;
+                }
+                bus.reconnect_subscriber().await;
+            }
+        }
+    }
+}
+
+/// Re-checks live sessions when asked (the bus may have lost messages) and at least
+/// every [`RECHECK_INTERVAL`]; one that could not read every session is retried soon.
+/// One re-check at a time, off the receiving loop so that messages keep flowing.
+/// Ends with the hub.
+async fn recheck_sessions(hub: Weak<Hub>, wake: Arc<Notify>, store: Arc<dyn Store>) {
+    let mut retry: Option<Duration> = None;
+    loop {
+        let wait = retry.unwrap_or(RECHECK_INTERVAL);
+        let asked = tokio::time::timeout(wait, wake.notified()).await.is_ok();
+        let Some(hub) = hub.upgrade() else { return };
+        let outcome = hub.recheck(store.clone()).await;
+        if outcome.closed > 0 {
+            // Periodic: a hub message was missed, or a session ran out while its
+            // socket was open.
+            tracing::info!(
+                closed = outcome.closed,
+                periodic = !asked && retry.is_none(),
+                "re-check closed sockets of ended sessions"
+            );
+        }
+        retry = (outcome.unreadable > 0)
+            .then(|| retry.map_or(RECHECK_RETRY, |d| (d * 2).min(RECHECK_INTERVAL)));
+        if outcome.unreadable > 0 {
+            tracing::debug!(
+                unreadable = outcome.unreadable,
+                "re-check could not read every session; retrying"
+            );
         }
     }
 }

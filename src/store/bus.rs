@@ -6,24 +6,45 @@
 //! - a heartbeat sorted set (`tg:nodes`, node id → last beat in unix ms) that tells a
 //!   requester how many answers to wait for.
 //!
+//! The subscriber connection is opened and watched like the pool's
+//! (`redis::configure_connection`: unresponsive detection, TCP keepalive). A
+//! subscriber only listens, so nothing would ever show that its link died silently;
+//! [`RedisBus::ping_subscriber`] gives it something to answer, and
+//! [`RedisBus::reconnect_subscriber`] replaces a link that does not.
+//! [`RedisBus::check_pool`] does the same for the pool's connections: fred's own check
+//! measures from the *last* write, so a connection that keeps being written to (busy,
+//! or pinged) would never be found unresponsive by it.
+//!
 //! The bus moves text; what the text means is the hub's business.
 
 use std::time::Duration;
 
 use fred::clients::{Pool, SubscriberClient};
+use fred::error::ErrorKind;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface};
-use fred::prelude::{Builder, Config, ReconnectPolicy};
-use fred::types::Message;
+use fred::prelude::{Builder, Config};
+use fred::types::config::Options;
+use fred::types::{Message, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::keys::{HUB_CHANNEL, NODES};
-use super::redis::RedisStore;
+use super::redis::{self, RedisStore};
 use super::StoreError;
 
-/// The sending side of the bus; cheap to clone.
+/// The sending side of the bus, and the handle that watches its receiving side; cheap
+/// to clone.
 #[derive(Clone)]
 pub struct RedisBus {
     pool: Pool,
+    /// The same client as [`BusEvents`]' (a clone shares the connection).
+    subscriber: SubscriberClient,
+    /// How long a connection may leave a ping unanswered: longer than fred's own
+    /// unresponsive limit, so that on a quiet connection fred acts first (and the ping
+    /// is answered on its new connection) and this bus never replaces a connection
+    /// that fred just replaced.
+    ping_limit: Duration,
+    /// How long a forced reconnection is waited for.
+    reconnect_limit: Duration,
 }
 
 /// What the receiving side of the bus hears.
@@ -56,12 +77,11 @@ impl RedisBus {
         let (url, settings) = redis.connection();
         let config = Config::from_url(url).map_err(unavailable)?;
         let subscriber = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = settings.connect_timeout;
-                c.internal_command_timeout = settings.connect_timeout;
+            .with_connection_config(|c| redis::configure_connection(c, settings))
+            .with_performance_config(|p| {
+                p.default_command_timeout = redis::command_timeout(settings);
             })
-            .with_performance_config(|p| p.default_command_timeout = settings.command_timeout)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .set_policy(redis::reconnect_policy())
             .build_subscriber_client()
             .map_err(unavailable)?;
         let messages = subscriber.message_rx();
@@ -76,6 +96,9 @@ impl RedisBus {
             .map_err(unavailable)?;
         let bus = RedisBus {
             pool: redis.pool().clone(),
+            subscriber: subscriber.clone(),
+            ping_limit: redis::unresponsive_after(settings) * 3 / 2,
+            reconnect_limit: settings.connect_timeout * 2,
         };
         let events = BusEvents {
             subscriber,
@@ -117,6 +140,75 @@ impl RedisBus {
         let n: Result<i64, _> = self.pool.zcount(NODES, since_ms as f64, f64::MAX).await;
         usize::try_from(n.unwrap_or(1)).unwrap_or(1).max(1)
     }
+
+    /// Sends `PING` on the subscriber's own connection (allowed while subscribed) and
+    /// waits as long as the pool's unresponsive check would. A subscriber only listens,
+    /// so without this nothing would show that its link died silently.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when no answer comes back in time.
+    pub async fn ping_subscriber(&self) -> Result<(), StoreError> {
+        ping(&self.subscriber, self.ping_limit)
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::Timeout => StoreError::Unavailable(format!(
+                    "hub subscriber did not answer a ping in {:?}",
+                    self.ping_limit
+                )),
+                _ => StoreError::Unavailable(e.details().to_string()),
+            })
+    }
+
+    /// Sends `PING` on every connection of the pool and replaces each connected one
+    /// that does not answer in time, as fred's own unresponsive check would, had the
+    /// connection been quiet; under traffic it is not. Returns how many were replaced.
+    pub async fn check_pool(&self) -> usize {
+        let checks = self.pool.clients().iter().map(|client| async move {
+            match ping(client, self.ping_limit).await {
+                Err(e) if e.kind() == &ErrorKind::Timeout && client.is_connected() => {
+                    reconnect(client, self.reconnect_limit).await;
+                    1
+                }
+                _ => 0,
+            }
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .sum()
+    }
+
+    /// Closes the subscriber's connection and opens a new one; the receiving side then
+    /// subscribes again and reports [`BusEvent::Resubscribed`]. Does nothing while the
+    /// subscriber is already reconnecting.
+    pub async fn reconnect_subscriber(&self) {
+        if self.subscriber.is_connected() {
+            reconnect(&self.subscriber, self.reconnect_limit).await;
+        }
+    }
+}
+
+/// `PING` on `client`'s connection, answered within `limit` (else an
+/// [`ErrorKind::Timeout`] error).
+async fn ping<C: ClientLike>(client: &C, limit: Duration) -> Result<(), fred::error::Error> {
+    let options = Options {
+        timeout: Some(limit),
+        ..Options::default()
+    };
+    client
+        .with_options(&options)
+        .ping::<Value>(None)
+        .await
+        .map(drop)
+}
+
+/// Closes `client`'s connection and opens a new one (fred keeps trying after `limit`).
+async fn reconnect<C: ClientLike>(client: &C, limit: Duration) {
+    match tokio::time::timeout(limit, client.force_reconnection()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(cause = %e, "redis reconnect failed"),
+        Err(_) => tracing::debug!("redis reconnect still under way"),
+    }
 }
 
 impl BusEvents {
@@ -146,10 +238,15 @@ impl BusEvents {
         }
     }
 
+    /// Subscribes again until it works; warns once, not at every retry.
     async fn resubscribe(&self) {
         let mut delay = Duration::from_millis(100);
+        let mut warned = false;
         while let Err(e) = self.subscriber.resubscribe_all().await {
-            tracing::warn!(cause = %e, "hub resubscribe failed; retrying");
+            if !warned {
+                tracing::warn!(cause = %e, "hub resubscribe failed; retrying until it works");
+                warned = true;
+            }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }

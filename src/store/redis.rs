@@ -26,7 +26,11 @@ use fred::{
     error::{Error as FredError, ErrorKind},
     interfaces::{ClientLike, EventInterface, HashesInterface, KeysInterface},
     prelude::{Builder, Config, Pool, ReconnectPolicy, Value},
-    types::{config::UnresponsiveConfig, scripts::Script},
+    socket2::TcpKeepalive,
+    types::{
+        config::{ConnectionConfig, UnresponsiveConfig},
+        scripts::Script,
+    },
 };
 use ticketgate_sdk::ClientType;
 
@@ -45,6 +49,12 @@ const INDEX_SESSION_LUA: &str = include_str!("scripts/index_session.lua");
 /// Reconnect backoff: 100 ms doubling up to 2 s, retried forever.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
 const RECONNECT_MAX_DELAY_MS: u32 = 2_000;
+
+/// TCP keepalive: idle time before the first probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// TCP keepalive: time between probes (Linux).
+#[cfg(target_os = "linux")]
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Field names of the session hash.
 mod field {
@@ -185,29 +195,59 @@ impl RedisStore {
 }
 
 fn build_pool(config: Config, settings: RedisSettings) -> Result<Pool, FredError> {
-    let command_timeout = settings.command_timeout.max(Duration::from_millis(1));
-    let unresponsive_after = command_timeout * 2;
     Builder::from_config(config)
         .with_connection_config(|c| {
-            c.connection_timeout = settings.connect_timeout;
-            c.internal_command_timeout = settings.connect_timeout;
+            configure_connection(c, settings);
             c.max_command_attempts = 1;
-            c.tcp.nodelay = Some(true);
-            // A server that stops answering without closing the socket (paused,
-            // partitioned) gets its connection closed and re-opened.
-            c.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(unresponsive_after),
-                interval: (unresponsive_after / 4).max(Duration::from_millis(10)),
-            };
         })
-        .with_performance_config(|p| p.default_command_timeout = command_timeout)
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            RECONNECT_MIN_DELAY_MS,
-            RECONNECT_MAX_DELAY_MS,
-            2,
-        ))
+        .with_performance_config(|p| p.default_command_timeout = command_timeout(settings))
+        .set_policy(reconnect_policy())
         .build_pool(settings.pool_size.max(1))
+}
+
+/// How one Redis connection is opened and watched; shared by the pool and the hub's
+/// subscriber, so that both notice a dead link the same way.
+///
+/// A server or network that stops answering without closing the socket (a paused
+/// server, a partition, a NAT or load balancer that forgot the connection) gets the
+/// connection closed and re-opened: by fred when a command waits longer than twice the
+/// command timeout for its reply, and by the kernel's keepalive probes on an idle one.
+pub(super) fn configure_connection(c: &mut ConnectionConfig, settings: RedisSettings) {
+    let unresponsive_after = unresponsive_after(settings);
+    c.connection_timeout = settings.connect_timeout;
+    c.internal_command_timeout = settings.connect_timeout;
+    c.tcp.nodelay = Some(true);
+    c.tcp.keepalive = Some(keepalive());
+    c.unresponsive = UnresponsiveConfig {
+        max_timeout: Some(unresponsive_after),
+        interval: (unresponsive_after / 4).max(Duration::from_millis(10)),
+    };
+}
+
+/// How long a connection may leave a command unanswered before it is taken for dead:
+/// twice the command timeout.
+pub(super) fn unresponsive_after(settings: RedisSettings) -> Duration {
+    command_timeout(settings) * 2
+}
+
+/// The longest a command may take, queueing included.
+pub(super) fn command_timeout(settings: RedisSettings) -> Duration {
+    settings.command_timeout.max(Duration::from_millis(1))
+}
+
+/// Reconnect forever, with exponential backoff.
+pub(super) fn reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, RECONNECT_MIN_DELAY_MS, RECONNECT_MAX_DELAY_MS, 2)
+}
+
+/// TCP keepalive: the first probe after [`KEEPALIVE_IDLE`] of silence, then every
+/// `KEEPALIVE_INTERVAL` (Linux); the system's count of unanswered probes (9 on Linux)
+/// closes the socket. A backstop: the command and hub checks notice sooner.
+fn keepalive() -> TcpKeepalive {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_interval(KEEPALIVE_INTERVAL);
+    keepalive
 }
 
 fn log_connection_events(pool: &Pool) {
