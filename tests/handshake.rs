@@ -77,7 +77,16 @@ both_stores!(a_ticket_is_single_use, |kind| async move {
 both_stores!(
     racing_upgrades_on_one_ticket_admit_exactly_one,
     |kind| async move {
-        let server = TestServer::builder().store(kind).start().await;
+        // Every racer holds a socket slot of the session (and of its user) while it
+        // waits for the store: caps above the racers keep this about the ticket alone.
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.ws.max_sockets_per_session = 200;
+                c.ws.max_sockets_per_user = 200;
+            })
+            .start()
+            .await;
         let (client, session) = server.login().await;
         let ticket = client.mint_ticket(&session).await.expect("mint");
         let barrier = Arc::new(tokio::sync::Barrier::new(200));
@@ -752,3 +761,180 @@ async fn a_client_close_is_answered_with_a_close_frame() {
         .expect("in time");
     assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Caps on sockets per session and per user (PROTOCOL §8, "Caps"), counted per node
+// ---------------------------------------------------------------------------------------
+
+/// A refusal for a reached cap: 429 `too_many_connections` with a `Retry-After` hint.
+#[track_caller]
+fn assert_too_many(err: ClientError) {
+    match err {
+        ClientError::Api {
+            status,
+            code,
+            retry_after,
+            ..
+        } => {
+            assert_eq!((status, code), (429, Some(ErrorCode::TooManyConnections)));
+            assert!(retry_after.is_some_and(|s| s > 0), "Retry-After missing");
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Closes `ws` and waits until the node has let go of it.
+async fn close_and_wait(server: &TestServer, mut ws: Ws, left: usize) {
+    ws.close(None).await.expect("close");
+    while ws.next().await.is_some() {}
+    wait_until(|| server.state.registry.len() == left).await;
+}
+
+both_stores!(
+    a_session_over_its_socket_cap_is_refused_without_burning_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ws.max_sockets_per_session = 2)
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let ticket = client.mint_ticket(&session).await.expect("mint");
+            sockets.push(client.connect(&session, &ticket).await.expect("connect").0);
+        }
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let err = client.connect(&session, &ticket).await.expect_err("capped");
+        assert_too_many(err);
+        // Another session of the same user has its own cap.
+        let (other, other_session) = server.login_as("alice", ClientType::Web).await;
+        let other_ticket = other.mint_ticket(&other_session).await.expect("mint");
+        let _other = other
+            .connect(&other_session, &other_ticket)
+            .await
+            .expect("another session");
+        let first = sockets.remove(0);
+        close_and_wait(&server, first, 2).await;
+        client
+            .connect(&session, &ticket)
+            .await
+            .expect("the ticket was not burnt by the 429");
+    }
+);
+
+both_stores!(
+    a_user_over_the_socket_cap_is_refused_without_burning_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.ws.max_sockets_per_session = 2;
+                c.ws.max_sockets_per_user = 3;
+            })
+            .start()
+            .await;
+        let (web, web_session) = server.login_as("bob", ClientType::Web).await;
+        let (mobile, mobile_session) = server.login_as("bob", ClientType::Mobile).await;
+        let mut sockets = Vec::new();
+        for (client, session) in [
+            (&web, &web_session),
+            (&web, &web_session),
+            (&mobile, &mobile_session),
+        ] {
+            let ticket = client.mint_ticket(session).await.expect("mint");
+            sockets.push(client.connect(session, &ticket).await.expect("connect").0);
+        }
+        let ticket = mobile.mint_ticket(&mobile_session).await.expect("mint");
+        let err = mobile
+            .connect(&mobile_session, &ticket)
+            .await
+            .expect_err("user capped");
+        assert_too_many(err);
+        // Another user (alice) is not affected.
+        let _alice = connected(&server).await;
+        let first = sockets.remove(0);
+        close_and_wait(&server, first, 3).await;
+        mobile
+            .connect(&mobile_session, &ticket)
+            .await
+            .expect("the ticket was not burnt by the 429");
+    }
+);
+
+both_stores!(
+    racing_connects_at_the_session_cap_admit_exactly_the_cap,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ws.max_sockets_per_session = 3)
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let mut tickets = Vec::new();
+        for _ in 0..40 {
+            tickets.push(client.mint_ticket(&session).await.expect("mint"));
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(tickets.len()));
+        let tasks: Vec<_> = tickets
+            .into_iter()
+            .map(|ticket| {
+                let (client, session, barrier) = (client.clone(), session.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client.connect(&session, &ticket).await
+                })
+            })
+            .collect();
+        let mut sockets = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok((ws, _)) => sockets.push(ws),
+                Err(e) => assert_too_many(e),
+            }
+        }
+        assert_eq!(sockets.len(), 3);
+        assert_eq!(server.state.registry.len(), 3);
+    }
+);
+
+both_stores!(
+    racing_first_sockets_of_a_users_sessions_admit_exactly_the_user_cap,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ws.max_sockets_per_user = 2)
+            .start()
+            .await;
+        // Two sessions, no socket yet: the node learns their user at admission.
+        let (web, web_session) = server.login_as("carol", ClientType::Web).await;
+        let (mobile, mobile_session) = server.login_as("carol", ClientType::Mobile).await;
+        let mut attempts = Vec::new();
+        for _ in 0..5 {
+            for (client, session) in [(&web, &web_session), (&mobile, &mobile_session)] {
+                let ticket = client.mint_ticket(session).await.expect("mint");
+                attempts.push((client.clone(), session.clone(), ticket));
+            }
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(attempts.len()));
+        let tasks: Vec<_> = attempts
+            .into_iter()
+            .map(|(client, session, ticket)| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client.connect(&session, &ticket).await
+                })
+            })
+            .collect();
+        let mut sockets = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok((ws, _)) => sockets.push(ws),
+                Err(e) => assert_too_many(e),
+            }
+        }
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(server.state.registry.len(), 2);
+    }
+);

@@ -8,9 +8,12 @@
 //! 3. Per-IP connect quota and the node's connection cap: 429 / 503, ticket untouched.
 //! 4. The ticket's MAC and expiry are checked without I/O: a forged or expired ticket
 //!    costs no store command and is charged to the IP's failure quota.
-//! 5. The device's connect quota is charged (only for a ticket whose MAC verified).
+//! 5. The device's connect quota is charged (only for a ticket whose MAC verified), then
+//!    a socket slot is taken under the session's and the user's socket caps (429
+//!    `too_many_connections`); ticket untouched.
 //! 6. ONE store round trip consumes the ticket and checks device and session.
-//! 7. Only then does the 101 go out, and the socket starts ([`Admitted`]).
+//! 7. The socket is counted for its user (the store named the user). Only then does the
+//!    101 go out, and the socket starts ([`Admitted`]).
 //!
 //! [`admit`] is the same for both transports: a connect request that is the first
 //! request of its connection (nearly all) is read by [`crate::http::first`] and answered
@@ -37,7 +40,9 @@ use super::headers::{text, Headers};
 use crate::auth::signing::is_device_id;
 use crate::auth::tokens::Claims;
 use crate::auth::unix_now_ms;
+use crate::config::CAP_RETRY_AFTER;
 use crate::limits::Limit;
+use crate::registry::SocketCaps;
 use crate::sessions::TicketFor;
 use crate::state::AppState;
 use crate::store::{AdmitOutcome, AdmitTicket};
@@ -70,11 +75,18 @@ pub(crate) async fn admit(
     state
         .limits
         .check(Limit::ConnectDevice(&verified.session_id))?;
+    // Taken before the ticket is consumed, so a refusal leaves it usable; check and
+    // take are one step (two racing admissions cannot both get the last slot). The
+    // counts are this node's: a deployment of N nodes allows up to N times the caps.
+    let mut slot = state
+        .registry
+        .take_slot(&verified.session_id, socket_caps(state))
+        .map_err(|_| too_many_connections())?;
 
     // Registered before the ticket is consumed: a revocation that lands between the
     // admission script and the socket's start finds it and queues its close.
     let conn_id = crate::auth::random_id(9);
-    let registered = connection::register(
+    let mut registered = connection::register(
         &state.registry,
         state.sockets.clock(),
         conn_id.clone(),
@@ -95,9 +107,15 @@ pub(crate) async fn admit(
         AdmitOutcome::Unknown | AdmitOutcome::SessionGone => return Err(ApiError::TicketInvalid),
     };
 
+    // The ticket names the session, not its user: the user's cap was checked in step 5
+    // only if this node already held a socket of the session. For a session's first
+    // socket here it is checked now, and a refusal comes after the ticket was spent.
+    slot.admitted(&grant.user_id)
+        .map_err(|_| too_many_connections())?;
     registered
         .registration
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
+    registered.registration.hold(slot);
     crate::metrics::hot().admissions.increment(1);
     Ok(Admitted {
         accept_key: handshake.accept_key,
@@ -113,6 +131,20 @@ pub(crate) async fn admit(
         permit,
         registered,
     })
+}
+
+/// This node's socket caps.
+fn socket_caps(state: &AppState) -> SocketCaps {
+    SocketCaps {
+        per_session: state.config.ws.max_sockets_per_session,
+        per_user: state.config.ws.max_sockets_per_user,
+    }
+}
+
+fn too_many_connections() -> ApiError {
+    ApiError::TooManyConnections {
+        retry_after: CAP_RETRY_AFTER,
+    }
 }
 
 // The steps of `admit`, in its order.
