@@ -938,3 +938,71 @@ both_stores!(
         assert_eq!(server.state.registry.len(), 2);
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// The per-device connect quota is charged for admitted sockets only
+// ---------------------------------------------------------------------------------------
+
+both_stores!(
+    replays_of_a_spent_ticket_cost_the_replaying_ip_not_the_victims_connect_quota,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.rates.connect_device = ticketgate::config::Rate::parse("3/min").expect("rate");
+                c.rates.fail_ip = ticketgate::config::Rate::parse("5/min").expect("rate");
+            })
+            .start()
+            .await;
+        let (victim, session) = server.login_as("bob", ClientType::Mobile).await;
+        let spent = victim.mint_ticket(&session).await.expect("mint");
+        let _first = victim.connect(&session, &spent).await.expect("connect");
+        // The spent ticket, replayed (say, from a proxy log) with the victim's device:
+        // failures, charged to the replaying IP until its failure quota turns them 429.
+        let attacker = server.client();
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            let err = attacker.connect(&session, &spent).await.expect_err("spent");
+            answers.push(api_error(err));
+        }
+        let invalid = (401, Some(ErrorCode::TicketInvalid));
+        let limited = (429, Some(ErrorCode::RateLimited));
+        assert_eq!(answers[..5], [invalid; 5]);
+        assert_eq!(answers[5..], [limited; 3]);
+        // The victim's quota is whole: two more sockets (3 in the minute) ...
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let ticket = victim.mint_ticket(&session).await.expect("mint");
+            let connected = victim.connect(&session, &ticket).await;
+            sockets.push(connected.expect("the victim's quota was not drained").0);
+        }
+        // ... and it still bounds the device: a fourth is over it.
+        let ticket = victim.mint_ticket(&session).await.expect("mint");
+        let err = victim.connect(&session, &ticket).await.expect_err("over");
+        assert_eq!(api_error(err), limited);
+    }
+);
+
+both_stores!(
+    a_device_over_its_connect_quota_is_refused_before_its_ticket_is_consumed,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.rates.connect_device = ticketgate::config::Rate::parse("1/s").expect("rate")
+            })
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let _first = client.connect(&session, &ticket).await.expect("connect");
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let err = client.connect(&session, &ticket).await.expect_err("over");
+        assert_eq!(api_error(err), (429, Some(ErrorCode::RateLimited)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        client
+            .connect(&session, &ticket)
+            .await
+            .expect("the ticket was not burnt by the 429");
+    }
+);

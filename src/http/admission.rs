@@ -8,12 +8,17 @@
 //! 3. Per-IP connect quota and the node's connection cap: 429 / 503, ticket untouched.
 //! 4. The ticket's MAC and expiry are checked without I/O: a forged or expired ticket
 //!    costs no store command and is charged to the IP's failure quota.
-//! 5. The device's connect quota is charged (only for a ticket whose MAC verified), then
-//!    a socket slot is taken under the session's and the user's socket caps (429
-//!    `too_many_connections`); ticket untouched.
+//! 5. For the session the MAC vouches for: its device's connect quota is checked (not
+//!    charged: 429 `rate_limited`), then a socket slot is taken under the session's and
+//!    the user's socket caps (429 `too_many_connections`); ticket untouched.
 //! 6. ONE store round trip consumes the ticket and checks device and session.
-//! 7. The socket is counted for its user (the store named the user). Only then does the
-//!    101 go out, and the socket starts ([`Admitted`]).
+//! 7. The socket is counted for its user (the store named the user) and charged to
+//!    its device's connect quota. Only then does the 101 go out, and the socket starts
+//!    ([`Admitted`]).
+//!
+//! Every failure after step 4 is charged to the IP's failure quota ([`refused`]), never
+//! to the device's connect quota: a spent ticket replayed with someone's device id must
+//! not use up that device's connects.
 //!
 //! [`admit`] is the same for both transports: a connect request that is the first
 //! request of its connection (nearly all) is read by [`crate::http::first`] and answered
@@ -24,6 +29,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
 use ticketgate_sdk::protocol::{ServerFrame, SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -42,7 +48,7 @@ use crate::auth::tokens::Claims;
 use crate::auth::unix_now_ms;
 use crate::config::CAP_RETRY_AFTER;
 use crate::limits::Limit;
-use crate::registry::SocketCaps;
+use crate::registry::{Pace, SocketCaps};
 use crate::sessions::TicketFor;
 use crate::state::AppState;
 use crate::store::{AdmitOutcome, AdmitTicket};
@@ -69,12 +75,20 @@ pub(crate) async fn admit(
         .map_err(|_| ApiError::ServerBusy)?;
 
     let verified = state.tickets.verify(&presented.ticket, unix_now_ms())?;
-    // Keyed on the MAC-verified session, not the presented device id: the MAC does not
-    // cover the device, so a replayed ticket naming a victim's device must not drain
-    // the victim's quota. A session belongs to one device, so this is per device.
+    // The device's connect quota, keyed on the MAC-verified session (the MAC does not
+    // cover the presented device id; a session belongs to one device, so this is per
+    // device). Checked here, before the ticket is consumed, so that a 429 leaves the
+    // ticket usable; charged only in step 7, once the socket is admitted: a ticket that
+    // verifies may still be spent, and a spent ticket replayed a thousand times must
+    // cost its session nothing (the replays go to the IP's failure quota). Governor can
+    // only check-and-charge, so this quota is the registry's (a GCRA with a peek).
+    let pace = connect_pace(state);
     state
-        .limits
-        .check(Limit::ConnectDevice(&verified.session_id))?;
+        .registry
+        .connect_allowed(&verified.session_id, pace, Instant::now())
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after: whole_seconds(wait),
+        })?;
     // Taken before the ticket is consumed, so a refusal leaves it usable; check and
     // take are one step (two racing admissions cannot both get the last slot). The
     // counts are this node's: a deployment of N nodes allows up to N times the caps.
@@ -112,6 +126,9 @@ pub(crate) async fn admit(
     // socket here it is checked now, and a refusal comes after the ticket was spent.
     slot.admitted(&grant.user_id)
         .map_err(|_| too_many_connections())?;
+    state
+        .registry
+        .charge_connect(&verified.session_id, pace, Instant::now());
     registered
         .registration
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
@@ -133,6 +150,15 @@ pub(crate) async fn admit(
     })
 }
 
+/// The device connect quota as the registry paces it.
+fn connect_pace(state: &AppState) -> Pace {
+    let rate = state.config.rates.connect_device;
+    Pace {
+        count: rate.count.get(),
+        period: rate.period,
+    }
+}
+
 /// This node's socket caps.
 fn socket_caps(state: &AppState) -> SocketCaps {
     SocketCaps {
@@ -145,6 +171,11 @@ fn too_many_connections() -> ApiError {
     ApiError::TooManyConnections {
         retry_after: CAP_RETRY_AFTER,
     }
+}
+
+/// `Retry-After` is whole seconds: rounded up, never 0.
+fn whole_seconds(wait: Duration) -> Duration {
+    Duration::from_secs((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
 }
 
 // The steps of `admit`, in its order.
@@ -245,10 +276,19 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
 }
 
 /// Counts a refused admission and charges it to the IP's failure quota when it failed
-/// authentication: the error to answer with.
+/// authentication, or presented a ticket with another device than its own: the error
+/// to answer with.
 pub(crate) fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
     metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
         .increment(1);
+    if matches!(err, ApiError::DeviceMismatch) {
+        // Not an authentication failure elsewhere (a signed call proved its key), but
+        // here a device id anyone can type: the IP pays, not the ticket's device.
+        return match state.limits.check(Limit::FailIp(ip)) {
+            Ok(()) => err,
+            Err(retry) => retry.into(),
+        };
+    }
     super::extract::charge_failure(state, ip, err)
 }
 

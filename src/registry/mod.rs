@@ -4,12 +4,14 @@
 //! guard's `Drop` removes every index entry, so a connection leaves the registry on every
 //! exit path (normal close, error, panic, shutdown).
 //!
-//! It also counts the sockets each session and each user hold on this node
-//! ([`Registry::take_slot`], the caps of PROTOCOL §8): per node, so they cost admission
-//! no store round trip.
+//! It also keeps this node's admission accounting per session: the sockets each session
+//! and each user hold ([`Registry::take_slot`], the caps of PROTOCOL §8) and how often
+//! each session was admitted ([`Registry::connect_allowed`], the per-device connect
+//! quota). Both are per node: they cost admission no store round trip.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 pub mod inbox;
 
@@ -68,6 +70,11 @@ struct Admission {
     sessions: HashMap<String, SessionSlots>,
     /// Socket slots per user.
     users: HashMap<String, usize>,
+    /// Connect pacing per session: the GCRA "theoretical arrival time" of each session
+    /// admitted recently (an entry in the past is the same as none).
+    paces: HashMap<String, Instant>,
+    /// `paces` is swept of past entries when it grows to this size.
+    sweep_paces_at: usize,
 }
 
 #[derive(Default)]
@@ -148,6 +155,23 @@ impl Drop for SocketSlot {
                 }
             }
         }
+    }
+}
+
+/// A connect rate for [`Registry::connect_allowed`]: `count` admissions per `period`,
+/// in a burst of `count`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Admissions per period (and the burst).
+    pub count: u32,
+    /// The period.
+    pub period: Duration,
+}
+
+impl Pace {
+    /// The time one admission takes up.
+    fn cell(self) -> Duration {
+        self.period / self.count.max(1)
     }
 }
 
@@ -257,6 +281,47 @@ impl Registry {
             user,
             caps,
         })
+    }
+
+    /// Whether `session_id` may be admitted once more at `pace`, without charging it:
+    /// `Err` holds how long until it may. Only [`Registry::charge_connect`] charges, so
+    /// an admission that fails (a replayed, spent ticket naming someone's session)
+    /// costs that session nothing.
+    ///
+    /// # Errors
+    /// The wait until the next admission fits the pace.
+    pub fn connect_allowed(
+        &self,
+        session_id: &str,
+        pace: Pace,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let admission = self.admission();
+        let Some(&tat) = admission.paces.get(session_id) else {
+            return Ok(());
+        };
+        // GCRA: one more admission fits while the arrival time, one cell further on,
+        // stays within `count` cells of now.
+        let tolerance = pace.cell() * pace.count.max(1).saturating_sub(1);
+        match tat.checked_duration_since(now + tolerance) {
+            Some(wait) if !wait.is_zero() => Err(wait),
+            _ => Ok(()),
+        }
+    }
+
+    /// Charges one admission of `session_id` at `pace`: call it for an admitted socket
+    /// only. Never refuses: an admission that passed [`Registry::connect_allowed`] is
+    /// charged even if others of its session passed at the same time; those are at most
+    /// the session's socket cap, as each holds a slot.
+    pub fn charge_connect(&self, session_id: &str, pace: Pace, now: Instant) {
+        let mut admission = self.admission();
+        if admission.paces.len() >= admission.sweep_paces_at {
+            admission.paces.retain(|_, tat| *tat > now);
+            // Amortized: the next sweep waits until the map doubles.
+            admission.sweep_paces_at = (admission.paces.len() * 2).max(1024);
+        }
+        let tat = admission.paces.entry(session_id.to_owned()).or_insert(now);
+        *tat = (*tat).max(now) + pace.cell();
     }
 
     /// Registers a connection. A handle with an empty `user_id` is indexed by session
@@ -439,5 +504,33 @@ mod tests {
         assert_eq!(won.into_inner(), 5);
         drop(slots);
         assert_eq!(r.slot_sizes(), (0, 0));
+    }
+
+    #[test]
+    fn the_connect_pace_is_checked_without_charge_and_charged_on_demand() {
+        let r = Registry::default();
+        let pace = Pace {
+            count: 3,
+            period: Duration::from_secs(60),
+        };
+        let t0 = Instant::now();
+        // Checks alone charge nothing, however many.
+        for _ in 0..100 {
+            assert_eq!(r.connect_allowed("s", pace, t0), Ok(()));
+        }
+        for _ in 0..3 {
+            assert_eq!(r.connect_allowed("s", pace, t0), Ok(()));
+            r.charge_connect("s", pace, t0);
+        }
+        assert_eq!(
+            r.connect_allowed("s", pace, t0),
+            Err(Duration::from_secs(20))
+        );
+        assert_eq!(r.connect_allowed("other", pace, t0), Ok(()));
+        // One cell (20 s) later, one more fits.
+        let t1 = t0 + Duration::from_secs(20);
+        assert_eq!(r.connect_allowed("s", pace, t1), Ok(()));
+        r.charge_connect("s", pace, t1);
+        assert!(r.connect_allowed("s", pace, t1).is_err());
     }
 }
