@@ -1006,3 +1006,60 @@ both_stores!(
             .expect("the ticket was not burnt by the 429");
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// A connect request with a body
+// ---------------------------------------------------------------------------------------
+
+/// A connect head for `ticket` with `extra` header lines, then `body`.
+fn connect_with_body(
+    session: &ticketgate_sdk::Session,
+    ticket: &str,
+    extra: &str,
+    body: &str,
+) -> Vec<u8> {
+    format!(
+        "GET /v1/connect?device_id={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n\
+         Sec-WebSocket-Protocol: ticketgate.v1, ticket.{ticket}\r\n{extra}\r\n{body}",
+        session.device_id,
+        support::raw::WS_KEY,
+    )
+    .into_bytes()
+}
+
+both_stores!(
+    a_connect_request_with_a_body_is_refused_without_consuming_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let bodies = [
+            ("Content-Length: 5\r\n", "hello"),
+            ("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ];
+        for (extra, body) in bodies {
+            // First request of its connection (the direct path hands it to hyper), and
+            // a later one (hyper and axum).
+            for after_healthz in [false, true] {
+                let mut conn = support::raw::Conn::open(&server).await;
+                if after_healthz {
+                    conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+                    assert_eq!(conn.answer().await.status, 200);
+                }
+                conn.send(&connect_with_body(&session, &ticket.ticket, extra, body))
+                    .await;
+                let answer = conn.answer().await;
+                assert_eq!(
+                    answer.status, 400,
+                    "{extra} after_healthz={after_healthz}: {answer:?}"
+                );
+                assert_eq!(answer.json()["error"], "bad_request");
+            }
+        }
+        client
+            .connect(&session, &ticket)
+            .await
+            .expect("the ticket was not consumed");
+    }
+);

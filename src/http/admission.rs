@@ -454,6 +454,15 @@ pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> 
         let err = ApiError::BadRequest("a WebSocket upgrade needs HTTP/1.1".into());
         return refused(&state, ip, err).into_response();
     }
+    if has_body(req.headers()) {
+        // An upgrade request has no body (RFC 6455 §4.1: a GET whose bytes after the
+        // head are the socket's). Admitting one would hand the body to the socket as
+        // frames, or leave hyper and the client disagreeing on where the request ends.
+        // The direct path hands such a request to hyper, so it is refused here, for
+        // both ways in, before the ticket is looked at.
+        let err = ApiError::BadRequest("a connect request must not have a body".into());
+        return refused(&state, ip, err).into_response();
+    }
     let admitted = match admit(&state, ip, req.headers(), req.uri().query()).await {
         Ok(admitted) => admitted,
         Err(err) => return refused(&state, ip, err).into_response(),
@@ -469,9 +478,36 @@ pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> 
     response
 }
 
+/// Whether a request announces a body: any `Transfer-Encoding`, or a `Content-Length`
+/// other than 0.
+fn has_body(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_announced_by_transfer_encoding_or_a_nonzero_length() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = axum::http::HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            has_body(&headers)
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("content-length", "0")]));
+        assert!(with(&[("content-length", "5")]));
+        assert!(with(&[("content-length", "0"), ("content-length", "1")]));
+        assert!(with(&[("transfer-encoding", "chunked")]));
+        assert!(with(&[("transfer-encoding", "identity")]));
+    }
 
     #[test]
     fn the_101_names_the_subprotocol_only_when_offered() {
