@@ -77,7 +77,16 @@ both_stores!(a_ticket_is_single_use, |kind| async move {
 both_stores!(
     racing_upgrades_on_one_ticket_admit_exactly_one,
     |kind| async move {
-        let server = TestServer::builder().store(kind).start().await;
+        // Every racer holds a socket slot of the session (and of its user) while it
+        // waits for the store: caps above the racers keep this about the ticket alone.
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.ws.max_sockets_per_session = 200;
+                c.ws.max_sockets_per_user = 200;
+            })
+            .start()
+            .await;
         let (client, session) = server.login().await;
         let ticket = client.mint_ticket(&session).await.expect("mint");
         let barrier = Arc::new(tokio::sync::Barrier::new(200));
@@ -801,3 +810,305 @@ async fn a_client_close_is_answered_with_a_close_frame() {
         .expect("in time");
     assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Caps on sockets per session and per user (PROTOCOL §8, "Caps"), counted per node
+// ---------------------------------------------------------------------------------------
+
+/// A refusal for a reached cap: 429 `too_many_connections` with a `Retry-After` hint.
+#[track_caller]
+fn assert_too_many(err: ClientError) {
+    match err {
+        ClientError::Api {
+            status,
+            code,
+            retry_after,
+            ..
+        } => {
+            assert_eq!((status, code), (429, Some(ErrorCode::TooManyConnections)));
+            assert!(retry_after.is_some_and(|s| s > 0), "Retry-After missing");
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Closes `ws` and waits until the node has let go of it.
+async fn close_and_wait(server: &TestServer, mut ws: Ws, left: usize) {
+    ws.close(None).await.expect("close");
+    while ws.next().await.is_some() {}
+    wait_until(|| server.state.registry.len() == left).await;
+}
+
+both_stores!(
+    a_session_over_its_socket_cap_is_refused_without_burning_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ws.max_sockets_per_session = 2)
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let ticket = client.mint_ticket(&session).await.expect("mint");
+            sockets.push(client.connect(&session, &ticket).await.expect("connect").0);
+        }
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let err = client.connect(&session, &ticket).await.expect_err("capped");
+        assert_too_many(err);
+        // Another session of the same user has its own cap.
+        let (other, other_session) = server.login_as("alice", ClientType::Web).await;
+        let other_ticket = other.mint_ticket(&other_session).await.expect("mint");
+        let _other = other
+            .connect(&other_session, &other_ticket)
+            .await
+            .expect("another session");
+        let first = sockets.remove(0);
+        close_and_wait(&server, first, 2).await;
+        client
+            .connect(&session, &ticket)
+            .await
+            .expect("the ticket was not burnt by the 429");
+    }
+);
+
+both_stores!(
+    a_user_over_the_socket_cap_is_refused_without_burning_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.ws.max_sockets_per_session = 2;
+                c.ws.max_sockets_per_user = 3;
+            })
+            .start()
+            .await;
+        let (web, web_session) = server.login_as("bob", ClientType::Web).await;
+        let (mobile, mobile_session) = server.login_as("bob", ClientType::Mobile).await;
+        let mut sockets = Vec::new();
+        for (client, session) in [
+            (&web, &web_session),
+            (&web, &web_session),
+            (&mobile, &mobile_session),
+        ] {
+            let ticket = client.mint_ticket(session).await.expect("mint");
+            sockets.push(client.connect(session, &ticket).await.expect("connect").0);
+        }
+        let ticket = mobile.mint_ticket(&mobile_session).await.expect("mint");
+        let err = mobile
+            .connect(&mobile_session, &ticket)
+            .await
+            .expect_err("user capped");
+        assert_too_many(err);
+        // Another user (alice) is not affected.
+        let _alice = connected(&server).await;
+        let first = sockets.remove(0);
+        close_and_wait(&server, first, 3).await;
+        mobile
+            .connect(&mobile_session, &ticket)
+            .await
+            .expect("the ticket was not burnt by the 429");
+    }
+);
+
+both_stores!(
+    racing_connects_at_the_session_cap_admit_exactly_the_cap,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ws.max_sockets_per_session = 3)
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let mut tickets = Vec::new();
+        for _ in 0..40 {
+            tickets.push(client.mint_ticket(&session).await.expect("mint"));
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(tickets.len()));
+        let tasks: Vec<_> = tickets
+            .into_iter()
+            .map(|ticket| {
+                let (client, session, barrier) = (client.clone(), session.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client.connect(&session, &ticket).await
+                })
+            })
+            .collect();
+        let mut sockets = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok((ws, _)) => sockets.push(ws),
+                Err(e) => assert_too_many(e),
+            }
+        }
+        assert_eq!(sockets.len(), 3);
+        assert_eq!(server.state.registry.len(), 3);
+    }
+);
+
+both_stores!(
+    racing_first_sockets_of_a_users_sessions_admit_exactly_the_user_cap,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| c.ws.max_sockets_per_user = 2)
+            .start()
+            .await;
+        // Two sessions, no socket yet: the node learns their user at admission.
+        let (web, web_session) = server.login_as("carol", ClientType::Web).await;
+        let (mobile, mobile_session) = server.login_as("carol", ClientType::Mobile).await;
+        let mut attempts = Vec::new();
+        for _ in 0..5 {
+            for (client, session) in [(&web, &web_session), (&mobile, &mobile_session)] {
+                let ticket = client.mint_ticket(session).await.expect("mint");
+                attempts.push((client.clone(), session.clone(), ticket));
+            }
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(attempts.len()));
+        let tasks: Vec<_> = attempts
+            .into_iter()
+            .map(|(client, session, ticket)| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client.connect(&session, &ticket).await
+                })
+            })
+            .collect();
+        let mut sockets = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok((ws, _)) => sockets.push(ws),
+                Err(e) => assert_too_many(e),
+            }
+        }
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(server.state.registry.len(), 2);
+    }
+);
+
+// ---------------------------------------------------------------------------------------
+// The per-device connect quota is charged for admitted sockets only
+// ---------------------------------------------------------------------------------------
+
+both_stores!(
+    replays_of_a_spent_ticket_cost_the_replaying_ip_not_the_victims_connect_quota,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.rates.connect_device = ticketgate::config::Rate::parse("3/min").expect("rate");
+                c.rates.fail_ip = ticketgate::config::Rate::parse("5/min").expect("rate");
+            })
+            .start()
+            .await;
+        let (victim, session) = server.login_as("bob", ClientType::Mobile).await;
+        let spent = victim.mint_ticket(&session).await.expect("mint");
+        let _first = victim.connect(&session, &spent).await.expect("connect");
+        // The spent ticket, replayed (say, from a proxy log) with the victim's device:
+        // failures, charged to the replaying IP until its failure quota turns them 429.
+        let attacker = server.client();
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            let err = attacker.connect(&session, &spent).await.expect_err("spent");
+            answers.push(api_error(err));
+        }
+        let invalid = (401, Some(ErrorCode::TicketInvalid));
+        let limited = (429, Some(ErrorCode::RateLimited));
+        assert_eq!(answers[..5], [invalid; 5]);
+        assert_eq!(answers[5..], [limited; 3]);
+        // The victim's quota is whole: two more sockets (3 in the minute) ...
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let ticket = victim.mint_ticket(&session).await.expect("mint");
+            let connected = victim.connect(&session, &ticket).await;
+            sockets.push(connected.expect("the victim's quota was not drained").0);
+        }
+        // ... and it still bounds the device: a fourth is over it.
+        let ticket = victim.mint_ticket(&session).await.expect("mint");
+        let err = victim.connect(&session, &ticket).await.expect_err("over");
+        assert_eq!(api_error(err), limited);
+    }
+);
+
+both_stores!(
+    a_device_over_its_connect_quota_is_refused_before_its_ticket_is_consumed,
+    |kind| async move {
+        let server = TestServer::builder()
+            .store(kind)
+            .config(|c| {
+                c.rates.connect_device = ticketgate::config::Rate::parse("1/s").expect("rate")
+            })
+            .start()
+            .await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let _first = client.connect(&session, &ticket).await.expect("connect");
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let err = client.connect(&session, &ticket).await.expect_err("over");
+        assert_eq!(api_error(err), (429, Some(ErrorCode::RateLimited)));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        client
+            .connect(&session, &ticket)
+            .await
+            .expect("the ticket was not burnt by the 429");
+    }
+);
+
+// ---------------------------------------------------------------------------------------
+// A connect request with a body
+// ---------------------------------------------------------------------------------------
+
+/// A connect head for `ticket` with `extra` header lines, then `body`.
+fn connect_with_body(
+    session: &ticketgate_sdk::Session,
+    ticket: &str,
+    extra: &str,
+    body: &str,
+) -> Vec<u8> {
+    format!(
+        "GET /v1/connect?device_id={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n\
+         Sec-WebSocket-Protocol: ticketgate.v1, ticket.{ticket}\r\n{extra}\r\n{body}",
+        session.device_id,
+        support::raw::WS_KEY,
+    )
+    .into_bytes()
+}
+
+both_stores!(
+    a_connect_request_with_a_body_is_refused_without_consuming_the_ticket,
+    |kind| async move {
+        let server = TestServer::builder().store(kind).start().await;
+        let (client, session) = server.login().await;
+        let ticket = client.mint_ticket(&session).await.expect("mint");
+        let bodies = [
+            ("Content-Length: 5\r\n", "hello"),
+            ("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ];
+        for (extra, body) in bodies {
+            // First request of its connection (the direct path hands it to hyper), and
+            // a later one (hyper and axum).
+            for after_healthz in [false, true] {
+                let mut conn = support::raw::Conn::open(&server).await;
+                if after_healthz {
+                    conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+                    assert_eq!(conn.answer().await.status, 200);
+                }
+                conn.send(&connect_with_body(&session, &ticket.ticket, extra, body))
+                    .await;
+                let answer = conn.answer().await;
+                assert_eq!(
+                    answer.status, 400,
+                    "{extra} after_healthz={after_healthz}: {answer:?}"
+                );
+                assert_eq!(answer.json()["error"], "bad_request");
+            }
+        }
+        client
+            .connect(&session, &ticket)
+            .await
+            .expect("the ticket was not consumed");
+    }
+);

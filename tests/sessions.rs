@@ -1003,3 +1003,94 @@ async fn a_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A node with one API app, `billing`, capped at `cap` live sessions.
+async fn app_node(kind: StoreKind, cap: usize) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let apps = dir.path().join("apps.toml");
+    std::fs::write(
+        &apps,
+        "[apps.billing]\nsecret = \"billing-secret-0123456789\"\n",
+    )
+    .expect("write");
+    let server = TestServer::builder()
+        .store(kind)
+        .config(move |c| {
+            c.apps_file = Some(apps);
+            c.max_sessions_per_app = cap;
+        })
+        .start()
+        .await;
+    (server, dir)
+}
+
+/// `billing` logs in from a fresh device.
+async fn app_login(server: &TestServer) -> reqwest::Response {
+    Signed {
+        server,
+        path: "/v1/app/login",
+        key: b"billing-secret-0123456789",
+        device_id: &uuid::Uuid::new_v4().to_string(),
+        bearer: None,
+        body: r#"{"app_id":"billing"}"#,
+    }
+    .send()
+    .await
+}
+
+both_stores!(
+    an_app_past_its_session_cap_is_refused_until_a_session_ends,
+    |kind| async move {
+        let (server, _dir) = app_node(kind, 3).await;
+        for _ in 0..3 {
+            assert_eq!(app_login(&server).await.status(), 200);
+        }
+        let refused = app_login(&server).await;
+        assert!(
+            refused
+                .headers()
+                .get("retry-after")
+                .is_some_and(|v| v != "0"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            error_of(refused).await,
+            (429, "too_many_connections".into())
+        );
+        let kicked = admin(&server, "/admin/v1/users/app:billing/kick", json!({})).await;
+        assert_eq!(kicked.status(), 200);
+        assert_eq!(app_login(&server).await.status(), 200);
+    }
+);
+
+both_stores!(
+    racing_app_logins_at_the_cap_open_exactly_the_cap,
+    |kind| async move {
+        let (server, _dir) = app_node(kind, 3).await;
+        let server = Arc::new(server);
+        let barrier = Arc::new(tokio::sync::Barrier::new(12));
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let (server, barrier) = (server.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let answer = app_login(&server).await;
+                    answer.status().as_u16()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.expect("task"));
+        }
+        statuses.sort_unstable();
+        assert_eq!(statuses, [[200; 3].as_slice(), &[429; 9]].concat());
+        let live = server
+            .state
+            .store
+            .user_sessions("app:billing")
+            .await
+            .expect("index");
+        assert_eq!(live.len(), 3);
+    }
+);

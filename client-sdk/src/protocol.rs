@@ -237,6 +237,7 @@ error_codes! {
     SlowDown => "slow_down",
     StoreUnavailable => "store_unavailable",
     ServerBusy => "server_busy",
+    TooManyConnections => "too_many_connections",
     NotFound => "not_found",
     PayloadTooLarge => "payload_too_large",
     OriginForbidden => "origin_forbidden",

@@ -56,6 +56,12 @@ pub const RATE_SESSION: &str = "TICKETGATE_RATE_SESSION";
 pub const RATE_FRAMES: &str = "TICKETGATE_RATE_FRAMES";
 /// Concurrent connections per node.
 pub const MAX_CONNECTIONS: &str = "TICKETGATE_MAX_CONNECTIONS";
+/// Sockets per session, per node.
+pub const MAX_SOCKETS_PER_SESSION: &str = "TICKETGATE_MAX_SOCKETS_PER_SESSION";
+/// Sockets per user, per node.
+pub const MAX_SOCKETS_PER_USER: &str = "TICKETGATE_MAX_SOCKETS_PER_USER";
+/// Live sessions per API app, deployment-wide.
+pub const MAX_SESSIONS_PER_APP: &str = "TICKETGATE_MAX_SESSIONS_PER_APP";
 /// Public base URL, for `ws_url`.
 pub const PUBLIC_URL: &str = "TICKETGATE_PUBLIC_URL";
 /// CIDRs whose `X-Forwarded-For` is believed.

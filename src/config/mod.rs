@@ -89,7 +89,16 @@ pub struct WsConfig {
     pub allowed_origins: Option<Vec<String>>,
     /// Concurrent connections per node.
     pub max_connections: usize,
+    /// Sockets one session may hold on this node (a session is one device).
+    pub max_sockets_per_session: usize,
+    /// Sockets one user may hold on this node, across their sessions.
+    pub max_sockets_per_user: usize,
 }
+
+/// The `Retry-After` hint of a 429 `too_many_connections` (a socket or session cap is
+/// reached): a slot frees when a socket closes or a session ends, which the server
+/// cannot foresee, so this is only a pace for retries.
+pub const CAP_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +143,8 @@ pub struct Config {
     /// Live sessions per (user, client type) for web and mobile; older ones are
     /// replaced (4509). API sessions are never replaced.
     pub sessions_per_type: usize,
+    /// Live sessions one API app may hold (deployment-wide); a login past it is refused.
+    pub max_sessions_per_app: usize,
     /// Refresh-token grace window for the immediate parent (zero: off).
     pub refresh_grace: Duration,
     /// Key reload period; a new key signs only after two periods.
@@ -164,6 +175,7 @@ impl fmt::Debug for Config {
             .field("header_timeout", &self.header_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("sessions_per_type", &self.sessions_per_type)
+            .field("max_sessions_per_app", &self.max_sessions_per_app)
             .field("refresh_grace", &self.refresh_grace)
             .field("key_reload", &self.key_reload)
             .field("ttl", &self.ttl)
@@ -208,6 +220,8 @@ impl Config {
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             sessions_per_type: 1,
+            // Many workers of one app, not thousands (each session lives 7 days).
+            max_sessions_per_app: 128,
             refresh_grace: Duration::ZERO,
             key_reload: Duration::from_secs(10),
             ttl: TtlConfig {
@@ -237,6 +251,11 @@ impl Config {
                 ping_interval: Duration::from_secs(30),
                 allowed_origins: None,
                 max_connections: 100_000,
+                // A session is one device: a few sockets (browser tabs share one
+                // session). A user: a handful of devices; an app's workers each hold a
+                // session, so this is at least `max_sessions_per_app` sockets of one.
+                max_sockets_per_session: 16,
+                max_sockets_per_user: 128,
             },
         }
     }
@@ -297,8 +316,19 @@ impl Config {
                 env::REFRESH_GRACE
             ));
         }
-        if self.ws.max_connections == 0 {
-            errors.push(format!("{} must be at least 1", env::MAX_CONNECTIONS));
+        let at_least_one = [
+            (env::MAX_CONNECTIONS, self.ws.max_connections),
+            (
+                env::MAX_SOCKETS_PER_SESSION,
+                self.ws.max_sockets_per_session,
+            ),
+            (env::MAX_SOCKETS_PER_USER, self.ws.max_sockets_per_user),
+            (env::MAX_SESSIONS_PER_APP, self.max_sessions_per_app),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
         }
         if let Some(url) = &self.redis_url {
             let known = [

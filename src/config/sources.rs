@@ -45,6 +45,11 @@ pub(super) fn read(
         header_timeout: src.get(env::HEADER_TIMEOUT, d.header_timeout, dur),
         shutdown_grace: src.get(env::SHUTDOWN_GRACE, d.shutdown_grace, dur),
         sessions_per_type: src.get(env::SESSIONS_PER_TYPE, d.sessions_per_type, parse_usize),
+        max_sessions_per_app: src.get(
+            env::MAX_SESSIONS_PER_APP,
+            d.max_sessions_per_app,
+            parse_usize,
+        ),
         refresh_grace: src.get(env::REFRESH_GRACE, d.refresh_grace, parse_duration_or_off),
         key_reload: src.get(env::KEY_RELOAD, d.key_reload, dur),
         ttl: TtlConfig {
@@ -74,6 +79,16 @@ pub(super) fn read(
             ping_interval: src.get(env::PING_INTERVAL, d.ws.ping_interval, dur),
             allowed_origins: src.opt_string(env::ALLOWED_ORIGINS).map(|s| parse_list(&s)),
             max_connections: src.get(env::MAX_CONNECTIONS, d.ws.max_connections, parse_usize),
+            max_sockets_per_session: src.get(
+                env::MAX_SOCKETS_PER_SESSION,
+                d.ws.max_sockets_per_session,
+                parse_usize,
+            ),
+            max_sockets_per_user: src.get(
+                env::MAX_SOCKETS_PER_USER,
+                d.ws.max_sockets_per_user,
+                parse_usize,
+            ),
         },
     };
     (config, src.errors)

@@ -8,9 +8,17 @@
 //! 3. Per-IP connect quota and the node's connection cap: 429 / 503, ticket untouched.
 //! 4. The ticket's MAC and expiry are checked without I/O: a forged or expired ticket
 //!    costs no store command and is charged to the IP's failure quota.
-//! 5. The device's connect quota is charged (only for a ticket whose MAC verified).
+//! 5. For the session the MAC vouches for: its device's connect quota is checked (not
+//!    charged: 429 `rate_limited`), then a socket slot is taken under the session's and
+//!    the user's socket caps (429 `too_many_connections`); ticket untouched.
 //! 6. ONE store round trip consumes the ticket and checks device and session.
-//! 7. Only then does the 101 go out, and the socket starts ([`Admitted`]).
+//! 7. The socket is counted for its user (the store named the user) and charged to
+//!    its device's connect quota. Only then does the 101 go out, and the socket starts
+//!    ([`Admitted`]).
+//!
+//! Every failure after step 4 is charged to the IP's failure quota ([`refused`]), never
+//! to the device's connect quota: a spent ticket replayed with someone's device id must
+//! not use up that device's connects.
 //!
 //! [`admit`] is the same for both transports: a connect request that is the first
 //! request of its connection (nearly all) is read by [`crate::http::first`] and answered
@@ -21,6 +29,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
 use ticketgate_sdk::protocol::{ServerFrame, SUBPROTOCOL, TICKET_SUBPROTOCOL_PREFIX};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,7 +45,9 @@ use super::headers::{text, Headers};
 use crate::auth::signing::is_device_id;
 use crate::auth::tokens::Claims;
 use crate::auth::unix_now_ms;
+use crate::config::CAP_RETRY_AFTER;
 use crate::limits::Limit;
+use crate::registry::{Pace, SocketCaps};
 use crate::sessions::TicketFor;
 use crate::state::AppState;
 use crate::store::{AdmitOutcome, AdmitTicket};
@@ -63,17 +74,32 @@ pub(crate) async fn admit(
         .map_err(|_| ApiError::ServerBusy)?;
 
     let verified = state.tickets.verify(&presented.ticket, unix_now_ms())?;
-    // Keyed on the MAC-verified session, not the presented device id: the MAC does not
-    // cover the device, so a replayed ticket naming a victim's device must not drain
-    // the victim's quota. A session belongs to one device, so this is per device.
+    // The device's connect quota, keyed on the MAC-verified session (the MAC does not
+    // cover the presented device id; a session belongs to one device, so this is per
+    // device). Checked here, before the ticket is consumed, so that a 429 leaves the
+    // ticket usable; charged only in step 7, once the socket is admitted: a ticket that
+    // verifies may still be spent, and a spent ticket replayed a thousand times must
+    // cost its session nothing (the replays go to the IP's failure quota). Governor can
+    // only check-and-charge, so this quota is the registry's (a GCRA with a peek).
+    let pace = connect_pace(state);
     state
-        .limits
-        .check(Limit::ConnectDevice(&verified.session_id))?;
+        .registry
+        .connect_allowed(&verified.session_id, pace, Instant::now())
+        .map_err(|wait| ApiError::RateLimited {
+            retry_after: whole_seconds(wait),
+        })?;
+    // Taken before the ticket is consumed, so a refusal leaves it usable; check and
+    // take are one step (two racing admissions cannot both get the last slot). The
+    // counts are this node's: a deployment of N nodes allows up to N times the caps.
+    let mut slot = state
+        .registry
+        .take_slot(&verified.session_id, socket_caps(state))
+        .map_err(|_| too_many_connections())?;
 
     // Registered before the ticket is consumed: a revocation that lands between the
     // admission script and the socket's start finds it and queues its close.
     let conn_id = crate::auth::random_id(9);
-    let registered = connection::register(
+    let mut registered = connection::register(
         &state.registry,
         state.sockets.clock(),
         conn_id.clone(),
@@ -94,9 +120,18 @@ pub(crate) async fn admit(
         AdmitOutcome::Unknown | AdmitOutcome::SessionGone => return Err(ApiError::TicketInvalid),
     };
 
+    // The ticket names the session, not its user: the user's cap was checked in step 5
+    // only if this node already held a socket of the session. For a session's first
+    // socket here it is checked now, and a refusal comes after the ticket was spent.
+    slot.admitted(&grant.user_id)
+        .map_err(|_| too_many_connections())?;
+    state
+        .registry
+        .charge_connect(&verified.session_id, pace, Instant::now());
     registered
         .registration
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
+    registered.registration.hold(slot);
     crate::metrics::hot().admissions.increment(1);
     Ok(Admitted {
         accept_key: handshake.accept_key,
@@ -112,6 +147,34 @@ pub(crate) async fn admit(
         permit,
         registered,
     })
+}
+
+/// The device connect quota as the registry paces it.
+fn connect_pace(state: &AppState) -> Pace {
+    let rate = state.config.rates.connect_device;
+    Pace {
+        count: rate.count.get(),
+        period: rate.period,
+    }
+}
+
+/// This node's socket caps.
+fn socket_caps(state: &AppState) -> SocketCaps {
+    SocketCaps {
+        per_session: state.config.ws.max_sockets_per_session,
+        per_user: state.config.ws.max_sockets_per_user,
+    }
+}
+
+fn too_many_connections() -> ApiError {
+    ApiError::TooManyConnections {
+        retry_after: CAP_RETRY_AFTER,
+    }
+}
+
+/// `Retry-After` is whole seconds: rounded up, never 0.
+fn whole_seconds(wait: Duration) -> Duration {
+    Duration::from_secs((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
 }
 
 // The steps of `admit`, in its order.
@@ -212,10 +275,19 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
 }
 
 /// Counts a refused admission and charges it to the IP's failure quota when it failed
-/// authentication: the error to answer with.
+/// authentication, or presented a ticket with another device than its own: the error
+/// to answer with.
 pub(crate) fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
     metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
         .increment(1);
+    if matches!(err, ApiError::DeviceMismatch) {
+        // Not an authentication failure elsewhere (a signed call proved its key), but
+        // here a device id anyone can type: the IP pays, not the ticket's device.
+        return match state.limits.check(Limit::FailIp(ip)) {
+            Ok(()) => err,
+            Err(retry) => retry.into(),
+        };
+    }
     super::extract::charge_failure(state, ip, err)
 }
 
@@ -380,6 +452,15 @@ pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> 
         let err = ApiError::BadRequest("a WebSocket upgrade needs HTTP/1.1".into());
         return refused(&state, ip, err).into_response();
     }
+    if has_body(req.headers()) {
+        // An upgrade request has no body (RFC 6455 §4.1: a GET whose bytes after the
+        // head are the socket's). Admitting one would hand the body to the socket as
+        // frames, or leave hyper and the client disagreeing on where the request ends.
+        // The direct path hands such a request to hyper, so it is refused here, for
+        // both ways in, before the ticket is looked at.
+        let err = ApiError::BadRequest("a connect request must not have a body".into());
+        return refused(&state, ip, err).into_response();
+    }
     let admitted = match admit(&state, ip, req.headers(), req.uri().query()).await {
         Ok(admitted) => admitted,
         Err(err) => return refused(&state, ip, err).into_response(),
@@ -396,9 +477,36 @@ pub(crate) async fn connect(State(state): State<AppState>, mut req: Request) -> 
     response
 }
 
+/// Whether a request announces a body: any `Transfer-Encoding`, or a `Content-Length`
+/// other than 0.
+fn has_body(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_is_announced_by_transfer_encoding_or_a_nonzero_length() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = axum::http::HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            has_body(&headers)
+        };
+        assert!(!with(&[]));
+        assert!(!with(&[("content-length", "0")]));
+        assert!(with(&[("content-length", "5")]));
+        assert!(with(&[("content-length", "0"), ("content-length", "1")]));
+        assert!(with(&[("transfer-encoding", "chunked")]));
+        assert!(with(&[("transfer-encoding", "identity")]));
+    }
 
     #[test]
     fn the_101_names_the_subprotocol_only_when_offered() {

@@ -62,6 +62,12 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Duration,
     },
+    /// A cap on sockets per session or user, or on sessions per API app, is reached.
+    #[error("too many connections: a cap on sockets or sessions is reached")]
+    TooManyConnections {
+        /// A hint for when to try again.
+        retry_after: Duration,
+    },
     /// The store does not answer.
     #[error("store unavailable")]
     StoreUnavailable,
@@ -113,6 +119,9 @@ impl ApiError {
             RefreshReused => (ErrorCode::RefreshReused, StatusCode::UNAUTHORIZED),
             RefreshLimit => (ErrorCode::RefreshLimit, StatusCode::UNAUTHORIZED),
             RateLimited { .. } => (ErrorCode::RateLimited, StatusCode::TOO_MANY_REQUESTS),
+            TooManyConnections { .. } => {
+                (ErrorCode::TooManyConnections, StatusCode::TOO_MANY_REQUESTS)
+            }
             StoreUnavailable => (ErrorCode::StoreUnavailable, StatusCode::SERVICE_UNAVAILABLE),
             ServerBusy => (ErrorCode::ServerBusy, StatusCode::SERVICE_UNAVAILABLE),
             NotFound => (ErrorCode::NotFound, StatusCode::NOT_FOUND),
@@ -160,7 +169,8 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after }
+            | ApiError::TooManyConnections { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),
@@ -203,6 +213,9 @@ impl From<SessionError> for ApiError {
             SessionError::DeviceMismatch => ApiError::DeviceMismatch,
             SessionError::Replayed => ApiError::ReplayedRequest,
             SessionError::Busy => ApiError::ServerBusy,
+            SessionError::TooManySessions => ApiError::TooManyConnections {
+                retry_after: crate::config::CAP_RETRY_AFTER,
+            },
             SessionError::Store(e) => e.into(),
             // The one place these are logged: the client only learns "internal".
             SessionError::Credentials(_) | SessionError::Signing(_) => {

@@ -23,6 +23,9 @@ pub enum SessionError {
     /// The request's device is not the session's.
     #[error("device does not match the session")]
     DeviceMismatch,
+    /// An API app holds its cap of live sessions.
+    #[error("the app holds its cap of live sessions")]
+    TooManySessions,
     /// The request's nonce was seen before.
     #[error("nonce already used")]
     Replayed,

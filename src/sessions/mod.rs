@@ -54,6 +54,8 @@ pub(crate) struct Policy {
     pub(crate) refresh_cap_per_day: u32,
     /// Live sessions a user keeps per client type (web, mobile).
     pub(crate) sessions_per_type: usize,
+    /// Live sessions an API app may hold.
+    pub(crate) sessions_per_app: usize,
 }
 
 impl Policy {
@@ -71,6 +73,7 @@ impl Policy {
             refresh_grace: config.refresh_grace,
             refresh_cap_per_day: config.refresh_cap_per_day,
             sessions_per_type: config.sessions_per_type,
+            sessions_per_app: config.max_sessions_per_app,
         }
     }
 
@@ -179,6 +182,13 @@ impl Sessions {
         if self.is_blocked(&user_id).await? {
             return Err(SessionError::BadCredentials);
         }
+        // Cheap refusal of a login flood: nothing is created past the cap. Two logins
+        // racing for the last place both pass here; `enforce_app_session_cap` settles
+        // them once they are indexed.
+        let live = self.0.store.user_sessions(&user_id).await?.len();
+        if live >= self.0.policy.sessions_per_app {
+            return Err(SessionError::TooManySessions);
+        }
         self.open(&user_id, device_id, ClientType::Api).await
     }
 
@@ -213,6 +223,7 @@ impl Sessions {
             return Err(SessionError::BadCredentials);
         }
         self.enforce_one_session_policy(&record).await?;
+        self.enforce_app_session_cap(&record).await?;
         let (access_token, claims) = self.issue_access(&(&record).into())?;
         tracing::info!(session_id = %session_id, user_id = %user_id, client_type = client_type.as_str(), "session opened");
         Ok(LoginResponse {
@@ -249,6 +260,36 @@ impl Sessions {
         let replaced = same_type.into_iter().take(excess).collect();
         self.end(&record.user_id, replaced, close::REPLACED).await?;
         Ok(())
+    }
+
+    /// After an API login: the app may hold `sessions_per_app` live sessions. The new
+    /// session is ranked with the others (oldest first, as the index orders them) and
+    /// ended if its place is past the cap, so of logins racing for the last place
+    /// exactly one keeps it, and an app never holds more than the cap. It never had a
+    /// socket, so ending it needs no message to the nodes.
+    ///
+    /// Counted from the user's session index: a session ended without being unindexed
+    /// (refresh-token reuse) counts until it expires.
+    async fn enforce_app_session_cap(&self, record: &SessionRecord) -> Result<(), SessionError> {
+        if record.client_type != ClientType::Api {
+            return Ok(());
+        }
+        let store = &self.0.store;
+        let place = store
+            .user_sessions(&record.user_id)
+            .await?
+            .iter()
+            .position(|s| s.session_id == record.session_id);
+        // Not listed (expired at once, or ended meanwhile): nothing to keep.
+        if place.is_some_and(|p| p < self.0.policy.sessions_per_app) {
+            return Ok(());
+        }
+        store.revoke_session(&record.session_id).await?;
+        store
+            .unindex_session(&record.user_id, &record.session_id)
+            .await?;
+        tracing::info!(user_id = %record.user_id, "app session refused: cap reached");
+        Err(SessionError::TooManySessions)
     }
 
     /// Rotates a refresh token whose request signature already verified, after
