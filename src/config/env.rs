@@ -90,3 +90,13 @@ pub const SESSIONS_PER_TYPE: &str = "TICKETGATE_SESSIONS_PER_TYPE";
 pub const REFRESH_GRACE: &str = "TICKETGATE_REFRESH_GRACE";
 /// How often nodes reload access-token keys from the data dir.
 pub const KEY_RELOAD: &str = "TICKETGATE_KEY_RELOAD";
+/// A whole request body must arrive within this long.
+pub const BODY_TIMEOUT: &str = "TICKETGATE_BODY_TIMEOUT";
+/// A kept-alive HTTP connection with no request for this long is closed.
+pub const KEEPALIVE_TIMEOUT: &str = "TICKETGATE_KEEPALIVE_TIMEOUT";
+/// An HTTP connection whose answer cannot be written for this long is closed.
+pub const WRITE_TIMEOUT: &str = "TICKETGATE_WRITE_TIMEOUT";
+/// HTTP connections (not upgraded to a socket) per listener.
+pub const MAX_HTTP_CONNECTIONS: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS";
+/// HTTP connections (not upgraded to a socket) per client IP.
+pub const MAX_HTTP_CONNECTIONS_PER_IP: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS_PER_IP";

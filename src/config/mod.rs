@@ -100,6 +100,23 @@ pub struct WsConfig {
 /// cannot foresee, so this is only a pace for retries.
 pub const CAP_RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// Limits of HTTP connections (those not upgraded to a socket), per listener: they
+/// bound what a client can hold without authenticating.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// A whole request body must arrive within this long of its head.
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    pub keepalive_timeout: Duration,
+    /// A connection whose answer cannot be written for this long is closed.
+    pub write_timeout: Duration,
+    /// Connections not upgraded to a socket, per listener.
+    pub max_connections: usize,
+    /// Connections not upgraded to a socket, per client IP (the peer address; trusted
+    /// proxies are counted only in the total).
+    pub max_connections_per_ip: usize,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -155,6 +172,8 @@ pub struct Config {
     pub rates: RateConfig,
     /// WebSocket settings.
     pub ws: WsConfig,
+    /// HTTP connection limits.
+    pub http: HttpConfig,
 }
 
 impl fmt::Debug for Config {
@@ -181,6 +200,7 @@ impl fmt::Debug for Config {
             .field("ttl", &self.ttl)
             .field("rates", &self.rates)
             .field("ws", &self.ws)
+            .field("http", &self.http)
             .finish()
     }
 }
@@ -257,6 +277,15 @@ impl Config {
                 max_sockets_per_session: 16,
                 max_sockets_per_user: 128,
             },
+            http: HttpConfig {
+                body_timeout: Duration::from_secs(10),
+                // hyper's header timer starts as soon as a connection is idle: a
+                // kept-alive connection is closed after the header timeout too.
+                keepalive_timeout: Duration::from_secs(10),
+                write_timeout: Duration::from_secs(10),
+                max_connections: 10_000,
+                max_connections_per_ip: 256,
+            },
         }
     }
 
@@ -301,11 +330,11 @@ impl Config {
         positive(env::IDLE_TIMEOUT, self.ws.idle_timeout);
         positive(env::PING_INTERVAL, self.ws.ping_interval);
         positive(env::KEY_RELOAD, self.key_reload);
+        positive(env::BODY_TIMEOUT, self.http.body_timeout);
+        positive(env::KEEPALIVE_TIMEOUT, self.http.keepalive_timeout);
+        positive(env::WRITE_TIMEOUT, self.http.write_timeout);
         if self.ws.max_frame_bytes < 1024 {
             errors.push(format!("{} must be at least 1024", env::MAX_FRAME_BYTES));
-        }
-        if self.ws.max_fragments == 0 {
-            errors.push(format!("{} must be at least 1", env::MAX_FRAGMENTS));
         }
         if self.sessions_per_type == 0 {
             errors.push(format!("{} must be at least 1", env::SESSIONS_PER_TYPE));
@@ -324,6 +353,12 @@ impl Config {
             ),
             (env::MAX_SOCKETS_PER_USER, self.ws.max_sockets_per_user),
             (env::MAX_SESSIONS_PER_APP, self.max_sessions_per_app),
+            (env::MAX_FRAGMENTS, self.ws.max_fragments as usize),
+            (env::MAX_HTTP_CONNECTIONS, self.http.max_connections),
+            (
+                env::MAX_HTTP_CONNECTIONS_PER_IP,
+                self.http.max_connections_per_ip,
+            ),
         ];
         for (name, value) in at_least_one {
             if value == 0 {

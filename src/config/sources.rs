@@ -13,7 +13,7 @@ use super::parse::{
     parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off, parse_list,
     parse_log_format, parse_path, parse_u32, parse_usize, Rate,
 };
-use super::{env, Config, RateConfig, TtlConfig, WsConfig};
+use super::{env, Config, HttpConfig, RateConfig, TtlConfig, WsConfig};
 
 /// Reads every setting from `env` and the optional config `file`: the configuration
 /// (the default wherever a value is missing or invalid) and one message per value that
@@ -87,6 +87,21 @@ pub(super) fn read(
             max_sockets_per_user: src.get(
                 env::MAX_SOCKETS_PER_USER,
                 d.ws.max_sockets_per_user,
+                parse_usize,
+            ),
+        },
+        http: HttpConfig {
+            body_timeout: src.get(env::BODY_TIMEOUT, d.http.body_timeout, dur),
+            keepalive_timeout: src.get(env::KEEPALIVE_TIMEOUT, d.http.keepalive_timeout, dur),
+            write_timeout: src.get(env::WRITE_TIMEOUT, d.http.write_timeout, dur),
+            max_connections: src.get(
+                env::MAX_HTTP_CONNECTIONS,
+                d.http.max_connections,
+                parse_usize,
+            ),
+            max_connections_per_ip: src.get(
+                env::MAX_HTTP_CONNECTIONS_PER_IP,
+                d.http.max_connections_per_ip,
                 parse_usize,
             ),
         },

@@ -12,9 +12,9 @@
 //!   or oversized requests, a GET with a body) goes to hyper together with the bytes
 //!   already read, so hyper answers it exactly as it always did.
 //!
-//! A refused connect request is answered here, and the rest of the connection
-//! (keep-alive) goes to hyper. The header timeout covers this read as it covers
-//! hyper's.
+//! A refused connect request is answered here (within the write timeout), and the
+//! rest of the connection (keep-alive) goes to hyper. The header timeout covers this
+//! read as it covers hyper's.
 //!
 //! [`Prefixed`] is written by hand because no crate hands hyper a connection whose
 //! first bytes were already read: it is `AsyncRead`/`AsyncWrite` forwarding that serves
@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::body::Bytes;
 use axum::http::header::CONNECTION;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Method};
@@ -198,9 +199,13 @@ pub(crate) async fn serve_connect(
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            match write_response(&mut stream, response).await {
-                Ok(()) if !closing => Next::Hyper { stream, read: rest },
-                Ok(()) | Err(_) => Next::Closed,
+            // A client that does not read its answer is not waited for.
+            let write_timeout = state.config.http.write_timeout;
+            let written =
+                tokio::time::timeout(write_timeout, write_response(&mut stream, response)).await;
+            match written {
+                Ok(Ok(())) if !closing => Next::Hyper { stream, read: rest },
+                Ok(_) | Err(_) => Next::Closed,
             }
         }
     }
@@ -209,11 +214,18 @@ pub(crate) async fn serve_connect(
 /// Writes `response` as HTTP/1.1 in one buffer, with `content-length` and `date` as
 /// hyper would add them.
 async fn write_response(stream: &mut TcpStream, response: Response) -> io::Result<()> {
+    let (head, body) = encode(response).await;
+    stream.write_all(&finish(&head, &body)).await
+}
+
+/// `response` as HTTP/1.1: the status line and headers up to `content-length`
+/// included, and the body. [`finish`] adds the date and puts them together.
+pub(crate) async fn encode(response: Response) -> (Vec<u8>, Bytes) {
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
         .await
         .unwrap_or_default();
-    let mut out = Vec::with_capacity(256 + body.len());
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -233,11 +245,19 @@ async fn write_response(stream: &mut TcpStream, response: Response) -> io::Resul
     }
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(b"\r\n");
+    (out, body)
+}
+
+/// The answer [`encode`] gave `head` and `body` for, dated now, in one buffer.
+pub(crate) fn finish(head: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + 64 + body.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(b"date: ");
     out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await
+    out.extend_from_slice(body);
+    out
 }
 
 /// A transport whose first bytes were already read: they are served first, then the

@@ -193,6 +193,22 @@ impl Conn {
         }
     }
 
+    /// A fresh connection to the node's public listener from the loopback address
+    /// `source` (Linux routes all of 127/8 to loopback): another client IP for the
+    /// node.
+    pub async fn open_from(server: &TestServer, source: std::net::Ipv4Addr) -> Conn {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from((source, 0)))
+            .expect("bind the source address");
+        let stream = socket.connect(server.addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
@@ -269,6 +285,19 @@ pub async fn trickle_until_closed(
 // ---------------------------------------------------------------------------------------
 // Upgrades and frames
 // ---------------------------------------------------------------------------------------
+
+/// The upgrade head the SDK sends for `session`, with `ticket` in the subprotocol and
+/// [`WS_KEY`] as its key.
+pub fn connect_head(session: &Session, ticket: &str) -> Vec<u8> {
+    format!(
+        "GET /v1/connect?device_id={} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\
+         Sec-WebSocket-Protocol: {}, ticket.{ticket}\r\n\r\n",
+        session.device_id,
+        ticketgate_sdk::protocol::SUBPROTOCOL,
+    )
+    .into_bytes()
+}
 
 /// A 101 whose `Sec-WebSocket-Accept` answers `key` (RFC 6455 §4.2.2).
 #[track_caller]
