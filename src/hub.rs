@@ -44,6 +44,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::clock::unix_now_ms;
 use crate::registry::{Outbound, Registry};
+use crate::shutdown::Shutdown;
 use crate::store::bus::{BusEvent, BusEvents, RedisBus};
 use crate::store::redis::RedisStore;
 use crate::store::{Store, StoreError};
@@ -198,27 +199,29 @@ impl Hub {
 
     /// The Redis hub: opens the bus, starts the heartbeat and the link check, and
     /// re-checks live sessions whenever the bus may have lost messages (a reconnect, or
-    /// falling behind) and every [`RECHECK_INTERVAL`].
+    /// falling behind) and every [`RECHECK_INTERVAL`]. Its loops run on `tasks` and
+    /// end at the node's shutdown.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the bus cannot connect.
-    pub async fn redis(
+    pub(crate) async fn redis(
         node_id: String,
         registry: Registry,
         redis: &RedisStore,
         store: Arc<dyn Store>,
+        tasks: &Shutdown,
     ) -> Result<Arc<Hub>, StoreError> {
         let (bus, events) = RedisBus::open(redis).await?;
         let hub = Arc::new(Hub::new(node_id, registry, Transport::Redis(bus)));
-        tokio::spawn(listen(Arc::downgrade(&hub), events));
-        tokio::spawn(watch_link(Arc::downgrade(&hub)));
-        tokio::spawn(recheck_sessions(
+        tasks.spawn_background(listen(Arc::downgrade(&hub), events));
+        tasks.spawn_background(watch_link(Arc::downgrade(&hub)));
+        tasks.spawn_background(recheck_sessions(
             Arc::downgrade(&hub),
             hub.recheck_now.clone(),
             store,
         ));
         let weak = Arc::downgrade(&hub);
-        tokio::spawn(async move {
+        tasks.spawn_background(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;

@@ -100,7 +100,8 @@ async fn open_store(
         Some(url) => {
             let redis = RedisStore::connect(url, RedisSettings::default()).await?;
             let store: Arc<dyn Store> = Arc::new(redis.clone());
-            let hub = Hub::redis(node_id, registry.clone(), &redis, store.clone()).await?;
+            let hub =
+                Hub::redis(node_id, registry.clone(), &redis, store.clone(), shutdown).await?;
             Ok((store, hub))
         }
         None => {
