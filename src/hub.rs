@@ -54,15 +54,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Heartbeat period; a node silent for three periods is not waited for.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often a node checks its own hub link.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// With no hub message heard for this long, the link check includes a round trip
 /// through Redis (a message to this node alone). A busy hub never needs one.
-pub const QUIET_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const QUIET_LIMIT: Duration = Duration::from_secs(10);
 /// How long the round trip may take.
-pub const ECHO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const ECHO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Live sessions are re-checked at least this often (one store read per session of
 /// the node's sockets).
-pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// First retry of a re-check that could not read every session; doubles up to
 /// [`RECHECK_INTERVAL`].
 const RECHECK_RETRY: Duration = Duration::from_secs(1);
@@ -70,7 +70,7 @@ const RECHECK_RETRY: Duration = Duration::from_secs(1);
 /// Whose sockets a push goes to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Target {
+pub(crate) enum Target {
     /// Every socket of a user.
     User(String),
     /// Every socket of a session.
@@ -80,7 +80,7 @@ pub enum Target {
 /// What a request asks every node to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
+pub(crate) enum Op {
     /// Close the sockets of these sessions with `code`.
     Revoke {
         /// Session ids.
@@ -108,7 +108,7 @@ pub enum Op {
 
 /// A socket as listed by the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ConnectionView {
+pub(crate) struct ConnectionView {
     /// The node holding it.
     pub node_id: String,
     /// Connection id.
@@ -125,7 +125,7 @@ pub struct ConnectionView {
 
 /// One node's answer to a request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The answering node.
     pub node_id: String,
     /// Sockets closed or pushes delivered.
@@ -157,7 +157,7 @@ enum Transport {
 
 /// What a re-check of live sessions did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Recheck {
+pub(crate) struct Recheck {
     /// Sessions found ended; their sockets were closed (4503).
     pub closed: usize,
     /// Sessions the store did not answer for; their sockets stay open until the next
@@ -166,7 +166,7 @@ pub struct Recheck {
 }
 
 /// The hub of one node.
-pub struct Hub {
+pub(crate) struct Hub {
     node_id: String,
     registry: Registry,
     transport: Transport,
@@ -181,7 +181,7 @@ pub struct Hub {
 
 impl Hub {
     /// The in-process hub of a single node (embedded store).
-    pub fn local(node_id: String, registry: Registry) -> Arc<Hub> {
+    pub(crate) fn local(node_id: String, registry: Registry) -> Arc<Hub> {
         Arc::new(Hub::new(node_id, registry, Transport::Local))
     }
 
@@ -233,14 +233,9 @@ impl Hub {
         Ok(hub)
     }
 
-    /// This node's id.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     /// How long since this node last heard a hub message (its own included); since the
     /// hub started if none yet. `None` on the in-process hub, which has no link.
-    pub fn last_message_age(&self) -> Option<Duration> {
+    pub(crate) fn last_message_age(&self) -> Option<Duration> {
         match self.transport {
             Transport::Local => None,
             Transport::Redis(_) => {
@@ -325,7 +320,7 @@ impl Hub {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the request cannot be published.
-    pub async fn request(&self, op: Op) -> Result<Vec<Answer>, StoreError> {
+    pub(crate) async fn request(&self, op: Op) -> Result<Vec<Answer>, StoreError> {
         let bus = match &self.transport {
             Transport::Local => return Ok(vec![self.apply(&op)]),
             Transport::Redis(bus) => bus,
@@ -454,7 +449,7 @@ impl Hub {
 
     /// Closes (4503) the sockets whose session no longer exists. A session the store
     /// does not answer for is left alone and counted as unreadable.
-    pub async fn recheck(&self, store: Arc<dyn Store>) -> Recheck {
+    pub(crate) async fn recheck(&self, store: Arc<dyn Store>) -> Recheck {
         let sessions = self.registry.sessions();
         let found = futures_util::stream::iter(sessions)
             .map(|sid| {

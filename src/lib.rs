@@ -1,29 +1,28 @@
 //! ticketgate: a WebSocket long-connection gateway whose connections are admitted by
 //! one-time tickets minted by signed requests.
 //!
-//! # Layout
+//! # The library surface
+//! A node is built and run with [`Server`] from a [`Config`]. What else is public is
+//! what a caller of the library, or the project's own test suites, needs:
 //! - [`config`]: every setting, default, env variable and config-file key.
-//! - [`server`]: builds a node and runs it until shutdown.
-//! - [`shutdown`]: the shutdown signal and the tracker of the node's tasks.
-//! - [`http`]: accept loop, public and admin routers, error mapping.
-//! - [`ws`]: admission (ticket → socket), the connection loop, the registry.
-//! - [`clock`]: the wall clock, read in one place.
-//! - [`auth`]: secrets, access tokens, request signing, tickets, users, sessions.
-//! - [`sessions`]: the session layer's use cases (login, refresh, tickets, ending).
-//! - [`store`]: all server-side state, Redis or embedded, behind one trait.
-//! - [`hub`]: cross-node revocations, pushes and queries (Redis pub/sub or in-process).
-//! - [`limits`]: governor-based anti-flood limits.
-//! - [`metrics`]: the Prometheus recorder.
+//! - [`server`]: builds a node and runs it until shutdown; [`shutdown::os_signal`].
+//! - [`store`]: the `Store` trait and its two implementations (the store suite runs
+//!   against both).
+//! - [`state`], [`registry`], [`sessions`]: a running node's handles, its live
+//!   connections, and ending sessions.
+//! - [`auth::users`] and [`auth::tokens`]: the users file and key rotation (the CLI).
+//! - [`ws::ws_config_for`]: the WebSocket settings (the load harness's baseline).
 //!
-//! See ARCHITECTURE.md for the path of a handshake and the invariants.
+//! Everything else is `pub(crate)`; ARCHITECTURE.md has the whole map, the path of a
+//! handshake and the invariants.
 
 pub mod auth;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
-pub mod http;
-pub mod hub;
-pub mod limits;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod limits;
+pub(crate) mod metrics;
 pub mod registry;
 pub mod server;
 pub mod sessions;

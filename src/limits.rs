@@ -3,8 +3,10 @@
 //!
 //! Charging order is part of the security design (see ARCHITECTURE.md): device ids are
 //! public, so per-device quotas are charged only after the request proved it holds the
-//! device's key (mint: the signature verified; connect: the ticket's MAC verified).
-//! Failures before that are charged to the client IP (`fail_ip`).
+//! device's key (mint: the signature verified). Failures before that are charged to
+//! the client IP (`fail_ip`). The per-device connect quota is the registry's: it must
+//! be checked before the ticket is consumed and charged only once the socket is
+//! admitted, which governor's check-and-charge cannot do (`registry::Pace`).
 //!
 //! Keyed state is bounded: [`Limits::retain_recent`] runs on a timer and drops keys whose
 //! quota has fully replenished.
@@ -24,10 +26,10 @@ type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as 
 
 /// The request was over a quota; retry after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub Duration);
+pub(crate) struct RetryAfter(pub Duration);
 
 /// Converts a configured rate to a governor quota: `count` per `period`, burst `count`.
-pub fn quota(rate: Rate) -> Quota {
+pub(crate) fn quota(rate: Rate) -> Quota {
     let per_cell = rate.period / rate.count.get();
     Quota::with_period(per_cell.max(Duration::from_nanos(1)))
         .unwrap_or_else(|| Quota::per_second(rate.count))
@@ -36,7 +38,7 @@ pub fn quota(rate: Rate) -> Quota {
 
 /// Which keyed quota to charge.
 #[derive(Debug, Clone, Copy)]
-pub enum Limit<'a> {
+pub(crate) enum Limit<'a> {
     /// Login attempts from an IP.
     LoginIp(IpAddr),
     /// Login attempts for a username.
@@ -47,9 +49,6 @@ pub enum Limit<'a> {
     FailIp(IpAddr),
     /// Mints by a device (after its signature verified).
     MintDevice(&'a str),
-    /// Connects by a device, keyed on the session of a MAC-verified ticket (a session
-    /// belongs to one device; the presented device id is not covered by the MAC).
-    ConnectDevice(&'a str),
     /// Connects from an IP.
     ConnectIp(IpAddr),
     /// Refresh and logout calls of a session (after the request's signature verified).
@@ -57,13 +56,12 @@ pub enum Limit<'a> {
 }
 
 /// Every keyed limiter of a node.
-pub struct Limits<C: Clock + Clone = DefaultClock> {
+pub(crate) struct Limits<C: Clock + Clone = DefaultClock> {
     login_ip: Keyed<IpAddr, C>,
     login_user: Keyed<String, C>,
     login_device: Keyed<String, C>,
     fail_ip: Keyed<IpAddr, C>,
     mint_device: Keyed<String, C>,
-    connect_device: Keyed<String, C>,
     connect_ip: Keyed<IpAddr, C>,
     session: Keyed<String, C>,
     clock: C,
@@ -71,7 +69,7 @@ pub struct Limits<C: Clock + Clone = DefaultClock> {
 
 impl<C: Clock + Clone> Limits<C> {
     /// The clock every limiter of this node runs on.
-    pub fn clock(&self) -> &C {
+    pub(crate) fn clock(&self) -> &C {
         &self.clock
     }
 }
@@ -82,21 +80,20 @@ fn keyed<K: Hash + Eq + Clone, C: Clock + Clone>(rate: Rate, clock: &C) -> Keyed
 
 impl Limits<DefaultClock> {
     /// Limiters on the real clock.
-    pub fn new(rates: &RateConfig) -> Self {
+    pub(crate) fn new(rates: &RateConfig) -> Self {
         Limits::with_clock(rates, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> Limits<C> {
     /// Limiters on the given clock (tests use `FakeRelativeClock`).
-    pub fn with_clock(rates: &RateConfig, clock: C) -> Self {
+    pub(crate) fn with_clock(rates: &RateConfig, clock: C) -> Self {
         Limits {
             login_ip: keyed(rates.login_ip, &clock),
             login_user: keyed(rates.login_user, &clock),
             login_device: keyed(rates.login_device, &clock),
             fail_ip: keyed(rates.fail_ip, &clock),
             mint_device: keyed(rates.mint_device, &clock),
-            connect_device: keyed(rates.connect_device, &clock),
             connect_ip: keyed(rates.connect_ip, &clock),
             session: keyed(rates.session, &clock),
             clock,
@@ -107,14 +104,13 @@ impl<C: Clock + Clone> Limits<C> {
     ///
     /// # Errors
     /// [`RetryAfter`] when over the quota; nothing is charged then.
-    pub fn check(&self, limit: Limit<'_>) -> Result<(), RetryAfter> {
+    pub(crate) fn check(&self, limit: Limit<'_>) -> Result<(), RetryAfter> {
         let verdict = match limit {
             Limit::LoginIp(ip) => self.login_ip.check_key(&ip),
             Limit::LoginUser(u) => self.login_user.check_key(&u.to_owned()),
             Limit::LoginDevice(d) => self.login_device.check_key(&d.to_owned()),
             Limit::FailIp(ip) => self.fail_ip.check_key(&ip),
             Limit::MintDevice(d) => self.mint_device.check_key(&d.to_owned()),
-            Limit::ConnectDevice(d) => self.connect_device.check_key(&d.to_owned()),
             Limit::ConnectIp(ip) => self.connect_ip.check_key(&ip),
             Limit::Session(s) => self.session.check_key(&s.to_owned()),
         };
@@ -128,13 +124,12 @@ impl<C: Clock + Clone> Limits<C> {
     }
 
     /// Drops the state of keys whose quota is full again, bounding memory.
-    pub fn retain_recent(&self) {
+    pub(crate) fn retain_recent(&self) {
         self.login_ip.retain_recent();
         self.login_user.retain_recent();
         self.login_device.retain_recent();
         self.fail_ip.retain_recent();
         self.mint_device.retain_recent();
-        self.connect_device.retain_recent();
         self.connect_ip.retain_recent();
         self.session.retain_recent();
         self.login_ip.shrink_to_fit();
@@ -142,30 +137,29 @@ impl<C: Clock + Clone> Limits<C> {
         self.login_device.shrink_to_fit();
         self.fail_ip.shrink_to_fit();
         self.mint_device.shrink_to_fit();
-        self.connect_device.shrink_to_fit();
         self.connect_ip.shrink_to_fit();
         self.session.shrink_to_fit();
     }
 
-    /// Keys held across every limiter (for metrics and tests).
-    pub fn tracked_keys(&self) -> usize {
+    /// Keys held across every limiter.
+    #[cfg(test)]
+    pub(crate) fn tracked_keys(&self) -> usize {
         self.login_ip.len()
             + self.login_user.len()
             + self.login_device.len()
             + self.fail_ip.len()
             + self.mint_device.len()
-            + self.connect_device.len()
             + self.connect_ip.len()
             + self.session.len()
     }
 }
 
 /// The per-connection frame limiter.
-pub type FrameLimiter = governor::DefaultDirectRateLimiter;
+pub(crate) type FrameLimiter = governor::DefaultDirectRateLimiter;
 
 /// A new frame limiter for one connection, on a clock shared by all of them (a new
 /// `quanta` clock per connection would calibrate itself, CPUID included, every time).
-pub fn frame_limiter(rate: Rate, clock: &DefaultClock) -> FrameLimiter {
+pub(crate) fn frame_limiter(rate: Rate, clock: &DefaultClock) -> FrameLimiter {
     RateLimiter::direct_with_clock(quota(rate), clock.clone())
 }
 

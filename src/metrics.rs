@@ -12,7 +12,7 @@ static HOT: OnceLock<Hot> = OnceLock::new();
 
 /// The metrics recorded on every admission, mint and socket, resolved once: a macro
 /// call looks its key up in the recorder's registry each time.
-pub struct Hot {
+pub(crate) struct Hot {
     /// `ticketgate_admissions_total`.
     pub admissions: Counter,
     /// `ticketgate_tickets_minted_total`.
@@ -22,7 +22,7 @@ pub struct Hot {
 }
 
 /// The hot-path handles, bound to this process's recorder (installed first).
-pub fn hot() -> &'static Hot {
+pub(crate) fn hot() -> &'static Hot {
     HOT.get_or_init(|| {
         let _ = handle();
         Hot {
@@ -34,7 +34,7 @@ pub fn hot() -> &'static Hot {
 }
 
 /// The process's Prometheus handle, installing the recorder on first use.
-pub fn handle() -> PrometheusHandle {
+pub(crate) fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();

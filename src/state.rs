@@ -32,7 +32,7 @@ pub struct Shared {
     /// Access token keys, reloaded from the data dir (JWKS, key sweeps).
     pub keys: KeyStore,
     /// Cross-node events.
-    pub hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     /// Anti-flood limiters.
     pub(crate) limits: Limits,
     /// Live connections of this node.

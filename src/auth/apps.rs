@@ -41,13 +41,13 @@ struct AppRecord {
 /// The apps registry, kept current by [`Apps::watch`]; cheap to clone. Without a
 /// file there are no apps.
 #[derive(Clone)]
-pub struct Apps {
+pub(crate) struct Apps {
     file: Arc<Watched<AppsFile>>,
 }
 
 impl Apps {
     /// Opens (and first reads) the apps file.
-    pub fn open(path: Option<&Path>) -> Result<Apps, AppsError> {
+    pub(crate) fn open(path: Option<&Path>) -> Result<Apps, AppsError> {
         let parse = |text: &str| toml::from_str::<AppsFile>(text).map_err(|e| e.to_string());
         let file = Watched::open(path, parse).map_err(|e| AppsError {
             path: e.path,
@@ -64,7 +64,7 @@ impl Apps {
     }
 
     /// The secret of an app, as HMAC key bytes.
-    pub fn secret(&self, app_id: &str) -> Option<Vec<u8>> {
+    pub(crate) fn secret(&self, app_id: &str) -> Option<Vec<u8>> {
         self.file
             .current()
             .apps

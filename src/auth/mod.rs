@@ -9,11 +9,11 @@
 //! - [`watched`]: files reloaded off the async workers (users, apps).
 //! - [`refresh`]: session ids, refresh tokens and their stored hash.
 
-pub mod apps;
+pub(crate) mod apps;
 pub(crate) mod refresh;
-pub mod secrets;
-pub mod signing;
-pub mod ticket;
+pub(crate) mod secrets;
+pub(crate) mod signing;
+pub(crate) mod ticket;
 pub mod tokens;
 pub mod users;
 pub(crate) mod watched;

@@ -40,7 +40,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
 }
 
 /// Creates the data dir (0700) if missing.
-pub fn ensure_dir(dir: &Path) -> Result<(), SecretsError> {
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), SecretsError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     set_mode(dir, 0o700).map_err(io(dir))
 }
@@ -58,7 +58,7 @@ fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
 
 /// Writes `contents` to `path` only if `path` does not exist yet, atomically and 0600.
 /// Returns false when another writer created it first.
-pub fn create_exclusive(path: &Path, contents: &[u8]) -> Result<bool, SecretsError> {
+pub(crate) fn create_exclusive(path: &Path, contents: &[u8]) -> Result<bool, SecretsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut opts = std::fs::OpenOptions::new();
@@ -85,7 +85,7 @@ pub fn create_exclusive(path: &Path, contents: &[u8]) -> Result<bool, SecretsErr
 }
 
 /// Reads the server secret from the data dir, creating it on first start.
-pub fn load_or_create_server_secret(dir: &Path) -> Result<[u8; 32], SecretsError> {
+pub(crate) fn load_or_create_server_secret(dir: &Path) -> Result<[u8; 32], SecretsError> {
     ensure_dir(dir)?;
     let path = dir.join("server.secret");
     if !path.exists() {
@@ -102,7 +102,7 @@ pub fn load_or_create_server_secret(dir: &Path) -> Result<[u8; 32], SecretsError
 
 /// Per-purpose subkeys of the server secret.
 #[derive(Clone)]
-pub struct Secrets {
+pub(crate) struct Secrets {
     signing_key_root: [u8; 32],
     ticket_mac: [u8; 32],
     refresh: [u8; 32],
@@ -115,11 +115,11 @@ impl std::fmt::Debug for Secrets {
 }
 
 /// The version byte in session ids and tickets; bump it when the derivation changes.
-pub const SECRET_VERSION: char = '1';
+pub(crate) const SECRET_VERSION: char = '1';
 
 impl Secrets {
     /// Derives every subkey from the server secret.
-    pub fn derive(server_secret: &[u8; 32]) -> Secrets {
+    pub(crate) fn derive(server_secret: &[u8; 32]) -> Secrets {
         let hk = Hkdf::<Sha256>::new(Some(b"ticketgate"), server_secret);
         let sub = |info: &[u8]| {
             let mut out = [0u8; 32];
@@ -138,23 +138,23 @@ impl Secrets {
 
     /// The session's request signing key, derived from the session id, so verifying a
     /// signature needs no store round trip.
-    pub fn session_signing_key(&self, session_id: &str) -> [u8; 32] {
+    pub(crate) fn session_signing_key(&self, session_id: &str) -> [u8; 32] {
         hmac32(&self.signing_key_root, session_id.as_bytes())
     }
 
     /// The key that MACs tickets.
-    pub fn ticket_mac_key(&self) -> &[u8; 32] {
+    pub(crate) fn ticket_mac_key(&self) -> &[u8; 32] {
         &self.ticket_mac
     }
 
     /// The key that hashes refresh tokens before they are stored.
-    pub fn refresh_key(&self) -> &[u8; 32] {
+    pub(crate) fn refresh_key(&self) -> &[u8; 32] {
         &self.refresh
     }
 }
 
 /// HMAC-SHA256 of `msg` under `key`.
-pub fn hmac32(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac32(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(m) => m,
         Err(_) => unreachable!("HMAC takes keys of any length"),

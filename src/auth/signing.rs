@@ -13,7 +13,7 @@ use ticketgate_sdk::signing::{signature, signatures_equal, SignedParts};
 
 /// Why a signed request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SigningError {
+pub(crate) enum SigningError {
     /// A `X-TG-*` header is missing, repeated or malformed (400).
     #[error("header {0} missing or malformed")]
     BadHeader(&'static str),
@@ -27,7 +27,7 @@ pub enum SigningError {
 
 /// The parsed `X-TG-*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedHeaders {
+pub(crate) struct SignedHeaders {
     /// `X-TG-Device`, a hyphenated UUID, as sent.
     pub device_id: String,
     /// `X-TG-Timestamp`, unix seconds.
@@ -39,7 +39,7 @@ pub struct SignedHeaders {
 }
 
 /// True when `s` is a UUID in its hyphenated 36-character form.
-pub fn is_device_id(s: &str) -> bool {
+pub(crate) fn is_device_id(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
@@ -52,7 +52,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Sig
 }
 
 /// Parses and checks the form of the four `X-TG-*` headers.
-pub fn parse_headers(headers: &HeaderMap) -> Result<SignedHeaders, SigningError> {
+pub(crate) fn parse_headers(headers: &HeaderMap) -> Result<SignedHeaders, SigningError> {
     let device_id = single(headers, HEADER_DEVICE)?;
     if !is_device_id(device_id) {
         return Err(SigningError::BadHeader(HEADER_DEVICE));
@@ -92,7 +92,11 @@ pub fn parse_headers(headers: &HeaderMap) -> Result<SignedHeaders, SigningError>
 }
 
 /// Refuses a timestamp more than `skew` away from `now` (unix seconds).
-pub fn check_fresh(signed: &SignedHeaders, now: i64, skew: Duration) -> Result<(), SigningError> {
+pub(crate) fn check_fresh(
+    signed: &SignedHeaders,
+    now: i64,
+    skew: Duration,
+) -> Result<(), SigningError> {
     let skew = i64::try_from(skew.as_secs()).unwrap_or(i64::MAX);
     if signed.timestamp.abs_diff(now) > skew.unsigned_abs() {
         return Err(SigningError::Stale);
@@ -101,7 +105,7 @@ pub fn check_fresh(signed: &SignedHeaders, now: i64, skew: Duration) -> Result<(
 }
 
 /// Verifies the signature over method, path, headers and body in constant time.
-pub fn check_signature(
+pub(crate) fn check_signature(
     key: &[u8],
     method: &str,
     path: &str,

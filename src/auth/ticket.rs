@@ -22,11 +22,11 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL
 /// MAC bytes kept (128 bits).
 const MAC_LEN: usize = 16;
 /// Longer inputs are refused before any parsing.
-pub const MAX_TICKET_LEN: usize = 160;
+pub(crate) const MAX_TICKET_LEN: usize = 160;
 
 /// A ticket whose MAC and expiry verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedTicket {
+pub(crate) struct VerifiedTicket {
     /// The session that minted it.
     pub session_id: String,
     /// Its random id (store key).
@@ -37,7 +37,7 @@ pub struct VerifiedTicket {
 
 /// Why a ticket was refused before the store was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TicketError {
+pub(crate) enum TicketError {
     /// Not of the ticket form, wrong version, or the MAC does not verify.
     #[error("ticket malformed or forged")]
     Forged,
@@ -48,7 +48,7 @@ pub enum TicketError {
 
 /// Mints and verifies tickets with the ticket subkey.
 #[derive(Clone)]
-pub struct TicketCodec {
+pub(crate) struct TicketCodec {
     key: [u8; 32],
 }
 
@@ -64,7 +64,7 @@ fn is_id_char(b: u8) -> bool {
 
 impl TicketCodec {
     /// A codec with the given MAC key.
-    pub fn new(key: [u8; 32]) -> TicketCodec {
+    pub(crate) fn new(key: [u8; 32]) -> TicketCodec {
         TicketCodec { key }
     }
 
@@ -77,7 +77,7 @@ impl TicketCodec {
 
     /// Creates a ticket for `session_id`, expiring at `expires_at_ms`. Returns the
     /// ticket and its id.
-    pub fn mint(&self, session_id: &str, expires_at_ms: i64) -> (String, String) {
+    pub(crate) fn mint(&self, session_id: &str, expires_at_ms: i64) -> (String, String) {
         let ticket_id = super::random_b64(16);
         let body = format!("{SECRET_VERSION}.{session_id}.{expires_at_ms}.{ticket_id}");
         let mac = B64.encode(self.mac(&body));
@@ -85,7 +85,7 @@ impl TicketCodec {
     }
 
     /// Verifies form, MAC (constant time) and expiry. No I/O.
-    pub fn verify(&self, ticket: &str, now_ms: i64) -> Result<VerifiedTicket, TicketError> {
+    pub(crate) fn verify(&self, ticket: &str, now_ms: i64) -> Result<VerifiedTicket, TicketError> {
         if ticket.len() > MAX_TICKET_LEN {
             return Err(TicketError::Forged);
         }

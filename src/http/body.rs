@@ -20,7 +20,7 @@ use super::error::ApiError;
 /// The error of a body that did not arrive within its deadline.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time")]
-pub struct BodyTimedOut;
+pub(crate) struct BodyTimedOut;
 
 /// A request body that must end by a deadline: past it, reading fails with
 /// [`BodyTimedOut`] (a client sending a `Content-Length` and then nothing would hold
@@ -28,7 +28,7 @@ pub struct BodyTimedOut;
 ///
 /// The timer is made at the first read that waits, so a body read at once (or never)
 /// costs none.
-pub struct Deadline<B> {
+pub(crate) struct Deadline<B> {
     inner: B,
     until: Instant,
     timer: Option<Pin<Box<Sleep>>>,
@@ -36,7 +36,7 @@ pub struct Deadline<B> {
 
 impl<B> Deadline<B> {
     /// `inner`, to be read whole within `timeout` from now.
-    pub fn new(inner: B, timeout: Duration) -> Deadline<B> {
+    pub(crate) fn new(inner: B, timeout: Duration) -> Deadline<B> {
         Deadline {
             inner,
             until: Instant::now() + timeout,
@@ -96,7 +96,7 @@ fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
 /// then while reading, for chunked bodies). A body that does not arrive within the
 /// body timeout ([`Deadline`]) is refused with 400, and its connection closes (hyper
 /// does not keep a connection whose body was not read to its end).
-pub async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     if let Some(len) = headers.get(header::CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -119,7 +119,7 @@ pub async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiE
 
 /// Parses a JSON object body; an empty body parses as `{}`. Anything but an object is
 /// refused (serde would otherwise accept the array form of a struct).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != b'{') {
         return Err(ApiError::BadRequest(

@@ -9,10 +9,10 @@ use super::headers::Headers;
 
 /// The peer address of the TCP connection, inserted by the accept loop.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
 /// The address limits are keyed on.
-pub fn client_ip(peer: SocketAddr, headers: &impl Headers, trusted: &[IpNet]) -> IpAddr {
+pub(crate) fn client_ip(peer: SocketAddr, headers: &impl Headers, trusted: &[IpNet]) -> IpAddr {
     let peer_ip = peer.ip().to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer_ip) {

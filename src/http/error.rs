@@ -19,7 +19,7 @@ use crate::ws::connection::Refusal;
 
 /// Every error a public or admin call can answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// Malformed input; the text says what (no secrets in it).
     #[error("{0}")]
     BadRequest(String),
@@ -96,7 +96,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// The protocol code and HTTP status.
-    pub fn code_and_status(&self) -> (ErrorCode, StatusCode) {
+    pub(crate) fn code_and_status(&self) -> (ErrorCode, StatusCode) {
         use ApiError::*;
         match self {
             BadRequest(_) | UpgradeRequired => (
@@ -142,7 +142,7 @@ impl ApiError {
 
     /// True for failures that happen before the caller proved anything (bad form,
     /// bad signature, forged ticket...): these are charged to the IP's failure quota.
-    pub fn is_unauthenticated_failure(&self) -> bool {
+    pub(crate) fn is_unauthenticated_failure(&self) -> bool {
         use ApiError::*;
         matches!(
             self,

@@ -49,7 +49,7 @@ const MAX_HEADERS: usize = 100;
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
 /// What the first read of a connection found.
-pub enum First {
+pub(crate) enum First {
     /// A complete `GET /v1/connect` request head.
     Connect(ConnectRequest),
     /// Anything else: these bytes go to hyper before the rest of the connection.
@@ -60,7 +60,7 @@ pub enum First {
 
 /// A connect request read off the socket: its bytes, parsed again where it is served
 /// (the parsed headers borrow the bytes, and the admission awaits the store).
-pub struct ConnectRequest {
+pub(crate) struct ConnectRequest {
     buf: Vec<u8>,
     /// Where the head ends; bytes after it were sent before the 101 (frames).
     head_len: usize,
@@ -68,7 +68,7 @@ pub struct ConnectRequest {
 
 /// Reads until the first request head is complete, `max_head` bytes were read, or the
 /// client is gone. The caller bounds it in time (the header timeout).
-pub async fn read(stream: &mut TcpStream, max_head: usize) -> First {
+pub(crate) async fn read(stream: &mut TcpStream, max_head: usize) -> First {
     let mut buf = Vec::with_capacity(FIRST_READ_BYTES);
     loop {
         if buf.len() == buf.capacity() {
@@ -263,7 +263,7 @@ pub(crate) fn finish(head: &[u8], body: &[u8]) -> Vec<u8> {
 /// A transport whose first bytes were already read: they are served first, then the
 /// rest comes from `inner`. Writes go straight to `inner` (vectored writes included, so
 /// hyper keeps writing headers and body in one call).
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
@@ -271,7 +271,7 @@ pub struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     /// `inner`, with `prefix` read first.
-    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
         Prefixed {
             prefix,
             pos: 0,

@@ -6,7 +6,7 @@
 use axum::http::HeaderMap;
 
 /// Request headers, read by lower-case name.
-pub trait Headers {
+pub(crate) trait Headers {
     /// The values of `name` that are text (visible ASCII and tabs, what
     /// `HeaderValue::to_str` accepts), in order; other values are skipped.
     fn texts<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a str>;
@@ -41,7 +41,7 @@ impl Headers for HeaderMap {
 }
 
 /// Headers as `httparse` left them: names in any case, values as sent.
-pub struct Parsed<'h, 'b>(pub &'h [httparse::Header<'b>]);
+pub(crate) struct Parsed<'h, 'b>(pub &'h [httparse::Header<'b>]);
 
 impl Headers for Parsed<'_, '_> {
     fn texts<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a str> {
@@ -67,7 +67,7 @@ impl Headers for Parsed<'_, '_> {
 }
 
 /// `value` as text when it is visible ASCII and tabs only (as `HeaderValue::to_str`).
-pub fn text(value: &[u8]) -> Option<&str> {
+pub(crate) fn text(value: &[u8]) -> Option<&str> {
     if value
         .iter()
         .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
@@ -80,7 +80,7 @@ pub fn text(value: &[u8]) -> Option<&str> {
 
 /// Whether `value` is a valid header value (what `HeaderValue::from_bytes` accepts: no
 /// control bytes but tabs, no DEL).
-pub fn is_valid_value(value: &[u8]) -> bool {
+pub(crate) fn is_valid_value(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))

@@ -22,16 +22,16 @@
 //! [`Shutdown`] tracker. At the signal the loops stop accepting, requests in flight
 //! finish and are answered, idle connections close, and the node waits for all of it.
 
-pub mod admin;
+pub(crate) mod admin;
 pub(crate) mod admission;
-pub mod body;
-pub mod client_ip;
+pub(crate) mod body;
+pub(crate) mod client_ip;
 mod cookie;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod extract;
-pub mod first;
-pub mod headers;
-pub mod public;
+pub(crate) mod first;
+pub(crate) mod headers;
+pub(crate) mod public;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -70,7 +70,7 @@ use client_ip::PeerAddr;
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// At most one warning per this long for failed accepts, and one for refused
 /// connections; the others are counted in the next one.
-pub const WARN_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(5);
 /// The first pause of the accept loop after a failed accept (out of file descriptors);
 /// it doubles at each failure in a row, up to [`MAX_ACCEPT_BACKOFF`].
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -119,7 +119,7 @@ fn cors(state: &AppState) -> Option<CorsLayer> {
 }
 
 /// The public router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let cors = cors(&state);
     let router = Router::new()
         .route("/v1/login", post(public::login))
@@ -143,7 +143,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Limits of the connections of a listener, the same on both listeners.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// A request head must be complete within this long (slowloris guard).
     pub header_timeout: Duration,
     /// After the shutdown signal, the request in flight gets this long to finish.
@@ -162,7 +162,7 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     /// The limits `config` sets.
-    pub fn of(config: &Config) -> ConnLimits {
+    pub(crate) fn of(config: &Config) -> ConnLimits {
         ConnLimits {
             header_timeout: config.header_timeout,
             grace: config.shutdown_grace,
@@ -181,7 +181,7 @@ impl ConnLimits {
 ///
 /// The first request of each connection is read by [`first`]: a connect request is
 /// admitted without hyper, anything else goes on to hyper with the bytes already read.
-pub async fn serve_public(listener: TcpListener, state: AppState) {
+pub(crate) async fn serve_public(listener: TcpListener, state: AppState) {
     let router = router(state.clone());
     let limits = ConnLimits::of(&state.config);
     let mut gate = Gate::new(&limits, state.config.trusted_proxies.clone()).await;
@@ -201,7 +201,7 @@ pub async fn serve_public(listener: TcpListener, state: AppState) {
 
 /// Serves `router` (the admin API) on `listener` until `shutdown` is signalled; then
 /// stops accepting. Every connection is a task on the shutdown tracker.
-pub async fn serve_admin(
+pub(crate) async fn serve_admin(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
@@ -636,7 +636,7 @@ impl Drop for InFlight {
 /// waited that long (the client reads nothing, its window is shut), it fails with
 /// `TimedOut` and hyper closes the connection. Time spent writing while the client
 /// does read is not counted; the clock starts at the first write that must wait.
-pub struct WriteDeadline<S> {
+pub(crate) struct WriteDeadline<S> {
     inner: S,
     timeout: Duration,
     /// Made at the first blocked write, and reused.
@@ -647,7 +647,7 @@ pub struct WriteDeadline<S> {
 
 impl<S> WriteDeadline<S> {
     /// `inner`, whose writes may stay blocked up to `timeout`.
-    pub fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
+    pub(crate) fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
         WriteDeadline {
             inner,
             timeout,

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub mod inbox;
+pub(crate) mod inbox;
 
 use dashmap::DashMap;
 use inbox::Inbox;

@@ -34,7 +34,7 @@ use super::StoreError;
 /// The sending side of the bus, and the handle that watches its receiving side; cheap
 /// to clone.
 #[derive(Clone)]
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     pool: Pool,
     /// The same client as [`BusEvents`]' (a clone shares the connection).
     subscriber: SubscriberClient,
@@ -49,7 +49,7 @@ pub struct RedisBus {
 
 /// What the receiving side of the bus hears.
 #[derive(Debug)]
-pub enum BusEvent {
+pub(crate) enum BusEvent {
     /// A message published by some node (this one included).
     Message(String),
     /// This node fell behind and missed `n` messages.
@@ -60,7 +60,7 @@ pub enum BusEvent {
 }
 
 /// The receiving side of the bus: one subscriber connection.
-pub struct BusEvents {
+pub(crate) struct BusEvents {
     subscriber: SubscriberClient,
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::prelude::Server>,
@@ -72,7 +72,7 @@ impl RedisBus {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the subscriber cannot connect or subscribe.
-    pub async fn open(redis: &RedisStore) -> Result<(RedisBus, BusEvents), StoreError> {
+    pub(crate) async fn open(redis: &RedisStore) -> Result<(RedisBus, BusEvents), StoreError> {
         let unavailable = |e: fred::error::Error| StoreError::Unavailable(e.details().to_string());
         let (url, settings) = redis.connection();
         let config = Config::from_url(url).map_err(unavailable)?;
@@ -112,7 +112,7 @@ impl RedisBus {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not take it.
-    pub async fn publish(&self, text: String) -> Result<(), StoreError> {
+    pub(crate) async fn publish(&self, text: String) -> Result<(), StoreError> {
         self.pool
             .next()
             .publish::<i64, _, _>(HUB_CHANNEL, text)
@@ -123,7 +123,7 @@ impl RedisBus {
 
     /// Records that `node_id` is alive at `now_ms` and forgets nodes silent since
     /// before `stale_before_ms`. Best effort: a missed beat is made up by the next.
-    pub async fn heartbeat(&self, node_id: &str, now_ms: i64, stale_before_ms: i64) {
+    pub(crate) async fn heartbeat(&self, node_id: &str, now_ms: i64, stale_before_ms: i64) {
         let _: Result<i64, _> = self
             .pool
             .zadd(NODES, None, None, false, false, (now_ms as f64, node_id))
@@ -136,7 +136,7 @@ impl RedisBus {
 
     /// How many nodes beat since `since_ms` (at least 1: this one). When Redis does not
     /// answer, 1.
-    pub async fn live_nodes(&self, since_ms: i64) -> usize {
+    pub(crate) async fn live_nodes(&self, since_ms: i64) -> usize {
         let n: Result<i64, _> = self.pool.zcount(NODES, since_ms as f64, f64::MAX).await;
         usize::try_from(n.unwrap_or(1)).unwrap_or(1).max(1)
     }
@@ -147,7 +147,7 @@ impl RedisBus {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when no answer comes back in time.
-    pub async fn ping_subscriber(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping_subscriber(&self) -> Result<(), StoreError> {
         ping(&self.subscriber, self.ping_limit)
             .await
             .map_err(|e| match e.kind() {
@@ -162,7 +162,7 @@ impl RedisBus {
     /// Sends `PING` on every connection of the pool and replaces each connected one
     /// that does not answer in time, as fred's own unresponsive check would, had the
     /// connection been quiet; under traffic it is not. Returns how many were replaced.
-    pub async fn check_pool(&self) -> usize {
+    pub(crate) async fn check_pool(&self) -> usize {
         let checks = self.pool.clients().iter().map(|client| async move {
             match ping(client, self.ping_limit).await {
                 Err(e) if e.kind() == &ErrorKind::Timeout && client.is_connected() => {
@@ -181,7 +181,7 @@ impl RedisBus {
     /// Closes the subscriber's connection and opens a new one; the receiving side then
     /// subscribes again and reports [`BusEvent::Resubscribed`]. Does nothing while the
     /// subscriber is already reconnecting.
-    pub async fn reconnect_subscriber(&self) {
+    pub(crate) async fn reconnect_subscriber(&self) {
         if self.subscriber.is_connected() {
             reconnect(&self.subscriber, self.reconnect_limit).await;
         }
@@ -215,7 +215,7 @@ impl BusEvents {
     /// The next event; `None` once the subscriber is gone for good. After a reconnect
     /// it subscribes again (retrying until it can: a node that is not subscribed misses
     /// every kick and push) before it answers [`BusEvent::Resubscribed`].
-    pub async fn recv(&mut self) -> Option<BusEvent> {
+    pub(crate) async fn recv(&mut self) -> Option<BusEvent> {
         loop {
             tokio::select! {
                 message = self.messages.recv() => match message {

@@ -16,43 +16,43 @@
 //! `{u:<user>}` tag does the same for a user's keys.
 
 /// The session record's key.
-pub fn session(session_id: &str) -> String {
+pub(crate) fn session(session_id: &str) -> String {
     format!("tg:{{{session_id}}}:session")
 }
 
 /// A seen nonce's key.
-pub fn nonce(session_id: &str, nonce: &str) -> String {
+pub(crate) fn nonce(session_id: &str, nonce: &str) -> String {
     format!("tg:{{{session_id}}}:nonce:{nonce}")
 }
 
 /// A ticket's key.
-pub fn ticket(session_id: &str, ticket_id: &str) -> String {
+pub(crate) fn ticket(session_id: &str, ticket_id: &str) -> String {
     format!("tg:{{{session_id}}}:ticket:{ticket_id}")
 }
 
 /// The marker of a session revoked for refresh-token reuse; it lives as long as the
 /// session would have, so every later refresh of that family answers "reused".
-pub fn reused(session_id: &str) -> String {
+pub(crate) fn reused(session_id: &str) -> String {
     format!("tg:{{{session_id}}}:reused")
 }
 
 /// A renewed access token's marker.
-pub fn renewed(session_id: &str, jti: &str) -> String {
+pub(crate) fn renewed(session_id: &str, jti: &str) -> String {
     format!("tg:{{{session_id}}}:renewed:{jti}")
 }
 
 /// A user's session index.
-pub fn user_sessions(user_id: &str) -> String {
+pub(crate) fn user_sessions(user_id: &str) -> String {
     format!("tg:{{u:{user_id}}}:sessions")
 }
 
 /// A user's blocked flag.
-pub fn blocked(user_id: &str) -> String {
+pub(crate) fn blocked(user_id: &str) -> String {
     format!("tg:{{u:{user_id}}}:blocked")
 }
 
 /// The cross-node event channel.
-pub const HUB_CHANNEL: &str = "tg:hub";
+pub(crate) const HUB_CHANNEL: &str = "tg:hub";
 
 /// The live nodes' heartbeats.
-pub const NODES: &str = "tg:nodes";
+pub(crate) const NODES: &str = "tg:nodes";

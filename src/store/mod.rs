@@ -9,8 +9,8 @@
 //! Architecture invariant: only this module builds store keys ([`keys`]). Every key of
 //! one session carries the hash tag `{<sid>}`, so every script touches one Cluster slot.
 
-pub mod bus;
-pub mod keys;
+pub(crate) mod bus;
+pub(crate) mod keys;
 pub mod memory;
 pub mod redis;
 

@@ -34,7 +34,7 @@ use crate::ws::frames::{FrameGuard, Violation};
 
 /// Who is on the other end of an admitted connection.
 #[derive(Debug, Clone)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     /// This connection's id.
     pub conn_id: String,
     /// The session.
@@ -154,7 +154,7 @@ impl SocketNode {
 
 /// Why a client frame was refused: the code and text of the `error` frame it gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The protocol error code.
     pub code: ErrorCode,
     /// A human-readable reason (no secrets).
@@ -162,7 +162,7 @@ pub struct Refusal {
 }
 
 /// What a socket needs from the rest of its node.
-pub trait SocketServices: Send + Sync + 'static {
+pub(crate) trait SocketServices: Send + Sync + 'static {
     /// Verifies an access token presented in a `refresh` frame.
     ///
     /// # Errors
@@ -207,7 +207,7 @@ fn error_frame(code: ErrorCode, message: &str) -> Message {
 /// A connection registered before its ticket was consumed, so that a revocation that
 /// lands between admission and the socket's start still finds it (its close waits in
 /// the inbox).
-pub struct Registered {
+pub(crate) struct Registered {
     /// Removes the connection from the registry when dropped.
     pub registration: Registration,
     /// Kicks, pushes and drains for this connection.
@@ -242,7 +242,7 @@ pub(crate) fn register(
 
 /// Whether the welcome frame still has to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Welcome {
+pub(crate) enum Welcome {
     /// Send it first.
     Send,
     /// It already went out with the 101 answer.
@@ -250,7 +250,7 @@ pub enum Welcome {
 }
 
 /// The welcome frame's text: the first frame of every admitted connection.
-pub fn welcome_text(info: &ConnectionInfo) -> String {
+pub(crate) fn welcome_text(info: &ConnectionInfo) -> String {
     let welcome = ServerFrame::Welcome {
         session_id: info.session_id.clone(),
         conn_id: info.conn_id.clone(),
@@ -265,7 +265,7 @@ pub fn welcome_text(info: &ConnectionInfo) -> String {
 ///
 /// The span is at debug level: an enabled span costs memory for the socket's whole
 /// life, and a node holds up to `max_connections` of them.
-pub async fn run<S, V>(
+pub(crate) async fn run<S, V>(
     ws: S,
     info: ConnectionInfo,
     node: &SocketNode,

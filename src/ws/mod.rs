@@ -3,8 +3,8 @@
 //! WebSocket settings every socket of a node (and the load harness's baseline) uses.
 //! Admission, the upgrade that consumes a ticket, is HTTP's: `http::admission`.
 
-pub mod connection;
-pub mod frames;
+pub(crate) mod connection;
+pub(crate) mod frames;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
