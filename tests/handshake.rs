@@ -817,6 +817,36 @@ async fn a_client_close_is_answered_with_a_close_frame() {
 
 /// A refusal for a reached cap: 429 `too_many_connections` with a `Retry-After` hint.
 #[track_caller]
+/// Opens every attempt at once (a barrier releases them together); the sockets that
+/// opened. Every refusal must be 429 `too_many_connections`.
+async fn race_connects(
+    attempts: Vec<(
+        ticketgate_sdk::Client,
+        ticketgate_sdk::Session,
+        ticketgate_sdk::Ticket,
+    )>,
+) -> Vec<ticketgate_sdk::WsStream> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(attempts.len()));
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(client, session, ticket)| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                client.connect(&session, &ticket).await
+            })
+        })
+        .collect();
+    let mut sockets = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok((ws, _)) => sockets.push(ws),
+            Err(e) => assert_too_many(e),
+        }
+    }
+    sockets
+}
+
 fn assert_too_many(err: ClientError) {
     match err {
         ClientError::Api {
@@ -924,24 +954,11 @@ both_stores!(
         for _ in 0..40 {
             tickets.push(client.mint_ticket(&session).await.expect("mint"));
         }
-        let barrier = Arc::new(tokio::sync::Barrier::new(tickets.len()));
-        let tasks: Vec<_> = tickets
+        let attempts = tickets
             .into_iter()
-            .map(|ticket| {
-                let (client, session, barrier) = (client.clone(), session.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    client.connect(&session, &ticket).await
-                })
-            })
+            .map(|ticket| (client.clone(), session.clone(), ticket))
             .collect();
-        let mut sockets = Vec::new();
-        for t in tasks {
-            match t.await.expect("task") {
-                Ok((ws, _)) => sockets.push(ws),
-                Err(e) => assert_too_many(e),
-            }
-        }
+        let sockets = race_connects(attempts).await;
         assert_eq!(sockets.len(), 3);
         assert_eq!(server.state.registry.len(), 3);
     }
@@ -965,24 +982,7 @@ both_stores!(
                 attempts.push((client.clone(), session.clone(), ticket));
             }
         }
-        let barrier = Arc::new(tokio::sync::Barrier::new(attempts.len()));
-        let tasks: Vec<_> = attempts
-            .into_iter()
-            .map(|(client, session, ticket)| {
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    client.connect(&session, &ticket).await
-                })
-            })
-            .collect();
-        let mut sockets = Vec::new();
-        for t in tasks {
-            match t.await.expect("task") {
-                Ok((ws, _)) => sockets.push(ws),
-                Err(e) => assert_too_many(e),
-            }
-        }
+        let sockets = race_connects(attempts).await;
         assert_eq!(sockets.len(), 2);
         assert_eq!(server.state.registry.len(), 2);
     }

@@ -12,7 +12,11 @@ const UNLIMITED: &str = "1000000/s";
 /// Ticket lifetime on node L, so that expired tickets are at hand quickly.
 const SHORT_TICKET_TTL: &str = "1s";
 
-/// `(variable, value)` pairs for a node, `TICKETGATE_RATE_*` raised.
+/// More than any phase uses: the caps guard a node against one client, and the bench
+/// is thousands of clients on a few loopback addresses.
+const UNCAPPED: &str = "1000000";
+
+/// `(variable, value)` pairs for a node, `TICKETGATE_RATE_*` and the caps raised.
 pub(super) fn main_env(redis_url: &str, dir: &Path, admin_key: &str) -> Vec<(String, String)> {
     let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = vec![
@@ -30,8 +34,18 @@ pub(super) fn main_env(redis_url: &str, dir: &Path, admin_key: &str) -> Vec<(Str
         "MINT_DEVICE",
         "CONNECT_DEVICE",
         "CONNECT_IP",
+        "SESSION",
     ] {
         env.push((format!("TICKETGATE_RATE_{rate}"), UNLIMITED.into()));
+    }
+    for cap in [
+        "MAX_HTTP_CONNECTIONS",
+        "MAX_HTTP_CONNECTIONS_PER_IP",
+        "MAX_SOCKETS_PER_SESSION",
+        "MAX_SOCKETS_PER_USER",
+        "MAX_SESSIONS_PER_APP",
+    ] {
+        env.push((format!("TICKETGATE_{cap}"), UNCAPPED.into()));
     }
     env
 }
