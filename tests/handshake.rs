@@ -815,8 +815,6 @@ async fn a_client_close_is_answered_with_a_close_frame() {
 // Caps on sockets per session and per user (PROTOCOL §8, "Caps"), counted per node
 // ---------------------------------------------------------------------------------------
 
-/// A refusal for a reached cap: 429 `too_many_connections` with a `Retry-After` hint.
-#[track_caller]
 /// Opens every attempt at once (a barrier releases them together); the sockets that
 /// opened. Every refusal must be 429 `too_many_connections`.
 async fn race_connects(
@@ -847,6 +845,8 @@ async fn race_connects(
     sockets
 }
 
+/// A refusal for a reached cap: 429 `too_many_connections` with a `Retry-After` hint.
+#[track_caller]
 fn assert_too_many(err: ClientError) {
     match err {
         ClientError::Api {
