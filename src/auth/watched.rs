@@ -26,9 +26,10 @@ pub(crate) struct Watched<T> {
     path: Option<PathBuf>,
     parse: Parse<T>,
     value: ArcSwap<T>,
-    /// The modification time of the copy in force (a std mutex: only the reloader,
-    /// on a blocking thread, takes it).
-    seen: std::sync::Mutex<Option<SystemTime>>,
+    /// The modification time of the copy in force, `Some(None)` for a missing file,
+    /// `None` before the first load (a std mutex: only the reloader, on a blocking
+    /// thread, takes it).
+    seen: std::sync::Mutex<Option<Option<SystemTime>>>,
 }
 
 /// Why a watched file could not be loaded.
@@ -73,7 +74,7 @@ impl<T: Default + Send + Sync + 'static> Watched<T> {
         };
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if mtime.is_some() && *seen == mtime {
+        if *seen == Some(mtime) {
             return Ok(false);
         }
         let value = match std::fs::read_to_string(path) {
@@ -82,7 +83,7 @@ impl<T: Default + Send + Sync + 'static> Watched<T> {
             Err(e) => return Err(error(e.to_string())),
         };
         self.value.store(Arc::new(value));
-        *seen = mtime;
+        *seen = Some(mtime);
         Ok(true)
     }
 
@@ -217,6 +218,20 @@ mod tests {
         let fifo = path.clone();
         std::thread::spawn(move || drop(std::fs::File::options().write(true).open(fifo)));
         task.await.expect("watch ends on stop");
+    }
+
+    /// A file that does not exist (no users yet) is the default value, read once: it
+    /// is not "reloaded" every second until it appears.
+    #[test]
+    fn a_missing_file_is_loaded_once_and_again_when_it_appears() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let watched = Watched::open(Some(&path), lines).expect("open");
+        assert!(watched.current().is_empty());
+        assert!(!watched.reload_if_changed().expect("reload"));
+        std::fs::write(&path, "a\n").expect("write");
+        assert!(watched.reload_if_changed().expect("reload"));
+        assert_eq!(*watched.current(), ["a"]);
     }
 
     async fn wait_for(done: impl Fn() -> bool) {
