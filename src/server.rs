@@ -138,6 +138,7 @@ impl Server {
             users: users.clone(),
             apps: apps.clone(),
             policy: Policy::from_config(&config),
+            app_logins: tokio::sync::Mutex::new(()),
         });
         let limits = Limits::new(&config.rates);
         let sockets = SocketNode::new(

@@ -142,6 +142,10 @@ pub(crate) struct Parts {
     pub(crate) users: Users,
     pub(crate) apps: Apps,
     pub(crate) policy: Policy,
+    /// Held by an API login from its count of the app's sessions to its ranking: on
+    /// one node, two logins of an app never interleave there, so the cap holds even
+    /// when their index stamps tie (see `enforce_app_session_cap`).
+    pub(crate) app_logins: tokio::sync::Mutex<()>,
 }
 
 impl Sessions {
@@ -182,9 +186,11 @@ impl Sessions {
         if self.is_blocked(&user_id).await? {
             return Err(SessionError::BadCredentials);
         }
-        // Cheap refusal of a login flood: nothing is created past the cap. Two logins
-        // racing for the last place both pass here; `enforce_app_session_cap` settles
-        // them once they are indexed.
+        // API logins are rare (no password check) and short: one at a time per node.
+        let _one_at_a_time = self.0.app_logins.lock().await;
+        // Cheap refusal of a login flood: nothing is created past the cap. Logins of
+        // two nodes racing for the last place both pass here; `enforce_app_session_cap`
+        // settles them once they are indexed.
         let live = self.0.store.user_sessions(&user_id).await?.len();
         if live >= self.0.policy.sessions_per_app {
             return Err(SessionError::TooManySessions);
@@ -269,7 +275,10 @@ impl Sessions {
     /// socket, so ending it needs no message to the nodes.
     ///
     /// Counted from the user's session index: a session ended without being unindexed
-    /// (refresh-token reuse) counts until it expires.
+    /// (refresh-token reuse) counts until it expires. Across nodes (one Redis), two
+    /// logins indexed in the same millisecond rank by session id, which may differ from
+    /// the order they were indexed in: then both may keep their place, one over the
+    /// cap. On one node `Parts::app_logins` rules that out.
     async fn enforce_app_session_cap(&self, record: &SessionRecord) -> Result<(), SessionError> {
         if record.client_type != ClientType::Api {
             return Ok(());
