@@ -324,7 +324,7 @@ impl Admitted {
     /// [`Admitted::switching_protocols`].
     pub(crate) async fn run_upgraded<S>(self, state: AppState, io: S)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         self.start(state, io, Vec::new(), Welcome::Send).await;
     }
@@ -359,7 +359,7 @@ impl Admitted {
     /// The socket on `io` until it ends; `read_ahead`: bytes after the request head.
     async fn start<S>(self, state: AppState, io: S, read_ahead: Vec<u8>, welcome: Welcome)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         // Boxed: the socket's task then holds a pointer instead of the stream. With the
         // stream inline the task's future was 4,160 bytes, just over a page, and an

@@ -31,6 +31,7 @@ use crate::limits::frame_limiter;
 use crate::registry::inbox::{Inbox, Next};
 use crate::registry::{ConnHandle, Outbound, Registration, Registry};
 use crate::ws::frames::{FrameGuard, Violation};
+use crate::ws::Linger;
 
 /// Who is on the other end of an admitted connection.
 #[derive(Debug, Clone)]
@@ -274,7 +275,7 @@ pub(crate) async fn run<S, V>(
     registered: Registered,
     welcome: Welcome,
 ) where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Linger + Unpin,
     V: SocketServices,
 {
     let span = tracing::debug_span!("conn", conn_id = %info.conn_id, session_id = %info.session_id);
@@ -292,7 +293,7 @@ async fn drive<S, V>(
     registered: Registered,
     welcome: Welcome,
 ) where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Linger + Unpin,
     V: SocketServices,
 {
     let Registered {
@@ -324,12 +325,16 @@ async fn drive<S, V>(
             reason: reason.into(),
         };
         // Best effort, bounded: a peer that does not read must not hold the slot.
-        let _ = tokio::time::timeout(node.settings.close_timeout, async {
+        let deadline = Instant::now() + node.settings.close_timeout;
+        let _ = tokio::time::timeout_at(deadline, async {
             let _ = ws.send(Message::Close(Some(frame))).await;
             // Drain until the peer's close answer or EOF, so the close handshake completes.
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
+        // What tungstenite no longer reads (a refused flood) is read and dropped here,
+        // so the socket is not reset under the close frame it just sent.
+        ws.linger(deadline).await;
         tracing::debug!(code, reason, "connection closed by server");
     }
 }

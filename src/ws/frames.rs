@@ -154,6 +154,12 @@ pub struct FrameGuard<S> {
 }
 
 impl<S> FrameGuard<S> {
+    /// The guarded stream itself, for reading past the guard once the socket is
+    /// closing (see `ws::Linger`).
+    pub(crate) fn inner_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
     /// Guards `io`, charging each frame to `limiter` and allowing `max_fragments` frames
     /// per message. `read_ahead`, bytes of the client's already read (they reach
     /// tungstenite without passing the guard), is charged first; over a limit, the

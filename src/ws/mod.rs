@@ -30,6 +30,38 @@ where
     WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await
 }
 
+/// What a socket does after its close frame went out: read and discard what the peer
+/// still sends, until it closes its side or `deadline`. A socket dropped with unread
+/// bytes in its receive buffer is reset (RST) by the kernel, and the peer may then
+/// lose the close frame it was sent: after a frame guard refused a flood, tungstenite
+/// reads nothing more, so this reads below it.
+pub(crate) trait Linger {
+    /// Discards input until the peer's EOF or `deadline`.
+    fn linger(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Linger for WebSocketStream<FrameGuard<S>> {
+    async fn linger(&mut self, deadline: tokio::time::Instant) {
+        use tokio::io::AsyncReadExt;
+        let io = self.get_mut().inner_mut();
+        let mut scratch = [0u8; 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
+            if n == 0 {
+                return;
+            }
+        }
+    }
+}
+
+impl<L: Linger + Send> Linger for Box<L> {
+    async fn linger(&mut self, deadline: tokio::time::Instant) {
+        (**self).linger(deadline).await;
+    }
+}
+
 /// tungstenite's limits lowered from its 64 MiB default to the protocol's frame limit,
 /// and small buffers: most sockets are idle most of the time, and tungstenite's read
 /// buffer is allocated up front for every socket. The load harness's baseline server
