@@ -8,25 +8,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
+#[path = "support/bin.rs"]
+mod bin;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn ticketgate(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TICKETGATE_USERS_FILE", dir.join("users.toml"))
-        .env("TICKETGATE_DATA_DIR", dir.join("data"));
-    cmd
-}
+use bin::{add_user, free_port, ticketgate};
 
 #[test]
 fn every_config_error_is_reported_at_once_with_exit_code_78() {
@@ -126,18 +111,7 @@ async fn rust_log_cannot_lift_the_cap_on_dependencies() {
         ),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut add = ticketgate(dir.path())
-            .args(["user", "add", "alice", "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        add.stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"pw-alice-1234")
-            .expect("write");
-        assert!(add.wait().expect("wait").success());
+        add_user(dir.path(), "alice", "pw-alice-1234");
 
         let (port, admin) = (free_port(), free_port());
         let log_path = dir.path().join("server.log");

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -13,29 +12,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use support::bin::{add_user, free_port, ticketgate};
 use support::raw::{read_answer, read_more};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ticketgate");
 const USER: &str = "alice";
 const PASSWORD: &str = "pw-alice-1234";
-
-fn ticketgate(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TICKETGATE_USERS_FILE", dir.join("users.toml"))
-        .env("TICKETGATE_DATA_DIR", dir.join("data"));
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// A `ticketgate serve` process with one user, answering on free loopback ports;
 /// killed on drop if a test fails before it exits.
@@ -50,18 +31,7 @@ impl Node {
     /// Adds the user, starts the node with `grace` and waits until it answers.
     async fn start(grace: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut add = ticketgate(dir.path())
-            .args(["user", "add", USER, "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        add.stdin
-            .take()
-            .expect("stdin")
-            .write_all(PASSWORD.as_bytes())
-            .expect("write");
-        assert!(add.wait().expect("wait").success());
+        add_user(dir.path(), USER, PASSWORD);
 
         let public = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -3,6 +3,7 @@
 //! over TCP for the tests where the exact bytes matter ([`raw`]).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod bin;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
