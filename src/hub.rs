@@ -270,13 +270,7 @@ impl Hub {
     /// When it cannot even be published, Redis is out of reach of the pool, whose own
     /// checks deal with that: the subscriber is not blamed.
     async fn echo(&self, bus: &RedisBus) -> Result<(), StoreError> {
-        let id = crate::auth::random_id(12);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        self.pending.insert(id.clone(), tx);
-        let _cleanup = PendingGuard {
-            hub: self,
-            id: id.clone(),
-        };
+        let (id, mut rx, _cleanup) = self.await_answers();
         let message = Message::Answer {
             id,
             to: self.node_id.clone(),
@@ -325,13 +319,7 @@ impl Hub {
             Transport::Local => return Ok(vec![self.apply(&op)]),
             Transport::Redis(bus) => bus,
         };
-        let id = crate::auth::random_id(12);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        self.pending.insert(id.clone(), tx);
-        let _cleanup = PendingGuard {
-            hub: self,
-            id: id.clone(),
-        };
+        let (id, mut rx, _cleanup) = self.await_answers();
         let expected = self.live_nodes().await;
         let message = Message::Request {
             id,
@@ -576,6 +564,20 @@ async fn recheck_sessions(hub: Weak<Hub>, wake: Arc<Notify>, store: Arc<dyn Stor
                 "re-check could not read every session; retrying"
             );
         }
+    }
+}
+
+impl Hub {
+    /// A fresh request id whose answers arrive on the receiver until the guard drops.
+    fn await_answers(&self) -> (String, mpsc::UnboundedReceiver<Answer>, PendingGuard<'_>) {
+        let id = crate::auth::random_id(12);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pending.insert(id.clone(), tx);
+        let guard = PendingGuard {
+            hub: self,
+            id: id.clone(),
+        };
+        (id, rx, guard)
     }
 }
 
