@@ -21,6 +21,7 @@
 pub mod env;
 mod parse;
 mod sources;
+mod suggest;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use ipnet::IpNet;
 
 pub use self::parse::{parse_duration, Rate};
 pub use self::sources::file_key;
+pub use self::suggest::{nearest, unknown_key};
 
 /// Anti-flood limits.
 #[derive(Debug, Clone)]
@@ -303,8 +305,8 @@ impl Config {
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let (config, mut errors) = sources::read(file, env);
-        errors.extend(config.validate());
+        let (config, mut errors, origins) = sources::read(file, env);
+        errors.extend(config.validate_named(&|var| origins.name(var)));
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -312,12 +314,19 @@ impl Config {
         }
     }
 
-    /// Cross-field checks; one message per problem.
+    /// Cross-field checks; one message per problem, naming settings by their
+    /// environment variables.
     pub fn validate(&self) -> Vec<String> {
+        self.validate_named(&|var| var.to_owned())
+    }
+
+    /// Cross-field checks; one message per problem, naming each setting by `name` of
+    /// its variable (as the operator wrote it: the variable, or the config file key).
+    fn validate_named(&self, name: &dyn Fn(&str) -> String) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut positive = |name: &str, d: Duration| {
+        let mut positive = |var: &str, d: Duration| {
             if d.is_zero() {
-                errors.push(format!("{name} must be greater than zero"));
+                errors.push(format!("{} must be greater than zero", name(var)));
             }
         };
         positive(env::TICKET_TTL, self.ttl.ticket);
@@ -334,15 +343,15 @@ impl Config {
         positive(env::KEEPALIVE_TIMEOUT, self.http.keepalive_timeout);
         positive(env::WRITE_TIMEOUT, self.http.write_timeout);
         if self.ws.max_frame_bytes < 1024 {
-            errors.push(format!("{} must be at least 1024", env::MAX_FRAME_BYTES));
+            errors.push(format!("{} must be at least 1024", name(env::MAX_FRAME_BYTES)));
         }
         if self.sessions_per_type == 0 {
-            errors.push(format!("{} must be at least 1", env::SESSIONS_PER_TYPE));
+            errors.push(format!("{} must be at least 1", name(env::SESSIONS_PER_TYPE)));
         }
         if self.refresh_grace > Duration::from_secs(60) {
             errors.push(format!(
                 "{} must be short (at most 60s): it lets a stolen parent token through",
-                env::REFRESH_GRACE
+                name(env::REFRESH_GRACE)
             ));
         }
         let at_least_one = [
@@ -360,9 +369,9 @@ impl Config {
                 self.http.max_connections_per_ip,
             ),
         ];
-        for (name, value) in at_least_one {
+        for (var, value) in at_least_one {
             if value == 0 {
-                errors.push(format!("{name} must be at least 1"));
+                errors.push(format!("{} must be at least 1", name(var)));
             }
         }
         if let Some(url) = &self.redis_url {
@@ -375,7 +384,7 @@ impl Config {
             if !known.iter().any(|p| url.starts_with(p)) {
                 errors.push(format!(
                     "{}: `{}` must start with redis://, rediss://, redis-sentinel:// or redis-cluster://",
-                    env::REDIS_URL,
+                    name(env::REDIS_URL),
                     redact_url(url)
                 ));
             }
@@ -384,14 +393,14 @@ impl Config {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 errors.push(format!(
                     "{}: `{url}` must start with http:// or https://",
-                    env::PUBLIC_URL
+                    name(env::PUBLIC_URL)
                 ));
             }
         }
         if matches!(&self.admin_key, Some(k) if k.len() < 16) {
             errors.push(format!(
                 "{}: the admin key must be at least 16 characters",
-                env::ADMIN_KEY
+                name(env::ADMIN_KEY)
             ));
         }
         errors

@@ -108,11 +108,32 @@ pub(super) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     }
 }
 
-/// Parses a socket address like `127.0.0.1:8080`.
+/// Parses a listen address: `127.0.0.1:8080`, `[::1]:8080`, or a host name and port
+/// (`localhost:8080`), resolved once at start. A name with both kinds of address
+/// listens on its IPv4 one, where clients of `localhost` usually go first.
 pub(super) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080"))
+    use std::net::ToSocketAddrs;
+
+    let s = s.trim();
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let shape = || format!("`{s}` is not an address like 127.0.0.1:8080 or localhost:8080");
+    let (host, port) = s.rsplit_once(':').ok_or_else(shape)?;
+    let port: u16 = port.parse().map_err(|_| shape())?;
+    if host.is_empty() {
+        return Err(shape());
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}`: cannot resolve `{host}`: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{s}`: `{host}` has no address"))
 }
 
 /// Parses a path; any text is one.
@@ -165,6 +186,23 @@ pub(super) fn parse_cidrs(s: &str) -> Result<Vec<IpNet>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_take_ips_and_host_names() {
+        assert_eq!(
+            parse_addr("127.0.0.1:8080"),
+            Ok("127.0.0.1:8080".parse().expect("addr"))
+        );
+        assert_eq!(parse_addr("[::1]:9"), Ok("[::1]:9".parse().expect("addr")));
+        assert_eq!(
+            parse_addr("localhost:8080"),
+            Ok("127.0.0.1:8080".parse().expect("addr"))
+        );
+        for bad in ["nowhere", "localhost", "localhost:http", ":8080", "localhost:99999"] {
+            assert!(parse_addr(bad).is_err(), "{bad}");
+        }
+        assert!(parse_addr("no-such-host.invalid:80").is_err());
+    }
 
     #[test]
     fn durations_and_rates_parse() {

@@ -4,9 +4,11 @@
 //!
 //! Reading never stops at the first problem: a value that cannot be read or parsed is
 //! recorded with its origin (the variable, or `config key `x``) and the default is kept,
-//! so that every problem is reported together.
+//! so that every problem is reported together. A config file key that names no
+//! setting is a problem too, reported with the nearest known key: a misspelled key
+//! must not leave its setting at the default in silence.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::parse::{
@@ -16,12 +18,13 @@ use super::parse::{
 use super::{env, Config, HttpConfig, RateConfig, TtlConfig, WsConfig};
 
 /// Reads every setting from `env` and the optional config `file`: the configuration
-/// (the default wherever a value is missing or invalid) and one message per value that
-/// could not be read or parsed. Cross-field checks are [`Config::validate`]'s.
+/// (the default wherever a value is missing or invalid), one message per value that
+/// could not be read or parsed and per unknown file key, and where each value came
+/// from. Cross-field checks are [`Config::validate`]'s.
 pub(super) fn read(
     file: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> (Config, Vec<String>) {
+) -> (Config, Vec<String>, Origins) {
     let mut src = Sources::new(file, env);
     let d = Config::defaults();
     let dur = parse_duration;
@@ -106,7 +109,20 @@ pub(super) fn read(
             ),
         },
     };
-    (config, src.errors)
+    src.refuse_unknown_keys(file);
+    let origins = Origins(src.origins);
+    (config, src.errors, origins)
+}
+
+/// Where each setting that was given came from, to name it as the operator wrote it.
+pub(super) struct Origins(BTreeMap<String, String>);
+
+impl Origins {
+    /// The setting of variable `var` as the operator wrote it: `config key `x`` when it
+    /// came from the file, else the variable.
+    pub(super) fn name(&self, var: &str) -> String {
+        self.0.get(var).cloned().unwrap_or_else(|| var.to_owned())
+    }
 }
 
 /// The config file key of an environment variable: the name without `TICKETGATE_`,
@@ -120,6 +136,10 @@ struct Sources<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     file: BTreeMap<String, String>,
     errors: Vec<String>,
+    /// Every file key a setting looked for: the known keys.
+    asked: BTreeSet<String>,
+    /// Variable → where its value came from, for the settings that were given.
+    origins: BTreeMap<String, String>,
 }
 
 impl<'a> Sources<'a> {
@@ -134,18 +154,43 @@ impl<'a> Sources<'a> {
                 BTreeMap::new()
             }),
         };
-        Sources { env, file, errors }
+        Sources {
+            env,
+            file,
+            errors,
+            asked: BTreeSet::new(),
+            origins: BTreeMap::new(),
+        }
     }
 
     /// The raw value of a setting and where it came from, for messages.
-    fn raw(&self, var: &str) -> Option<(String, String)> {
-        if let Some(v) = (self.env)(var) {
-            return Some((v, var.to_owned()));
-        }
+    fn raw(&mut self, var: &str) -> Option<(String, String)> {
         let key = file_key(var);
-        self.file
-            .get(&key)
-            .map(|v| (v.clone(), format!("config key `{key}`")))
+        let found = match (self.env)(var) {
+            Some(v) => Some((v, var.to_owned())),
+            None => self
+                .file
+                .get(&key)
+                .map(|v| (v.clone(), format!("config key `{key}`"))),
+        };
+        self.asked.insert(key);
+        if let Some((_, origin)) = &found {
+            self.origins.insert(var.to_owned(), origin.clone());
+        }
+        found
+    }
+
+    /// Records one problem per file key that no setting looked for.
+    fn refuse_unknown_keys(&mut self, file: Option<&Path>) {
+        let Some(path) = file else { return };
+        let known = self.asked.iter().map(String::as_str);
+        for key in self.file.keys().filter(|k| !self.asked.contains(*k)) {
+            self.errors.push(format!(
+                "config file `{}`: {}",
+                path.display(),
+                super::unknown_key(key, known.clone())
+            ));
+        }
     }
 
     fn get<T>(&mut self, var: &str, default: T, parse: impl Fn(&str) -> Result<T, String>) -> T {
@@ -170,15 +215,17 @@ impl<'a> Sources<'a> {
     /// A secret: the value of `var`, else the trimmed contents of the file named by
     /// `file_var`.
     fn secret(&mut self, var: &str, file_var: &str) -> Option<String> {
+        let path = self.opt_string(file_var);
         if let Some(value) = self.opt_string(var) {
             return Some(value);
         }
-        let path = self.opt_string(file_var)?;
+        let path = path?;
         match std::fs::read_to_string(&path) {
             Ok(k) => Some(k.trim().to_owned()),
             Err(e) => {
+                let origin = self.origins.get(file_var).map_or(file_var, String::as_str);
                 self.errors
-                    .push(format!("{file_var}: cannot read `{path}`: {e}"));
+                    .push(format!("{origin}: cannot read `{path}`: {e}"));
                 None
             }
         }
@@ -277,5 +324,52 @@ mod tests {
             c.ws.allowed_origins,
             Some(vec!["https://a".into(), "https://b".into()])
         );
+    }
+
+    fn write_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ticketgate.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_an_error_naming_the_file_and_the_nearest_key() {
+        let (_dir, path) = write_config("tiket_ttl = \"10s\"\nlisten = \"127.0.0.1:1\"\n");
+        let err = Config::load_from(Some(&path), &|_| None).expect_err("unknown key");
+        assert_eq!(err.0.len(), 1, "{err}");
+        let message = &err.0[0];
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(
+            message.contains("unknown key `tiket_ttl` (did you mean `ticket_ttl`?)"),
+            "{message}"
+        );
+        let (_dir, path) = write_config("colour = \"blue\"\n");
+        let err = Config::load_from(Some(&path), &|_| None).expect_err("unknown key");
+        assert!(err.0[0].ends_with("unknown key `colour`"), "{err}");
+    }
+
+    #[test]
+    fn every_setting_is_a_known_file_key() {
+        // The secret's `_file` twin is known even when the secret itself is set.
+        let (_dir, path) = write_config(
+            "admin_key = \"0123456789abcdef0123\"\nadmin_key_file = \"/nonexistent\"\n\
+             max_http_connections_per_ip = 3\nrefresh_grace = \"2s\"\n",
+        );
+        let c = Config::load_from(Some(&path), &|_| None).expect("all keys known");
+        assert_eq!(c.http.max_connections_per_ip, 3);
+    }
+
+    #[test]
+    fn errors_name_the_setting_as_the_operator_wrote_it() {
+        let (_dir, path) = write_config("ticket_ttl = \"0s\"\nmax_fragments = 0\n");
+        let err = Config::load_from(Some(&path), &|_| None).expect_err("zero");
+        let text = err.to_string();
+        assert!(text.contains("config key `ticket_ttl` must be greater than zero"), "{text}");
+        assert!(text.contains("config key `max_fragments` must be at least 1"), "{text}");
+        assert!(!text.contains("TICKETGATE_"), "{text}");
+        // The same mistake in the environment names the variable.
+        let err = load(&[(env::TICKET_TTL, "0s")]).expect_err("zero");
+        assert!(err.to_string().contains("TICKETGATE_TICKET_TTL must be"), "{err}");
     }
 }
