@@ -179,9 +179,11 @@ fn init_logging(format: LogFormat) {
     let cap = Targets::new()
         .with_default(LevelFilter::TRACE)
         .with_targets(CAPPED_TARGETS.map(|target| (target, LevelFilter::WARN)));
+    // Colour codes only on a terminal: in a file or a log collector they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let output = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
     };
     tracing_subscriber::registry()
         .with(output)
@@ -209,10 +211,11 @@ fn serve(config: Config) -> ExitCode {
             Err(e) => {
                 tracing::error!(cause = %e, "cannot start");
                 eprintln!("ticketgate: {e}");
-                return ExitCode::from(EXIT_UNAVAILABLE);
+                // Another deployment's Redis is a configuration mistake, not an outage.
+                let split = matches!(e, ticketgate::server::StartError::SplitDeployment { .. });
+                return ExitCode::from(if split { EXIT_CONFIG } else { EXIT_UNAVAILABLE });
             }
         };
-        tracing::info!(public = %server.local_addr(), admin = %server.admin_addr(), "listening");
         server.run(ticketgate::shutdown::os_signal()).await;
         ExitCode::SUCCESS
     })

@@ -27,7 +27,7 @@ use crate::sessions::{self, Policy, Sessions};
 use crate::shutdown::{Shutdown, Stopped};
 use crate::state::{AppState, Shared};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::redis::{Deployment, RedisSettings, RedisStore};
 use crate::store::{Store, StoreError};
 use crate::ws::connection::{SocketNode, SocketSettings};
 
@@ -49,6 +49,20 @@ pub enum StartError {
     /// Store connection.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The Redis is used by nodes with another server secret.
+    #[error(
+        "this node's server secret (fingerprint {ours}) is not the one of the nodes already \
+         using this Redis (fingerprint {theirs}): each side would refuse every token and \
+         ticket of the other. Give this node the running nodes' `server.secret` (copy it \
+         into its data dir, mode 0600), or point it at a Redis of its own. After rotating \
+         the secret on every node (all stopped), delete the Redis key `tg:deployment` once."
+    )]
+    SplitDeployment {
+        /// This node's fingerprint.
+        ours: String,
+        /// The deployment's fingerprint, as recorded in Redis.
+        theirs: String,
+    },
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -66,6 +80,8 @@ pub struct Server {
     state: AppState,
     /// The users and apps files, watched while the node runs.
     files: (Users, Apps),
+    /// What the store is, for the start-up line.
+    store_description: String,
 }
 
 /// Accept queue length: a reconnect storm after a deploy arrives all at once, and the
@@ -89,25 +105,59 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     socket.listen(LISTEN_BACKLOG).map_err(err)
 }
 
-/// The store and the hub that goes with it.
+/// An opened store, the hub that goes with it, and what it is (for the start-up line).
+struct OpenedStore {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    description: String,
+}
+
+/// The store and the hub that goes with it. On Redis, the node first checks that the
+/// nodes already using it share its server secret (`fingerprint`).
 async fn open_store(
     config: &Config,
+    fingerprint: &str,
     registry: &Registry,
     shutdown: &Shutdown,
-) -> Result<(Arc<dyn Store>, Arc<Hub>), StartError> {
+) -> Result<OpenedStore, StartError> {
     let node_id = config.node_id.clone();
     match &config.redis_url {
         Some(url) => {
             let redis = RedisStore::connect(url, RedisSettings::default()).await?;
+            let joined = redis.join_deployment(fingerprint).await;
+            match joined {
+                Ok(Deployment::Founded | Deployment::Joined) => {}
+                Ok(Deployment::Foreign { theirs }) => {
+                    redis.close().await;
+                    return Err(StartError::SplitDeployment {
+                        ours: fingerprint.to_owned(),
+                        theirs,
+                    });
+                }
+                Err(e) => {
+                    redis.close().await;
+                    return Err(e.into());
+                }
+            }
+            let description = redis.describe();
             let store: Arc<dyn Store> = Arc::new(redis.clone());
             let hub =
                 Hub::redis(node_id, registry.clone(), &redis, store.clone(), shutdown).await?;
-            Ok((store, hub))
+            Ok(OpenedStore {
+                store,
+                hub,
+                description,
+            })
         }
         None => {
             let store = MemoryStore::new();
             shutdown.spawn_background(store.sweeper(SWEEP_EVERY));
-            Ok((Arc::new(store), Hub::local(node_id, registry.clone())))
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                hub: Hub::local(node_id, registry.clone()),
+                description: "embedded, in memory: every session ends when the node stops"
+                    .into(),
+            })
         }
     }
 }
@@ -125,7 +175,11 @@ impl Server {
         let apps = Apps::open(config.apps_file.as_deref())?;
         let registry = Registry::default();
         let shutdown = Shutdown::new();
-        let (store, hub) = open_store(&config, &registry, &shutdown).await?;
+        let OpenedStore {
+            store,
+            hub,
+            description: store_description,
+        } = open_store(&config, &secrets.fingerprint(), &registry, &shutdown).await?;
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
         let tickets = TicketCodec::new(*secrets.ticket_mac_key());
@@ -165,6 +219,7 @@ impl Server {
             admin,
             state,
             files: (users, apps),
+            store_description,
         })
     }
 
@@ -194,7 +249,9 @@ impl Server {
             admin,
             state,
             files: (users, apps),
+            store_description,
         } = self;
+        announce(&state, &public, &admin, &store_description);
         let shutdown = state.shutdown.clone();
         shutdown.spawn_background(users.watch(shutdown.token().clone()));
         shutdown.spawn_background(apps.watch(shutdown.token().clone()));
@@ -207,11 +264,6 @@ impl Server {
         ));
         shutdown.spawn_background(sweep(state.clone()));
         shutdown.spawn_background(reload_keys(state.clone()));
-        tracing::info!(
-            node_id = %state.config.node_id,
-            store = if state.config.redis_url.is_some() { "redis" } else { "embedded" },
-            "ticketgate serving"
-        );
 
         signal.await;
         tracing::info!(
@@ -227,6 +279,28 @@ impl Server {
             );
         }
         tracing::info!("stopped");
+    }
+}
+
+/// The start-up lines: what the node is and where it listens, one line each, and a
+/// warning for a setting that leaves a part unusable.
+fn announce(state: &AppState, public: &TcpListener, admin: &TcpListener, store: &str) {
+    let addr = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    let config = &state.config;
+    tracing::info!(node_id = %config.node_id, "node");
+    tracing::info!(store, "store");
+    tracing::info!(
+        public = %addr(public, config.listen),
+        admin = %addr(admin, config.admin_listen),
+        "listening"
+    );
+    if config.admin_key.is_none() {
+        tracing::warn!(
+            "admin API disabled: no admin key is set ({} or {}); every admin call \
+             and /metrics answer 401",
+            crate::config::env::ADMIN_KEY,
+            crate::config::env::ADMIN_KEY_FILE
+        );
     }
 }
 

@@ -48,7 +48,7 @@ pub(crate) struct Apps {
 impl Apps {
     /// Opens (and first reads) the apps file.
     pub(crate) fn open(path: Option<&Path>) -> Result<Apps, AppsError> {
-        let parse = |text: &str| toml::from_str::<AppsFile>(text).map_err(|e| e.to_string());
+        let parse = |text: &str| super::watched::parse_sections::<AppsFile>(text, "apps", &["secret"]);
         let file = Watched::open(path, parse).map_err(|e| AppsError {
             path: e.path,
             message: e.message,
@@ -88,5 +88,26 @@ mod tests {
         assert_eq!(Apps::open(None).expect("none").secret("billing"), None);
         std::fs::write(&path, "not toml [").expect("write");
         assert!(Apps::open(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_and_the_nearest_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("apps.toml");
+        for (text, expected) in [
+            (
+                "[app.billing]\nsecret = \"s3cr3t\"\n",
+                "unknown key `app` (did you mean `apps`?)",
+            ),
+            (
+                "[apps.billing]\nsecet = \"s3cr3t\"\n",
+                "[apps.billing]: unknown key `secet` (did you mean `secret`?)",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let message = Apps::open(Some(&path)).err().expect("refused").to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(message.contains("apps.toml"), "{message}");
+        }
     }
 }

@@ -106,6 +106,7 @@ pub(crate) struct Secrets {
     signing_key_root: [u8; 32],
     ticket_mac: [u8; 32],
     refresh: [u8; 32],
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for Secrets {
@@ -133,7 +134,15 @@ impl Secrets {
             signing_key_root: sub(b"v1/session-signing-key"),
             ticket_mac: sub(b"v1/ticket-mac"),
             refresh: sub(b"v1/refresh-token"),
+            fingerprint: sub(b"v1/deployment-fingerprint"),
         }
+    }
+
+    /// A public name of the server secret: nodes that share a Redis compare it to find
+    /// a node started with other secrets. A one-way HKDF output of its own label: it
+    /// tells nothing about the secret or the other subkeys.
+    pub(crate) fn fingerprint(&self) -> String {
+        hex::encode(&self.fingerprint[..16])
     }
 
     /// The session's request signing key, derived from the session id, so verifying a
@@ -197,6 +206,13 @@ mod tests {
         let s = Secrets::derive(&[7u8; 32]);
         assert_ne!(s.ticket_mac_key(), s.refresh_key());
         assert_ne!(s.session_signing_key("1a"), s.session_signing_key("1b"));
+        let fingerprint = s.fingerprint();
+        assert_eq!(fingerprint.len(), 32);
+        assert_eq!(Secrets::derive(&[7u8; 32]).fingerprint(), fingerprint);
+        assert_ne!(Secrets::derive(&[8u8; 32]).fingerprint(), fingerprint);
+        for subkey in [s.ticket_mac_key(), s.refresh_key()] {
+            assert!(!hex::encode(subkey).contains(&fingerprint));
+        }
         assert_eq!(
             s.session_signing_key("1a"),
             Secrets::derive(&[7u8; 32]).session_signing_key("1a")

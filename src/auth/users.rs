@@ -95,14 +95,16 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
 
 /// Parses the users file's text.
 fn parse(text: &str) -> Result<UsersFile, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+    super::watched::parse_sections(text, "users", &["password", "blocked"])
 }
 
 fn read(path: &Path) -> Result<UsersFile, UsersError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| UsersError::Parse {
+        // The same strict parse as the server's: rewriting a file with a misspelled
+        // key would drop that key.
+        Ok(text) => parse(&text).map_err(|message| UsersError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
         Err(source) => Err(UsersError::Io {
@@ -330,5 +332,34 @@ mod tests {
         ));
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.contains("$argon2id$") && !text.contains("pw-alice"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_the_server_and_by_the_cli() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users.toml");
+        add_user(&path, "alice", "pw-alice").expect("add");
+        let good = std::fs::read_to_string(&path).expect("read");
+        for (text, expected) in [
+            (
+                good.replace("[users.alice]", "[user.alice]"),
+                "unknown key `user` (did you mean `users`?)",
+            ),
+            (
+                good.replace("password =", "pasword ="),
+                "[users.alice]: unknown key `pasword` (did you mean `password`?)",
+            ),
+        ] {
+            std::fs::write(&path, &text).expect("write");
+            let message = Users::open(&path).err().expect("refused").to_string();
+            assert!(message.contains(expected), "{message}");
+            assert!(message.contains("users.toml"), "{message}");
+            // `user add` must not rewrite the file without the misspelled entry.
+            assert!(matches!(
+                add_user(&path, "bob", "pw-bob"),
+                Err(UsersError::Parse { .. })
+            ));
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        }
     }
 }

@@ -14,6 +14,46 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+/// Parses an operator's TOML file of one section of named entries (`[users.alice]`,
+/// `[apps.billing]`), refusing every key that no one reads, with the nearest known one:
+/// `[app.billing]` or `pasword = …` must not pass in silence (the entry would be
+/// ignored, or the field left at its default).
+pub(crate) fn parse_sections<T: serde::de::DeserializeOwned>(
+    text: &str,
+    section: &str,
+    fields: &[&str],
+) -> Result<T, String> {
+    use crate::config::unknown_key;
+
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut unknown = Vec::new();
+    for (key, value) in &table {
+        if key != section {
+            unknown.push(unknown_key(key, [section]));
+            continue;
+        }
+        // A value of the wrong shape is left to serde, which says what it expected.
+        let Some(entries) = value.as_table() else {
+            continue;
+        };
+        for (name, entry) in entries {
+            let Some(entry) = entry.as_table() else {
+                continue;
+            };
+            for field in entry.keys().filter(|f| !fields.contains(&f.as_str())) {
+                unknown.push(format!(
+                    "[{section}.{name}]: {}",
+                    unknown_key(field, fields.iter().copied())
+                ));
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(unknown.join("; "));
+    }
+    table.try_into().map_err(|e: toml::de::Error| e.to_string())
+}
+
 /// How often a watched file's modification time is looked at.
 pub(crate) const RELOAD_EVERY: Duration = Duration::from_secs(1);
 

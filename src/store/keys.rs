@@ -10,6 +10,7 @@
 //! tg:{u:<user>}:blocked        string "1"                        no TTL
 //! tg:hub                       pub/sub channel of cross-node events
 //! tg:nodes                     zset   node id → last heartbeat (ms)
+//! tg:deployment                string fingerprint of the server secret, no TTL
 //! ```
 //!
 //! The `{<sid>}` hash tag puts all keys of one session in one Redis Cluster slot; the
@@ -53,6 +54,9 @@ pub(crate) fn blocked(user_id: &str) -> String {
 
 /// The cross-node event channel.
 pub(crate) const HUB_CHANNEL: &str = "tg:hub";
+
+/// The fingerprint of the server secret of the deployment using this Redis.
+pub(crate) const DEPLOYMENT: &str = "tg:deployment";
 
 /// The live nodes' heartbeats.
 pub(crate) const NODES: &str = "tg:nodes";

@@ -89,6 +89,21 @@ impl Default for RedisSettings {
     }
 }
 
+/// What [`RedisStore::join_deployment`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deployment {
+    /// No node had used this Redis: this node's fingerprint is now the deployment's.
+    Founded,
+    /// The nodes using this Redis share this node's server secret.
+    Joined,
+    /// The nodes using this Redis have another server secret (fingerprint `theirs`):
+    /// every token and ticket of theirs would be refused here, and ours there.
+    Foreign {
+        /// The deployment's fingerprint.
+        theirs: String,
+    },
+}
+
 /// The store on Redis. Cloning is cheap and shares the pool.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
@@ -149,6 +164,66 @@ impl RedisStore {
             return Err(e);
         }
         Ok(store)
+    }
+
+    /// What this store is, for the start-up line: the mode and its seeds, never the
+    /// credentials (`redis cluster, seeds 10.0.0.1:6379,10.0.0.2:6379`).
+    pub fn describe(&self) -> String {
+        use fred::types::config::ServerConfig;
+
+        let Ok(config) = Config::from_url(&self.url) else {
+            return "redis".into();
+        };
+        let tls = if self.url.starts_with("rediss") { " (TLS)" } else { "" };
+        let list = |hosts: &[fred::types::config::Server]| {
+            hosts
+                .iter()
+                .map(|h| format!("{}:{}", h.host, h.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match &config.server {
+            ServerConfig::Centralized { server } => {
+                format!("redis standalone{tls}, {}:{}", server.host, server.port)
+            }
+            ServerConfig::Clustered { hosts, .. } => {
+                format!("redis cluster{tls}, seeds {}", list(hosts))
+            }
+            ServerConfig::Sentinel {
+                hosts,
+                service_name,
+                ..
+            } => format!(
+                "redis sentinel{tls}, service {service_name}, sentinels {}",
+                list(hosts)
+            ),
+            #[allow(unreachable_patterns)]
+            _ => "redis".into(),
+        }
+    }
+
+    /// Joins the deployment that uses this Redis: records `fingerprint` (of this node's
+    /// server secret) if no node did before, else compares it with the recorded one.
+    /// One round trip (`SET NX GET`).
+    pub async fn join_deployment(&self, fingerprint: &str) -> Result<Deployment, StoreError> {
+        use fred::types::SetOptions;
+
+        let before: Option<String> = self
+            .pool
+            .set(
+                keys::DEPLOYMENT,
+                fingerprint,
+                None,
+                Some(SetOptions::NX),
+                true,
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(match before {
+            None => Deployment::Founded,
+            Some(theirs) if theirs == fingerprint => Deployment::Joined,
+            Some(theirs) => Deployment::Foreign { theirs },
+        })
     }
 
     /// The pool, for the cross-node hub's publishing side.
