@@ -211,9 +211,12 @@ fn serve(config: Config) -> ExitCode {
             Err(e) => {
                 tracing::error!(cause = %e, "cannot start");
                 eprintln!("ticketgate: {e}");
-                // Another deployment's Redis is a configuration mistake, not an outage.
-                let split = matches!(e, ticketgate::server::StartError::SplitDeployment { .. });
-                return ExitCode::from(if split { EXIT_CONFIG } else { EXIT_UNAVAILABLE });
+                let code = if e.is_misconfiguration() {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_UNAVAILABLE
+                };
+                return ExitCode::from(code);
             }
         };
         server.run(ticketgate::shutdown::os_signal()).await;

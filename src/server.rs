@@ -73,6 +73,19 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// Whether the operator's files or settings are wrong (as opposed to something
+    /// unavailable now, like the store or a port): the binary exits with 78 for these.
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            StartError::Users(UsersError::Parse { .. })
+                | StartError::Apps(_)
+                | StartError::SplitDeployment { .. }
+        )
+    }
+}
+
 /// A node with its listeners bound, not yet serving.
 pub struct Server {
     public: TcpListener,
@@ -155,8 +168,7 @@ async fn open_store(
             Ok(OpenedStore {
                 store: Arc::new(store),
                 hub: Hub::local(node_id, registry.clone()),
-                description: "embedded, in memory: every session ends when the node stops"
-                    .into(),
+                description: "embedded, in memory: every session ends when the node stops".into(),
             })
         }
     }

@@ -34,6 +34,115 @@ fn every_config_error_is_reported_at_once_with_exit_code_78() {
     }
 }
 
+/// A misspelled key in any of the operator's files stops the start with exit code 78,
+/// naming the file, the key and the key that was probably meant.
+#[test]
+fn misspelled_keys_in_config_users_and_apps_files_stop_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    add_user(dir.path(), "alice", "pw-alice-1234");
+    let users = std::fs::read_to_string(dir.path().join("users.toml")).expect("users");
+    let apps_ok = "[apps.billing]\nsecret = \"0123456789abcdef0123\"\n";
+    let cases = [
+        (
+            "ticketgate.toml",
+            "tiket_ttl = \"10s\"\n",
+            "(did you mean `ticket_ttl`?)",
+        ),
+        (
+            "apps.toml",
+            "[app.billing]\nsecret = \"0123456789abcdef0123\"\n",
+            "(did you mean `apps`?)",
+        ),
+        (
+            "users.toml",
+            &users.replace("password", "passwd"),
+            "(did you mean `password`?)",
+        ),
+    ];
+    for (file, text, hint) in cases {
+        let path = dir.path().join(file);
+        let keep = std::fs::read_to_string(&path).ok();
+        std::fs::write(&path, text).expect("write");
+        if file != "apps.toml" {
+            std::fs::write(dir.path().join("apps.toml"), apps_ok).expect("apps");
+        }
+        let out = ticketgate(dir.path())
+            .args(["serve", "--config"])
+            .arg(dir.path().join("ticketgate.toml"))
+            .env("TICKETGATE_APPS_FILE", dir.path().join("apps.toml"))
+            .env("TICKETGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "TICKETGATE_ADMIN_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{file}: {err}");
+        assert!(err.contains(file) && err.contains(hint), "{file}: {err}");
+        match keep {
+            Some(text) => std::fs::write(&path, text).expect("restore"),
+            None => std::fs::write(&path, "").expect("empty"),
+        }
+    }
+}
+
+/// At start the node says what it is, one line each: node id, store, listeners (a host
+/// name is a valid listen address), and warns when the admin API has no key. Written
+/// to a file, the lines carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_lines_say_what_the_node_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin) = (free_port(), free_port());
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut server = ticketgate(dir.path())
+        .arg("serve")
+        .env("TICKETGATE_LISTEN", format!("localhost:{port}"))
+        .env("TICKETGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("TICKETGATE_NODE_ID", "node-under-test")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    server.wait().expect("exit");
+
+    let log = std::fs::read_to_string(&log_path).expect("the log");
+    assert!(!log.contains('\u{1b}'), "colour codes in a file: {log}");
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in: {log}"))
+            .to_owned()
+    };
+    assert!(line("node_id=node-under-test").contains("INFO"));
+    assert!(line(" store ").contains("embedded"));
+    let listening = line("listening");
+    assert!(
+        listening.contains(&format!("public=127.0.0.1:{port}"))
+            && listening.contains(&format!("admin=127.0.0.1:{admin}")),
+        "{listening}"
+    );
+    let warning = line("admin API disabled");
+    assert!(
+        warning.contains("WARN") && warning.contains("TICKETGATE_ADMIN_KEY"),
+        "{warning}"
+    );
+}
+
 #[test]
 fn users_are_added_from_stdin_and_blocked() {
     let dir = tempfile::tempdir().expect("tempdir");

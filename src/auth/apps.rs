@@ -48,7 +48,8 @@ pub(crate) struct Apps {
 impl Apps {
     /// Opens (and first reads) the apps file.
     pub(crate) fn open(path: Option<&Path>) -> Result<Apps, AppsError> {
-        let parse = |text: &str| super::watched::parse_sections::<AppsFile>(text, "apps", &["secret"]);
+        let parse =
+            |text: &str| super::watched::parse_sections::<AppsFile>(text, "apps", &["secret"]);
         let file = Watched::open(path, parse).map_err(|e| AppsError {
             path: e.path,
             message: e.message,

@@ -343,10 +343,16 @@ impl Config {
         positive(env::KEEPALIVE_TIMEOUT, self.http.keepalive_timeout);
         positive(env::WRITE_TIMEOUT, self.http.write_timeout);
         if self.ws.max_frame_bytes < 1024 {
-            errors.push(format!("{} must be at least 1024", name(env::MAX_FRAME_BYTES)));
+            errors.push(format!(
+                "{} must be at least 1024",
+                name(env::MAX_FRAME_BYTES)
+            ));
         }
         if self.sessions_per_type == 0 {
-            errors.push(format!("{} must be at least 1", name(env::SESSIONS_PER_TYPE)));
+            errors.push(format!(
+                "{} must be at least 1",
+                name(env::SESSIONS_PER_TYPE)
+            ));
         }
         if self.refresh_grace > Duration::from_secs(60) {
             errors.push(format!(

@@ -198,7 +198,13 @@ mod tests {
             parse_addr("localhost:8080"),
             Ok("127.0.0.1:8080".parse().expect("addr"))
         );
-        for bad in ["nowhere", "localhost", "localhost:http", ":8080", "localhost:99999"] {
+        for bad in [
+            "nowhere",
+            "localhost",
+            "localhost:http",
+            ":8080",
+            "localhost:99999",
+        ] {
             assert!(parse_addr(bad).is_err(), "{bad}");
         }
         assert!(parse_addr("no-such-host.invalid:80").is_err());

@@ -365,11 +365,20 @@ mod tests {
         let (_dir, path) = write_config("ticket_ttl = \"0s\"\nmax_fragments = 0\n");
         let err = Config::load_from(Some(&path), &|_| None).expect_err("zero");
         let text = err.to_string();
-        assert!(text.contains("config key `ticket_ttl` must be greater than zero"), "{text}");
-        assert!(text.contains("config key `max_fragments` must be at least 1"), "{text}");
+        assert!(
+            text.contains("config key `ticket_ttl` must be greater than zero"),
+            "{text}"
+        );
+        assert!(
+            text.contains("config key `max_fragments` must be at least 1"),
+            "{text}"
+        );
         assert!(!text.contains("TICKETGATE_"), "{text}");
         // The same mistake in the environment names the variable.
         let err = load(&[(env::TICKET_TTL, "0s")]).expect_err("zero");
-        assert!(err.to_string().contains("TICKETGATE_TICKET_TTL must be"), "{err}");
+        assert!(
+            err.to_string().contains("TICKETGATE_TICKET_TTL must be"),
+            "{err}"
+        );
     }
 }

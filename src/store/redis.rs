@@ -174,7 +174,11 @@ impl RedisStore {
         let Ok(config) = Config::from_url(&self.url) else {
             return "redis".into();
         };
-        let tls = if self.url.starts_with("rediss") { " (TLS)" } else { "" };
+        let tls = if self.url.starts_with("rediss") {
+            " (TLS)"
+        } else {
+            ""
+        };
         let list = |hosts: &[fred::types::config::Server]| {
             hosts
                 .iter()

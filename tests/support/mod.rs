@@ -73,6 +73,11 @@ impl Builder {
 
     /// Starts the node.
     pub async fn start(self) -> TestServer {
+        self.try_start().await.expect("server starts")
+    }
+
+    /// Starts the node, or says why it would not start.
+    pub async fn try_start(self) -> Result<TestServer, ticketgate::server::StartError> {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("tempdir")));
@@ -105,7 +110,7 @@ impl Builder {
             f(&mut config);
         }
         let config_copy = config.clone();
-        let server = Server::bind(config).await.expect("server starts");
+        let server = Server::bind(config).await?;
         let addr = server.local_addr();
         let admin_addr = server.admin_addr();
         let state = server.state();
@@ -113,7 +118,7 @@ impl Builder {
         let handle = tokio::spawn(server.run(async move {
             let _ = stop_rx.await;
         }));
-        TestServer {
+        Ok(TestServer {
             addr,
             admin_addr,
             state,
@@ -122,7 +127,7 @@ impl Builder {
             data_dir,
             stop_tx: Some(stop_tx),
             handle: Some(handle),
-        }
+        })
     }
 }
 
