@@ -30,6 +30,7 @@
 //! node re-checks its live sessions. The re-check also runs every
 //! [`RECHECK_INTERVAL`], so a missed kick is repaired even when no failure was seen.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 
 use crate::clock::unix_now_ms;
-use crate::registry::{Outbound, Registry};
+use crate::registry::{close_reason, Outbound, Registry};
 use crate::shutdown::Shutdown;
 use crate::store::bus::{BusEvent, BusEvents, RedisBus};
 use crate::store::redis::RedisStore;
@@ -87,6 +88,10 @@ pub(crate) enum Op {
         session_ids: Vec<String>,
         /// Close code (4503 or 4509).
         code: u16,
+        /// The close frame's reason text (an admin's kick reason); the code's usual
+        /// word when absent. Absent from nodes of earlier versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Send a push frame.
     Push {
@@ -378,16 +383,20 @@ impl Hub {
             connections: Vec::new(),
         };
         match op {
-            Op::Revoke { session_ids, code } => {
-                let reason = if *code == close::REPLACED {
-                    "replaced"
-                } else {
-                    "revoked"
+            Op::Revoke {
+                session_ids,
+                code,
+                reason,
+            } => {
+                let reason: Cow<'static, str> = match reason {
+                    Some(text) => close_reason(text).into(),
+                    None if *code == close::REPLACED => "replaced".into(),
+                    None => "revoked".into(),
                 };
                 for sid in session_ids {
                     answer.count += self
                         .registry
-                        .send_to_session(sid, Outbound::Close(*code, reason))
+                        .send_to_session(sid, Outbound::Close(*code, reason.clone()))
                         as u64;
                 }
             }
@@ -456,7 +465,7 @@ impl Hub {
                 Ok(true) => {}
                 Ok(false) => {
                     self.registry
-                        .send_to_session(&sid, Outbound::Close(close::REVOKED, "revoked"));
+                        .send_to_session(&sid, Outbound::Close(close::REVOKED, "revoked".into()));
                     outcome.closed += 1;
                 }
                 Err(_) => outcome.unreadable += 1,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{close_code, error_of, RedisServer, Signed, StoreKind, TestServer, PASSWORD};
+use support::{
+    close_code, close_frame, error_of, RedisServer, Signed, StoreKind, TestServer, PASSWORD,
+};
 use ticketgate_sdk::protocol::{close, LoginResponse};
 use ticketgate_sdk::{ClientType, Session};
 use tokio_tungstenite::tungstenite::Message;
@@ -259,21 +261,28 @@ async fn the_daily_refresh_cap_answers_refresh_limit() {
     );
 }
 
-/// Kick on node A closes a socket held by node B, and the session can no longer mint
-/// or refresh; block stops login.
+/// Kick on node A closes a socket held by node B, with the admin's reason as the close
+/// frame's text (cut to 123 bytes on a character boundary), and the session can no
+/// longer mint or refresh; block stops login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kick_on_one_node_closes_sockets_on_another_and_block_stops_login() {
     let (a, b) = two_nodes().await;
     let (client_b, session) = b.login_as("bob", ClientType::Mobile).await;
     let mut ws = socket(&b, &client_b, &session).await;
     let started = Instant::now();
-    let answer: Value = admin(&a, "/admin/v1/users/bob/kick", json!({"reason": "test"}))
+    let reason = format!("maintenance {}", "é".repeat(100));
+    let answer: Value = admin(&a, "/admin/v1/users/bob/kick", json!({ "reason": reason }))
         .await
         .json()
         .await
         .expect("json");
     assert_eq!(answer, json!({"sessions": 1, "connections": 1}));
-    assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
+    let (code, text) = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(code, close::REVOKED);
+    assert!(
+        reason.starts_with(&text) && (122..=123).contains(&text.len()),
+        "{text}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     let err = client_b.mint_ticket(&session).await.expect_err("kicked");
     assert_eq!(mint_error(err), (401, "token_revoked".into()));

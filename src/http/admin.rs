@@ -87,7 +87,8 @@ async fn kick(
 ) -> Result<Json<Value>, ApiError> {
     let req: KickRequest = parse_json(&read_limited(&headers, body).await?)?;
     tracing::info!(user_id = %user_id, reason = req.reason.as_deref().unwrap_or(""), "admin kick");
-    Ok(ended(state.sessions.kick(&user_id, req.client_type).await?))
+    let kicked = state.sessions.kick(&user_id, req.client_type, req.reason);
+    Ok(ended(kicked.await?))
 }
 
 /// `POST /admin/v1/users/{user_id}/block`: the flag (no login, refresh or mint on any

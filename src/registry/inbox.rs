@@ -125,7 +125,7 @@ mod tests {
             async move { inbox.next().await }
         });
         tokio::task::yield_now().await;
-        assert!(inbox.push(Outbound::Close(4503, "revoked")));
+        assert!(inbox.push(Outbound::Close(4503, "revoked".into())));
         let got = tokio::time::timeout(std::time::Duration::from_secs(1), consumer)
             .await
             .expect("woken")

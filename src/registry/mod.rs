@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) mod inbox;
 
+use std::borrow::Cow;
+
 use dashmap::DashMap;
 use inbox::Inbox;
 use ticketgate_sdk::ClientType;
@@ -24,8 +26,22 @@ use ticketgate_sdk::ClientType;
 pub enum Outbound {
     /// A text frame, already serialized.
     Text(String),
-    /// Close the socket with this code and reason.
-    Close(u16, &'static str),
+    /// Close the socket with this code and reason (at most
+    /// [`MAX_CLOSE_REASON`] bytes; see [`close_reason`]).
+    Close(u16, Cow<'static, str>),
+}
+
+/// The longest close reason a close frame carries (RFC 6455 §5.5: a control frame's
+/// payload is at most 125 bytes, two of which are the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `text` as a close reason: cut to [`MAX_CLOSE_REASON`] bytes on a character boundary.
+pub fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(MAX_CLOSE_REASON);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A live connection as the registry sees it.
@@ -442,7 +458,10 @@ mod tests {
         assert_eq!(r.index_sizes(), (3, 2, 2));
         assert_eq!(r.of_user("alice").len(), 2);
         drop(g1);
-        assert_eq!(r.send_to_session("s1", Outbound::Close(4503, "kicked")), 1);
+        assert_eq!(
+            r.send_to_session("s1", Outbound::Close(4503, "kicked".into())),
+            1
+        );
         let next = futures_util::FutureExt::now_or_never(rx2.next());
         assert!(matches!(
             next,
@@ -532,5 +551,14 @@ mod tests {
         assert_eq!(r.connect_allowed("s", pace, t1), Ok(()));
         r.charge_connect("s", pace, t1);
         assert!(r.connect_allowed("s", pace, t1).is_err());
+    }
+
+    #[test]
+    fn close_reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(super::close_reason("maintenance"), "maintenance");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = super::close_reason(&long);
+        assert!(cut.len() <= super::MAX_CLOSE_REASON && cut.len() >= super::MAX_CLOSE_REASON - 1);
+        assert!(long.starts_with(&cut));
     }
 }

@@ -225,7 +225,8 @@ impl Sessions {
         // An admin block sets its flag before it lists the user's sessions to kick: a
         // session indexed after that listing is caught here instead.
         if store.is_blocked(user_id).await? {
-            self.end(user_id, vec![session_id], close::REVOKED).await?;
+            self.end(user_id, vec![session_id], close::REVOKED, None)
+                .await?;
             return Err(SessionError::BadCredentials);
         }
         self.enforce_one_session_policy(&record).await?;
@@ -264,7 +265,8 @@ impl Sessions {
             .saturating_sub(self.0.policy.sessions_per_type);
         // Oldest first: the excess are the oldest.
         let replaced = same_type.into_iter().take(excess).collect();
-        self.end(&record.user_id, replaced, close::REPLACED).await?;
+        self.end(&record.user_id, replaced, close::REPLACED, None)
+            .await?;
         Ok(())
     }
 
@@ -331,7 +333,7 @@ impl Sessions {
             RotateOutcome::Reused => {
                 // The store already deleted the session; close its sockets everywhere.
                 tracing::warn!(session_id = %session_id, "refresh token reused: session revoked");
-                self.close_sockets(vec![session_id.to_owned()], close::REVOKED)
+                self.close_sockets(vec![session_id.to_owned()], close::REVOKED, None)
                     .await?;
                 return Err(SessionError::RefreshReused);
             }
@@ -344,6 +346,7 @@ impl Sessions {
                 &record.user_id,
                 vec![record.session_id.clone()],
                 close::REVOKED,
+                None,
             )
             .await?;
             return Err(SessionError::Revoked);
@@ -387,7 +390,7 @@ impl Sessions {
             .unindex_session(&claims.sub, &claims.sid)
             .await?;
         let sockets = self
-            .close_sockets(vec![claims.sid.clone()], close::REVOKED)
+            .close_sockets(vec![claims.sid.clone()], close::REVOKED, None)
             .await?;
         tracing::info!(user_id = %claims.sub, session_id = %claims.sid, sockets, "logged out");
         Ok(Ended {
@@ -398,12 +401,13 @@ impl Sessions {
 
     /// Ends sessions of one user: deletes them (their refresh tokens die, their access
     /// tokens are refused at mint), unindexes them and closes their sockets on every
-    /// node with `code`.
+    /// node with `code` and `reason` (the code's usual word when `None`).
     pub async fn end(
         &self,
         user_id: &str,
         session_ids: Vec<String>,
         code: u16,
+        reason: Option<String>,
     ) -> Result<Ended, SessionError> {
         if session_ids.is_empty() {
             return Ok(Ended {
@@ -418,17 +422,19 @@ impl Sessions {
             }
             self.0.store.unindex_session(user_id, sid).await?;
         }
-        let sockets = self.close_sockets(session_ids, code).await?;
+        let sockets = self.close_sockets(session_ids, code, reason).await?;
         tracing::info!(user_id = %user_id, sessions, sockets, code, "sessions ended");
         Ok(Ended { sessions, sockets })
     }
 
     /// Ends a user's sessions (all, or those of one client type), closing their sockets
-    /// on every node with 4503.
+    /// on every node with 4503 and `reason` as the close frame's text (cut to 123
+    /// bytes).
     pub(crate) async fn kick(
         &self,
         user_id: &str,
         client_type: Option<ClientType>,
+        reason: Option<String>,
     ) -> Result<Ended, SessionError> {
         let sessions: Vec<String> = self
             .0
@@ -439,14 +445,14 @@ impl Sessions {
             .filter(|s| client_type.is_none_or(|c| c == s.client_type))
             .map(|s| s.session_id)
             .collect();
-        self.end(user_id, sessions, close::REVOKED).await
+        self.end(user_id, sessions, close::REVOKED, reason).await
     }
 
     /// Blocks a user on every node (no login, refresh or mint), then kicks every
     /// session. The flag comes first: a login racing the block is caught by `open`.
     pub(crate) async fn block(&self, user_id: &str) -> Result<Ended, SessionError> {
         self.0.store.set_blocked(user_id, true).await?;
-        self.kick(user_id, None).await
+        self.kick(user_id, None, Some("blocked".into())).await
     }
 
     /// Lifts an admin block.
@@ -459,8 +465,14 @@ impl Sessions {
         &self,
         session_ids: Vec<String>,
         code: u16,
+        reason: Option<String>,
     ) -> Result<u64, SessionError> {
-        let answers = self.0.hub.request(Op::Revoke { session_ids, code }).await?;
+        let op = Op::Revoke {
+            session_ids,
+            code,
+            reason,
+        };
+        let answers = self.0.hub.request(op).await?;
         Ok(answers.iter().map(|a| a.count).sum())
     }
 

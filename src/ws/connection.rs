@@ -8,6 +8,7 @@
 //! checks and resume tickets). Its tests drive it over in-memory streams on tokio's
 //! paused clock.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,8 +183,8 @@ pub(crate) trait SocketServices: Send + Sync + 'static {
 enum Exit {
     /// The node is shutting down: offer a resume ticket, then close with 1001.
     Drain,
-    /// Send a close frame with this code.
-    Close(u16, &'static str),
+    /// Send a close frame with this code and reason.
+    Close(u16, Cow<'static, str>),
     /// The peer is gone or closed; nothing more to send.
     Gone,
 }
@@ -315,14 +316,14 @@ async fn drive<S, V>(
             if let Some(resume) = services.resume_ticket(&info).await {
                 let _ = tokio::time::timeout(RESUME_TIMEOUT, ws.send(text(&resume))).await;
             }
-            Exit::Close(close::GOING_AWAY, "server shutting down")
+            Exit::Close(close::GOING_AWAY, "server shutting down".into())
         }
         other => other,
     };
     if let Exit::Close(code, reason) = exit {
         let frame = CloseFrame {
             code: CloseCode::from(code),
-            reason: reason.into(),
+            reason: reason.clone().into_owned().into(),
         };
         // Best effort, bounded: a peer that does not read must not hold the slot.
         let deadline = Instant::now() + node.settings.close_timeout;
@@ -335,7 +336,7 @@ async fn drive<S, V>(
         // What tungstenite no longer reads (a refused flood) is read and dropped here,
         // so the socket is not reset under the close frame it just sent.
         ws.linger(deadline).await;
-        tracing::debug!(code, reason, "connection closed by server");
+        tracing::debug!(code, %reason, "connection closed by server");
     }
 }
 
@@ -379,10 +380,10 @@ where
             () = &mut timer => {
                 let now = Instant::now();
                 if now >= deadline {
-                    return Exit::Close(close::SESSION_EXPIRED, "session expired");
+                    return Exit::Close(close::SESSION_EXPIRED, "session expired".into());
                 }
                 if now >= idle_deadline {
-                    return Exit::Close(close::NORMAL, "idle timeout");
+                    return Exit::Close(close::NORMAL, "idle timeout".into());
                 }
                 if !expiring_sent && now >= expiring_at {
                     expiring_sent = true;
@@ -406,23 +407,23 @@ where
                     }
                 }
                 Next::Message(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
-                Next::Overflowed => return Exit::Close(close::SLOW_CONSUMER, "slow consumer"),
+                Next::Overflowed => return Exit::Close(close::SLOW_CONSUMER, "slow consumer".into()),
             },
             msg = ws.next() => {
                 let msg = match msg {
                     None => return Exit::Gone,
-                    Some(Err(WsError::Capacity(_))) => return Exit::Close(close::TOO_BIG, "frame too big"),
+                    Some(Err(WsError::Capacity(_))) => return Exit::Close(close::TOO_BIG, "frame too big".into()),
                     Some(Err(WsError::Protocol(_))) => {
-                        return Exit::Close(close::PROTOCOL_ERROR, "protocol error")
+                        return Exit::Close(close::PROTOCOL_ERROR, "protocol error".into())
                     }
                     // A text frame or close reason that is not UTF-8 (RFC 6455 §8.1).
                     Some(Err(WsError::Utf8(_))) => {
-                        return Exit::Close(close::INVALID_PAYLOAD, "invalid utf-8")
+                        return Exit::Close(close::INVALID_PAYLOAD, "invalid utf-8".into())
                     }
                     Some(Err(WsError::Io(e))) => return match Violation::of(&e) {
-                        Some(Violation::Flood) => Exit::Close(close::FLOOD, "message flood"),
+                        Some(Violation::Flood) => Exit::Close(close::FLOOD, "message flood".into()),
                         Some(Violation::TooManyFragments) => {
-                            Exit::Close(close::POLICY, "too many fragments")
+                            Exit::Close(close::POLICY, "too many fragments".into())
                         }
                         None => Exit::Gone,
                     },
@@ -446,7 +447,7 @@ where
                             }
                         }
                     },
-                    Message::Binary(_) => return Exit::Close(close::POLICY, "binary frames are not allowed"),
+                    Message::Binary(_) => return Exit::Close(close::POLICY, "binary frames are not allowed".into()),
                     // tungstenite queues the pong itself; flushing sends it.
                     Message::Ping(_) => {
                         if let Err(exit) = flush(ws, inbox, cfg.send_timeout).await {
@@ -472,7 +473,7 @@ async fn send<S>(ws: &mut S, msg: Message, inbox: &Inbox, timeout: Duration) -> 
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer");
+    let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer".into());
     tokio::select! {
         sent = tokio::time::timeout(timeout, ws.send(msg)) => match sent {
             Ok(Ok(())) => Ok(()),
@@ -488,7 +489,7 @@ async fn flush<S>(ws: &mut S, inbox: &Inbox, timeout: Duration) -> Result<(), Ex
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer");
+    let slow = || Exit::Close(close::SLOW_CONSUMER, "slow consumer".into());
     tokio::select! {
         flushed = tokio::time::timeout(timeout, ws.flush()) => match flushed {
             Ok(Ok(())) => Ok(()),
@@ -521,9 +522,15 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, services: &impl SocketServ
         ClientFrame::Ack { .. } => Reply::None,
         ClientFrame::Refresh { access_token } => match services.verify_access(&access_token) {
             Ok(claims) if claims.sid == info.session_id && claims.sub == info.user_id => {
-                if claims.exp > info.expires_at {
-                    info.expires_at = claims.exp;
+                // The same token again, or an older one, renews nothing: saying
+                // `refreshed` would tell the client its renewal worked.
+                if claims.exp <= info.expires_at {
+                    return Reply::Send(error_frame(
+                        ErrorCode::TokenInvalid,
+                        "not newer than the token in force",
+                    ));
                 }
+                info.expires_at = claims.exp;
                 Reply::Extend(text(&ServerFrame::Refreshed {
                     expires_at: info.expires_at,
                 }))
@@ -795,7 +802,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_refresh_frame_of_the_session_extends_the_deadline_and_others_are_refused() {
+    async fn a_newer_refresh_frame_of_the_session_extends_the_deadline_and_others_are_refused() {
         let later = EXP + 600;
         let mut setup = Setup::default();
         setup.services.tokens = vec![
@@ -803,6 +810,8 @@ mod tests {
             ("other-session", Ok(claims("s2", "alice", later))),
             ("other-user", Ok(claims("s1", "bob", later))),
             ("stale", Err(TokenError::Expired)),
+            ("same", Ok(claims("s1", "alice", EXP))),
+            ("older", Ok(claims("s1", "alice", EXP - 60))),
         ];
         let mut socket = setup.open().await;
         assert_eq!(socket.frame().await, welcome());
@@ -812,6 +821,8 @@ mod tests {
             ("other-user", "token_invalid"),
             ("stale", "token_expired"),
             ("unknown", "token_invalid"),
+            ("same", "token_invalid"),
+            ("older", "token_invalid"),
         ];
         for (token, code) in refused {
             socket
@@ -950,7 +961,7 @@ mod tests {
             .push(Outbound::Text(r#"{"type":"pong"}"#.into())));
         assert!(socket
             .inbox
-            .push(Outbound::Close(close::REVOKED, "revoked")));
+            .push(Outbound::Close(close::REVOKED, "revoked".into())));
         assert_eq!(socket.frame().await, ServerFrame::Pong);
         assert_eq!(socket.close().await, (close::REVOKED, "revoked".to_owned()));
     }

@@ -305,12 +305,19 @@ pub async fn error_of(response: reqwest::Response) -> (u16, String) {
 /// Reads frames until the server closes; the close code (None: closed without a close
 /// frame). Fails the test after 10 s.
 pub async fn close_code(ws: &mut ticketgate_sdk::WsStream) -> Option<u16> {
+    close_frame(ws).await.map(|(code, _)| code)
+}
+
+/// Reads until the server's close frame; its code and reason (`None`: no close frame).
+pub async fn close_frame(ws: &mut ticketgate_sdk::WsStream) -> Option<(u16, String)> {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(msg) = ws.next().await {
             match msg {
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(Message::Close(frame)) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()))
+                }
                 Ok(_) => continue,
                 Err(_) => return None,
             }
