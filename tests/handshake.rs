@@ -750,7 +750,7 @@ both_stores!(
             tokio::time::sleep(Duration::from_micros((round % 12) * 400)).await;
             state
                 .sessions
-                .end("carol", vec![sid], close::REVOKED)
+                .end("carol", vec![sid], close::REVOKED, None)
                 .await
                 .expect("revoke");
             match connect.await.expect("task") {
