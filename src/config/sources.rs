@@ -13,7 +13,7 @@ use super::parse::{
     parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off, parse_list,
     parse_log_format, parse_path, parse_u32, parse_usize, Rate,
 };
-use super::{env, Config, HttpConfig, RateConfig, TtlConfig, WsConfig};
+use super::{env, Config, HttpConfig, QrConfig, RateConfig, TtlConfig, WsConfig};
 
 /// Reads every setting from `env` and the optional config `file`: the configuration
 /// (the default wherever a value is missing or invalid) and one message per value that
@@ -71,6 +71,7 @@ pub(super) fn read(
             connect_ip: src.get(env::RATE_CONNECT_IP, d.rates.connect_ip, rate),
             session: src.get(env::RATE_SESSION, d.rates.session, rate),
             frames: src.get(env::RATE_FRAMES, d.rates.frames, rate),
+            qr_ip: src.get(env::RATE_QR_IP, d.rates.qr_ip, rate),
         },
         ws: WsConfig {
             max_frame_bytes: src.get(env::MAX_FRAME_BYTES, d.ws.max_frame_bytes, parse_byte_count),
@@ -103,6 +104,15 @@ pub(super) fn read(
                 env::MAX_HTTP_CONNECTIONS_PER_IP,
                 d.http.max_connections_per_ip,
                 parse_usize,
+            ),
+        },
+        qr: QrConfig {
+            ttl: src.get(env::QR_TTL, d.qr.ttl, dur),
+            rotate: src.get(env::QR_ROTATE, d.qr.rotate, dur),
+            poll_interval: src.get(
+                env::QR_POLL_INTERVAL,
+                d.qr.poll_interval,
+                parse_duration_or_off,
             ),
         },
     };
