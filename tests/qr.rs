@@ -246,14 +246,7 @@ both_stores!(
         let stranger = raw_poll(
             &server,
             &qr.qr_id,
-            poll_body(
-                &qr,
-                &Client::new(&server.url())
-                    .expect("client")
-                    .device_id()
-                    .to_owned(),
-                "web",
-            ),
+            poll_body(&qr, server.client().device_id(), "web"),
         )
         .await;
         assert_eq!(stranger.status(), 410);

@@ -274,6 +274,32 @@ mod tests {
     }
 
     #[test]
+    fn qr_settings_are_read_and_checked() {
+        let d = Config::defaults();
+        assert_eq!(
+            (d.qr.ttl, d.qr.rotate, d.qr.poll_interval),
+            (
+                Duration::from_secs(120),
+                Duration::from_secs(60),
+                Duration::from_secs(2)
+            )
+        );
+        let c = load(&[
+            (env::QR_TTL, "30s"),
+            (env::QR_ROTATE, "10s"),
+            (env::QR_POLL_INTERVAL, "0s"),
+            (env::RATE_QR_IP, "3/min"),
+        ])
+        .expect("valid");
+        assert_eq!(c.qr.ttl, Duration::from_secs(30));
+        assert_eq!(c.qr.rotate, Duration::from_secs(10));
+        assert_eq!(c.qr.poll_interval, Duration::ZERO);
+        assert_eq!(c.rates.qr_ip.count.get(), 3);
+        let err = load(&[(env::QR_ROTATE, "0s")]).expect_err("zero rotation");
+        assert!(err.to_string().contains(env::QR_ROTATE), "{err}");
+    }
+
+    #[test]
     fn file_keys_are_lower_case_names_without_prefix() {
         assert_eq!(file_key(env::RATE_MINT_DEVICE), "rate_mint_device");
         let dir = tempfile::tempdir().expect("tempdir");

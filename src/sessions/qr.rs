@@ -409,7 +409,7 @@ mod tests {
             "",
             ".",
             "abc.def",
-            &format!("{}", id.family),
+            &id.family,
             &format!("{}.{}.x", id.family, id.generation),
             &format!("{}.{}", id.family, "é".repeat(6)),
             &format!("{}/{}", id.family, id.generation),
