@@ -397,6 +397,20 @@ both_stores!(
         let refused = phone.qr_confirm(&phone_session, &qr.qr_id).await;
         assert!(is_code(&refused, ErrorCode::TokenRevoked), "{refused:?}");
 
+        // Logged out between scan and confirm.
+        let (phone, phone_session) = server.login_as("bob", ClientType::Mobile).await;
+        let qr = pc
+            .qr_create_login_this(ClientType::Web)
+            .await
+            .expect("create");
+        phone
+            .qr_scan(Some(&phone_session), &qr.qr_id)
+            .await
+            .expect("scan");
+        phone.logout(&phone_session).await.expect("logout");
+        let refused = phone.qr_confirm(&phone_session, &qr.qr_id).await;
+        assert!(is_code(&refused, ErrorCode::TokenRevoked), "{refused:?}");
+
         // Blocked between confirm and redemption: the PC gets no session.
         let (phone, phone_session) = server.login_as("carol", ClientType::Mobile).await;
         let mut qr = pc
@@ -511,3 +525,75 @@ both_stores!(
         assert_eq!(error_of(create).await.0, 401, "login_other needs a session");
     }
 );
+
+/// On Redis a QR login is one key with the QR's life as its TTL, holding hashes of the
+/// poll secrets but never the secrets, and every transition is one script call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keeps_one_key_without_secrets_and_one_script_per_transition() {
+    let server = server(StoreKind::Redis).await;
+    let redis = server.redis.clone().expect("redis");
+    let evalsha = || {
+        server
+            .redis_stats()
+            .get("evalsha")
+            .copied()
+            .unwrap_or_default()
+    };
+    let (pc, pc_session) = server.login_as("bob", ClientType::Web).await;
+    let phone = server.client();
+
+    let before = evalsha();
+    let watch = pc.qr_create_login_other(&pc_session).await.expect("create");
+    assert_eq!(evalsha() - before, 1, "create is one script");
+    let before = evalsha();
+    let scan = phone.qr_scan(None, &watch.qr_id).await.expect("scan");
+    assert_eq!(evalsha() - before, 1, "scan is one script");
+    let phone_secret = scan.poll_secret.clone().expect("secret");
+
+    let family = watch.qr_id.split('.').next().expect("family").to_owned();
+    let key = format!("tg:{{qr:{family}}}:qr");
+    let redis = redis.lock().expect("redis lock");
+    let support::redis::Reply::Array(Some(fields)) = redis.command(&["HGETALL", &key]) else {
+        panic!("the QR record is a hash");
+    };
+    assert!(!fields.is_empty());
+    for field in &fields {
+        let support::redis::Reply::Bulk(Some(bytes)) = field else {
+            panic!("hash fields are strings");
+        };
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains(&watch.poll_secret),
+            "the PC's secret is stored: {text}"
+        );
+        assert!(
+            !text.contains(&phone_secret),
+            "the phone's secret is stored: {text}"
+        );
+    }
+    let support::redis::Reply::Integer(ttl_ms) = redis.command(&["PTTL", &key]) else {
+        panic!("PTTL answers an integer");
+    };
+    assert!((1..=120_000).contains(&ttl_ms), "{ttl_ms}");
+    drop(redis);
+
+    let before = evalsha();
+    pc.qr_confirm(&pc_session, &watch.qr_id)
+        .await
+        .expect("confirm");
+    assert_eq!(evalsha() - before, 1, "confirm is one script");
+    let mut mine = scan.into_login(&watch.qr_id).expect("login");
+    let before = evalsha();
+    assert!(matches!(
+        phone.qr_poll(&mine, ClientType::Mobile).await,
+        Ok(QrPoll::LoggedIn(_))
+    ));
+    // The redemption is one script; the session it opens costs what a login costs.
+    assert!(evalsha() - before >= 1);
+    assert!(is_code(
+        &phone
+            .qr_wait_every(&mut mine, ClientType::Mobile, FAST, |_| {})
+            .await,
+        ErrorCode::QrExpired
+    ));
+}
