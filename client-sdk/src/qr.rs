@@ -44,9 +44,10 @@ pub struct QrLogin {
     pub poll_secret: String,
     /// `login_this` or `login_other`.
     pub mode: String,
-    /// Seconds the QR lives, from its creation.
+    /// Seconds the QR lives, from its creation (0 when unknown: a login built from a
+    /// scan by [`QrScan::into_login`]).
     pub expires_in: u64,
-    /// Seconds until an unscanned QR is replaced.
+    /// Seconds until an unscanned QR is replaced (0 when unknown, as above).
     pub rotate_in: u64,
 }
 
