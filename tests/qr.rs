@@ -106,9 +106,13 @@ both_stores!(
             scan.poll_secret.is_none(),
             "the approver gets no poll secret"
         );
+        // The PC learns nothing about the approving phone.
         assert!(matches!(
             pc.qr_poll(&qr, ClientType::Web).await,
-            Ok(QrPoll::Scanned)
+            Ok(QrPoll::Scanned {
+                scanner_ip: None,
+                scanned_at: None
+            })
         ));
         phone
             .qr_confirm(&phone_session, &qr.qr_id)
@@ -161,10 +165,14 @@ both_stores!(
             "{again:?}"
         );
 
-        assert!(matches!(
-            pc.qr_poll(&watch, ClientType::Web).await,
-            Ok(QrPoll::Scanned)
-        ));
+        // The approving PC is told who scanned, to show before it confirms.
+        match pc.qr_poll(&watch, ClientType::Web).await {
+            Ok(QrPoll::Scanned {
+                scanner_ip: Some(ip),
+                scanned_at: Some(_),
+            }) => assert_eq!(ip, "127.0.0.1"),
+            other => panic!("expected scanned with the scanner, got {other:?}"),
+        }
         // Only the PC's session approves: not another user's session.
         let (eve, eve_session) = server.login_as("alice", ClientType::Web).await;
         let refused = eve.qr_confirm(&eve_session, &watch.qr_id).await;

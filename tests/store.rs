@@ -16,8 +16,9 @@ use ticketgate::store::{
     memory::MemoryStore,
     redis::{RedisSettings, RedisStore},
     utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket, NewQr,
-    PollOutcome, PollQr, QrContext, QrMode, QrSession, RenewAccess, RenewOutcome, RotateOutcome,
-    RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    PollOutcome, PollQr, QrContext, QrMode, QrScanner, QrSession, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
+    TicketGrant, UserSession,
 };
 use ticketgate_sdk::ClientType;
 
@@ -855,6 +856,7 @@ mod cases {
                 user_id: "bob",
             }),
             secret_hash: SCANNER_HASH,
+            ip: "198.51.100.9",
             now_ms,
             rotate_every: ROTATE,
         }
@@ -922,9 +924,10 @@ mod cases {
             scan_qr(&store, &scanning(&family, "gen-0", t0 + 3)).await,
             ScanOutcome::Gone
         );
+        // The PC that asked learns nothing about the approving phone.
         assert_eq!(
             poll_qr(&store, &poll(t0 + 3_000)).await,
-            PollOutcome::Scanned
+            PollOutcome::Scanned(None)
         );
 
         assert_eq!(
@@ -962,8 +965,19 @@ mod cases {
 
         let phone = |t| polling(&family, "gen-0", SCANNER_HASH, PHONE, t);
         let pc = |t| polling(&family, "gen-0", OWNER_HASH, PC, t);
-        assert_eq!(poll_qr(&store, &phone(t0)).await, PollOutcome::Scanned);
-        assert_eq!(poll_qr(&store, &pc(t0)).await, PollOutcome::Scanned);
+        // The approving PC is told who scanned; the phone is not told about itself.
+        assert_eq!(
+            poll_qr(&store, &phone(t0)).await,
+            PollOutcome::Scanned(None)
+        );
+        let scanner = QrScanner {
+            ip: "198.51.100.9".into(),
+            scanned_at: (t0 + 1) / 1000,
+        };
+        assert_eq!(
+            poll_qr(&store, &pc(t0)).await,
+            PollOutcome::Scanned(Some(scanner))
+        );
         // Only the PC's session confirms.
         assert_eq!(
             confirm_qr(&store, &family, "v1.phone-session").await,
@@ -1050,7 +1064,7 @@ mod cases {
             PC,
             due + 3 * ROTATE.as_millis() as i64,
         );
-        assert_eq!(poll_qr(&store, &late).await, PollOutcome::Scanned);
+        assert_eq!(poll_qr(&store, &late).await, PollOutcome::Scanned(None));
     }
 
     pub(crate) async fn qr_fast_polls_slow_down_only_after_the_secret_verified(

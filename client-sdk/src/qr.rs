@@ -142,8 +142,14 @@ impl QrScan {
 pub enum QrPoll {
     /// Nobody scanned yet.
     Pending,
-    /// Scanned; waiting for the confirmation.
-    Scanned,
+    /// Scanned; waiting for the confirmation. The `login_other` creator (who
+    /// approves) is told who scanned, to show before it confirms; others get `None`s.
+    Scanned {
+        /// The scanning phone's IP address.
+        scanner_ip: Option<String>,
+        /// Unix seconds of the scan.
+        scanned_at: Option<i64>,
+    },
     /// Confirmed; the session goes to the other device (the `login_other` creator).
     Confirmed,
     /// The QR was replaced: show (and poll) this id from now on; the secret stays.
@@ -369,6 +375,7 @@ impl Client {
         // A state, with the login answer's fields beside it when redeemed.
         let answer: serde_json::Value = read_answer(response).await?;
         let state = answer["state"].as_str().unwrap_or_default().to_owned();
+        let scanner = answer["scanner"].clone();
         let login = match answer.get("access_token") {
             Some(_) => Some(LoginResponse::deserialize(answer).map_err(|e| {
                 ClientError::Protocol(format!("the QR login answer is not a login answer: {e}"))
@@ -377,7 +384,10 @@ impl Client {
         };
         match (state.as_str(), login) {
             ("pending", _) => Ok(QrPoll::Pending),
-            ("scanned", _) => Ok(QrPoll::Scanned),
+            ("scanned", _) => Ok(QrPoll::Scanned {
+                scanner_ip: scanner["ip"].as_str().map(str::to_owned),
+                scanned_at: scanner["scanned_at"].as_i64(),
+            }),
             ("confirmed", Some(login)) => Ok(QrPoll::LoggedIn(Box::new(Session::from_answer(
                 login,
                 self.device_id(),

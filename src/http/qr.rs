@@ -146,7 +146,7 @@ pub(crate) async fn scan(
         state.limits.check(Limit::Session(&auth.claims.sid))?;
         let scanned = state
             .sessions
-            .scan_qr(&id, Some((&auth.claims, &auth.signed.nonce)))
+            .scan_qr(&id, Some((&auth.claims, &auth.signed.nonce)), ip)
             .await?;
         return Ok(renewed(&state, &auth.claims, scan_answer(scanned)).await);
     }
@@ -156,7 +156,7 @@ pub(crate) async fn scan(
         .map_err(|e| charge_failure(&state, ip, e))?;
     let scanned = state
         .sessions
-        .scan_qr(&id, None)
+        .scan_qr(&id, None, ip)
         .await
         .map_err(|e| charge_failure(&state, ip, e.into()))?;
     Ok(scan_answer(scanned))
@@ -217,7 +217,11 @@ pub(crate) async fn poll(
         .map_err(|e| charge(e.into()))?;
     let body = match polled {
         Polled::Pending => json!({"state": "pending"}),
-        Polled::Scanned => json!({"state": "scanned"}),
+        Polled::Scanned(None) => json!({"state": "scanned"}),
+        Polled::Scanned(Some(by)) => json!({
+            "state": "scanned",
+            "scanner": {"ip": by.ip, "scanned_at": by.scanned_at},
+        }),
         Polled::Confirmed => json!({"state": "confirmed"}),
         Polled::LoggedIn(answer) => {
             let mut body = serde_json::to_value(*answer).map_err(|_| ApiError::Internal)?;

@@ -31,7 +31,7 @@ use crate::auth::random_b64;
 use crate::auth::tokens::Claims;
 use crate::clock::unix_now_ms;
 use crate::store::{
-    ConfirmOutcome, ConfirmQr, NewQr, PollOutcome, PollQr, QrContext, QrMode, QrSession,
+    ConfirmOutcome, ConfirmQr, NewQr, PollOutcome, PollQr, QrContext, QrMode, QrScanner, QrSession,
     ScanOutcome, ScanQr,
 };
 
@@ -127,8 +127,9 @@ pub(crate) struct Scanned {
 pub(crate) enum Polled {
     /// Nobody scanned yet.
     Pending,
-    /// Scanned, waiting for the confirmation.
-    Scanned,
+    /// Scanned, waiting for the confirmation; the `login_other` creator also learns
+    /// who scanned (for its approving screen).
+    Scanned(Option<QrScanner>),
     /// Confirmed; the session goes to the other device (`login_other` creator).
     Confirmed,
     /// Confirmed and redeemed: this poller's new session.
@@ -238,6 +239,7 @@ impl Sessions {
         &self,
         id: &QrId,
         scanner: Option<(&Claims, &str)>,
+        ip: IpAddr,
     ) -> Result<Scanned, SessionError> {
         if let Some((claims, nonce)) = scanner {
             check_client_type(claims.ctp)?;
@@ -245,6 +247,7 @@ impl Sessions {
             self.check_approver(&claims.sid, &claims.sub).await?;
         }
         let poll_secret = random_b64(SECRET_BYTES);
+        let ip = ip.to_string();
         let outcome = self
             .0
             .store
@@ -256,6 +259,7 @@ impl Sessions {
                     user_id: &claims.sub,
                 }),
                 secret_hash: &secret_hash(&poll_secret),
+                ip: &ip,
                 now_ms: unix_now_ms(),
                 rotate_every: self.0.policy.qr.rotate,
             })
@@ -364,7 +368,7 @@ impl Sessions {
                 })
             }
             PollOutcome::Pending => Ok(Polled::Pending),
-            PollOutcome::Scanned => Ok(Polled::Scanned),
+            PollOutcome::Scanned(by) => Ok(Polled::Scanned(by)),
             PollOutcome::Confirmed => Ok(Polled::Confirmed),
             PollOutcome::Redeemed {
                 user_id,

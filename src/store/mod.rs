@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use ticketgate_sdk::ClientType;
 
 pub use qr::{
-    ConfirmOutcome, ConfirmQr, NewQr, PollOutcome, PollQr, QrContext, QrMode, QrSession,
+    ConfirmOutcome, ConfirmQr, NewQr, PollOutcome, PollQr, QrContext, QrMode, QrScanner, QrSession,
     ScanOutcome, ScanQr,
 };
 

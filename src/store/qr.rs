@@ -106,6 +106,8 @@ pub struct ScanQr<'a> {
     pub session: Option<QrSession<'a>>,
     /// Hash of a fresh poll secret: for a `login_other` QR it becomes the scanner's.
     pub secret_hash: &'a str,
+    /// The scanner's IP address (shown to a `login_other` QR's creator, who approves).
+    pub ip: &'a str,
     /// Unix milliseconds now.
     pub now_ms: i64,
     /// How long a generation of an unscanned QR stays valid.
@@ -197,8 +199,10 @@ pub enum PollOutcome {
     },
     /// Nobody scanned yet.
     Pending,
-    /// Scanned, not yet confirmed.
-    Scanned,
+    /// Scanned, not yet confirmed. The `login_other` creator, who approves, also
+    /// learns who scanned; nobody else does (a `login_this` PC could be an attacker
+    /// relaying the QR: it must not learn the approving phone's address).
+    Scanned(Option<QrScanner>),
     /// Confirmed; this poller does not redeem (the `login_other` owner).
     Confirmed,
     /// Confirmed and redeemed by this poll: the record is gone. Open a session of
@@ -209,6 +213,15 @@ pub enum PollOutcome {
         /// The approving session.
         approver_session_id: String,
     },
+}
+
+/// Who scanned a `login_other` QR, for its creator's approving screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QrScanner {
+    /// The scanner's IP address.
+    pub ip: String,
+    /// Unix seconds of the scan.
+    pub scanned_at: i64,
 }
 
 /// A QR login's state.
@@ -236,6 +249,8 @@ pub(crate) struct QrRecord {
     rotated_ms: i64,
     owner_poll_ms: i64,
     scanner_hash: String,
+    scanner_ip: String,
+    scanned_ms: i64,
     scanner_device: String,
     scanner_client_type: Option<ClientType>,
     scanner_poll_ms: i64,
@@ -262,6 +277,8 @@ impl QrRecord {
             rotated_ms: qr.now_ms,
             owner_poll_ms: 0,
             scanner_hash: String::new(),
+            scanner_ip: String::new(),
+            scanned_ms: 0,
             scanner_device: String::new(),
             scanner_client_type: None,
             scanner_poll_ms: 0,
@@ -280,7 +297,11 @@ impl QrRecord {
                 self.approver_session = session.session_id.to_owned();
                 self.approver_user = session.user_id.to_owned();
             }
-            (QrMode::LoginOther, _) => self.scanner_hash = scan.secret_hash.to_owned(),
+            (QrMode::LoginOther, _) => {
+                self.scanner_hash = scan.secret_hash.to_owned();
+                self.scanner_ip = scan.ip.to_owned();
+                self.scanned_ms = scan.now_ms;
+            }
         }
         self.state = QrState::Scanned;
         ScanOutcome::Scanned(QrContext {
@@ -358,7 +379,13 @@ impl QrRecord {
                 }
                 (PollOutcome::Pending, false)
             }
-            QrState::Scanned => (PollOutcome::Scanned, false),
+            QrState::Scanned => {
+                let by = (self.mode == QrMode::LoginOther && owner).then(|| QrScanner {
+                    ip: self.scanner_ip.clone(),
+                    scanned_at: self.scanned_ms.div_euclid(1000),
+                });
+                (PollOutcome::Scanned(by), false)
+            }
             QrState::Confirmed => {
                 let redeemer = match self.mode {
                     QrMode::LoginThis => owner,

@@ -37,8 +37,9 @@ use ticketgate_sdk::ClientType;
 use super::qr::millis;
 use super::{
     keys, utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket,
-    NewQr, PollOutcome, PollQr, QrContext, QrMode, RenewAccess, RenewOutcome, RotateOutcome,
-    RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    NewQr, PollOutcome, PollQr, QrContext, QrMode, QrScanner, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
+    TicketGrant, UserSession,
 };
 
 const MINT_LUA: &str = include_str!("scripts/mint.lua");
@@ -551,6 +552,7 @@ impl Store for RedisStore {
             scan.secret_hash.to_owned(),
             scan.now_ms.to_string(),
             millis(scan.rotate_every).to_string(),
+            scan.ip.to_owned(),
         ];
         match self
             .run(&self.qr.scan, vec![keys::qr(scan.family)], args)
@@ -605,7 +607,7 @@ impl Store for RedisStore {
         match answer {
             Value::Integer(0) => Ok(PollOutcome::Gone),
             Value::Integer(3) => Ok(PollOutcome::Pending),
-            Value::Integer(4) => Ok(PollOutcome::Scanned),
+            Value::Integer(4) => Ok(PollOutcome::Scanned(None)),
             Value::Integer(5) => Ok(PollOutcome::Confirmed),
             Value::Array(items) => {
                 let mut it = items.into_iter();
@@ -623,6 +625,14 @@ impl Store for RedisStore {
                             next_generation,
                             expires_at_ms,
                         })
+                    }
+                    4 => {
+                        let ip = text()?;
+                        let scanned_ms: i64 = text()?.parse().map_err(|_| corrupt())?;
+                        Ok(PollOutcome::Scanned(Some(QrScanner {
+                            ip,
+                            scanned_at: scanned_ms.div_euclid(1000),
+                        })))
                     }
                     6 => Ok(PollOutcome::Redeemed {
                         user_id: text()?,

@@ -13,7 +13,8 @@
 -- ARGV[8]  the generation that replaces a due one
 --
 -- Returns 0 = gone (unknown, expired, wrong secret or device), {1, wait_ms} = slow
--- down, {2, generation, expires_ms} = rotated, 3 = pending, 4 = scanned,
+-- down, {2, generation, expires_ms} = rotated, 3 = pending, 4 = scanned (or
+-- {4, scanner_ip, scanned_ms} to a login_other QR's creator),
 -- 5 = confirmed (not this poller's to redeem), {6, user_id, approver_session} =
 -- redeemed (the record is deleted).
 
@@ -31,7 +32,7 @@ end
 local f = redis.call('HMGET', KEYS[1], 'generation', 'state', 'mode', 'owner_hash',
   'owner_device', 'owner_client_type', 'scanner_hash', 'scanner_device',
   'scanner_client_type', 'owner_poll_ms', 'scanner_poll_ms', 'rotated_ms', 'expires_ms',
-  'approver_user', 'approver_session')
+  'approver_user', 'approver_session', 'scanner_ip', 'scanned_ms')
 if not f[1] then
   return 0
 end
@@ -80,6 +81,9 @@ if f[2] == 'pending' then
   return 3
 end
 if f[2] == 'scanned' then
+  if owner and f[3] == 'login_other' then
+    return {4, f[16], f[17]}
+  end
   return 4
 end
 local redeemer = scanner

@@ -7,6 +7,7 @@
 -- ARGV[4]  hash of a fresh poll secret (a login_other QR gives it to the scanner)
 -- ARGV[5]  now, unix milliseconds
 -- ARGV[6]  rotation period, milliseconds
+-- ARGV[7]  the scanner's IP address (kept for a login_other QR's creator)
 --
 -- Returns 0 = gone (unknown, expired, rotated or due, already scanned),
 -- 1 = a login_this QR needs a session, or {mode, client_type, ip, created_ms}.
@@ -27,6 +28,7 @@ if f[4] == 'login_this' then
   redis.call('HSET', KEYS[1], 'approver_session', ARGV[2], 'approver_user', ARGV[3],
     'state', 'scanned')
 else
-  redis.call('HSET', KEYS[1], 'scanner_hash', ARGV[4], 'state', 'scanned')
+  redis.call('HSET', KEYS[1], 'scanner_hash', ARGV[4], 'scanner_ip', ARGV[7],
+    'scanned_ms', ARGV[5], 'state', 'scanned')
 end
 return {f[4], f[5], f[6], f[7]}
