@@ -560,8 +560,14 @@ async fn redis_keeps_one_key_without_secrets_and_one_script_per_transition() {
 
     let family = watch.qr_id.split('.').next().expect("family").to_owned();
     let key = format!("tg:{{qr:{family}}}:qr");
-    let redis = redis.lock().expect("redis lock");
-    let support::redis::Reply::Array(Some(fields)) = redis.command(&["HGETALL", &key]) else {
+    let (fields, ttl) = {
+        let redis = redis.lock().expect("redis lock");
+        (
+            redis.command(&["HGETALL", &key]),
+            redis.command(&["PTTL", &key]),
+        )
+    };
+    let support::redis::Reply::Array(Some(fields)) = fields else {
         panic!("the QR record is a hash");
     };
     assert!(!fields.is_empty());
@@ -579,11 +585,10 @@ async fn redis_keeps_one_key_without_secrets_and_one_script_per_transition() {
             "the phone's secret is stored: {text}"
         );
     }
-    let support::redis::Reply::Integer(ttl_ms) = redis.command(&["PTTL", &key]) else {
+    let support::redis::Reply::Integer(ttl_ms) = ttl else {
         panic!("PTTL answers an integer");
     };
     assert!((1..=120_000).contains(&ttl_ms), "{ttl_ms}");
-    drop(redis);
 
     let before = evalsha();
     pc.qr_confirm(&pc_session, &watch.qr_id)
