@@ -53,6 +53,8 @@ pub(crate) enum Limit<'a> {
     ConnectIp(IpAddr),
     /// Refresh and logout calls of a session (after the request's signature verified).
     Session(&'a str),
+    /// QR logins created from an IP.
+    QrIp(IpAddr),
 }
 
 /// Every keyed limiter of a node.
@@ -64,6 +66,7 @@ pub(crate) struct Limits<C: Clock + Clone = DefaultClock> {
     mint_device: Keyed<String, C>,
     connect_ip: Keyed<IpAddr, C>,
     session: Keyed<String, C>,
+    qr_ip: Keyed<IpAddr, C>,
     clock: C,
 }
 
@@ -96,6 +99,7 @@ impl<C: Clock + Clone> Limits<C> {
             mint_device: keyed(rates.mint_device, &clock),
             connect_ip: keyed(rates.connect_ip, &clock),
             session: keyed(rates.session, &clock),
+            qr_ip: keyed(rates.qr_ip, &clock),
             clock,
         }
     }
@@ -113,6 +117,7 @@ impl<C: Clock + Clone> Limits<C> {
             Limit::MintDevice(d) => self.mint_device.check_key(&d.to_owned()),
             Limit::ConnectIp(ip) => self.connect_ip.check_key(&ip),
             Limit::Session(s) => self.session.check_key(&s.to_owned()),
+            Limit::QrIp(ip) => self.qr_ip.check_key(&ip),
         };
         verdict.map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
@@ -132,6 +137,7 @@ impl<C: Clock + Clone> Limits<C> {
         self.mint_device.retain_recent();
         self.connect_ip.retain_recent();
         self.session.retain_recent();
+        self.qr_ip.retain_recent();
         self.login_ip.shrink_to_fit();
         self.login_user.shrink_to_fit();
         self.login_device.shrink_to_fit();
@@ -139,6 +145,7 @@ impl<C: Clock + Clone> Limits<C> {
         self.mint_device.shrink_to_fit();
         self.connect_ip.shrink_to_fit();
         self.session.shrink_to_fit();
+        self.qr_ip.shrink_to_fit();
     }
 
     /// Keys held across every limiter.
@@ -151,6 +158,7 @@ impl<C: Clock + Clone> Limits<C> {
             + self.mint_device.len()
             + self.connect_ip.len()
             + self.session.len()
+            + self.qr_ip.len()
     }
 }
 

@@ -15,8 +15,10 @@ use support::redis::RedisServer;
 use ticketgate::store::{
     memory::MemoryStore,
     redis::{RedisSettings, RedisStore},
-    utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
-    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket, NewQr,
+    PollOutcome, PollQr, QrContext, QrMode, QrScanner, QrSession, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
+    TicketGrant, UserSession,
 };
 use ticketgate_sdk::ClientType;
 
@@ -92,6 +94,15 @@ macro_rules! store_suite {
                 user_sessions_are_listed_oldest_first,
                 expired_sessions_are_not_listed,
                 users_are_blocked_one_by_one,
+                qr_login_this_is_scanned_confirmed_and_redeemed_once,
+                qr_login_other_gives_the_scanner_its_own_secret,
+                qr_wrong_secret_or_device_learns_nothing,
+                qr_rotation_replaces_the_id_and_keeps_the_secret,
+                qr_fast_polls_slow_down_only_after_the_secret_verified,
+                qr_only_the_approver_confirms,
+                concurrent_qr_confirms_have_one_winner,
+                concurrent_qr_redeems_have_one_winner,
+                qr_expires_after_its_life,
             );
         }
     };
@@ -801,6 +812,377 @@ mod cases {
         set(bob.clone(), true).await;
         assert!(!blocked(ann).await);
         assert!(blocked(bob).await);
+    }
+
+    // ---- QR logins ----
+
+    const PC: &str = "4a1c2e3f-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
+    const PHONE: &str = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b";
+    const OWNER_HASH: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const SCANNER_HASH: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const WRONG_HASH: &str = "1111111111111111111111111111111111111111111111111111111111111112";
+    const ROTATE: Duration = Duration::from_secs(60);
+    const INTERVAL: Duration = Duration::from_secs(2);
+
+    /// A QR created at `t0` (unix ms); the family is new for every call.
+    async fn new_qr(store: &Arc<dyn Store>, mode: QrMode, t0: i64) -> String {
+        let family = unique("qr").replace('.', "");
+        let approver = QrSession {
+            session_id: "v1.pc-session",
+            user_id: "alice",
+        };
+        let created = NewQr {
+            family: &family,
+            generation: "gen-0",
+            mode,
+            owner_hash: OWNER_HASH,
+            owner_device: PC,
+            owner_client_type: ClientType::Web,
+            approver: (mode == QrMode::LoginOther).then_some(approver),
+            ip: "203.0.113.7",
+            now_ms: t0,
+            ttl: Duration::from_secs(120),
+        };
+        store.create_qr(&created).await.expect("create qr");
+        family
+    }
+
+    fn scanning<'a>(family: &'a str, generation: &'a str, now_ms: i64) -> ScanQr<'a> {
+        ScanQr {
+            family,
+            generation,
+            session: Some(QrSession {
+                session_id: "v1.phone-session",
+                user_id: "bob",
+            }),
+            secret_hash: SCANNER_HASH,
+            ip: "198.51.100.9",
+            now_ms,
+            rotate_every: ROTATE,
+        }
+    }
+
+    fn polling<'a>(
+        family: &'a str,
+        generation: &'a str,
+        hash: &'a str,
+        device: &'a str,
+        now_ms: i64,
+    ) -> PollQr<'a> {
+        PollQr {
+            family,
+            generation,
+            secret_hash: hash,
+            device_id: device,
+            client_type: ClientType::Web,
+            now_ms,
+            interval: INTERVAL,
+            rotate_every: ROTATE,
+            next_generation: "gen-1",
+        }
+    }
+
+    async fn scan_qr(store: &Arc<dyn Store>, scan: &ScanQr<'_>) -> ScanOutcome {
+        store.scan_qr(scan).await.expect("scan qr")
+    }
+
+    async fn confirm_qr(store: &Arc<dyn Store>, family: &str, sid: &str) -> ConfirmOutcome {
+        let confirm = ConfirmQr {
+            family,
+            generation: "gen-0",
+            session_id: sid,
+        };
+        store.confirm_qr(&confirm).await.expect("confirm qr")
+    }
+
+    async fn poll_qr(store: &Arc<dyn Store>, poll: &PollQr<'_>) -> PollOutcome {
+        store.poll_qr(poll).await.expect("poll qr")
+    }
+
+    pub(crate) async fn qr_login_this_is_scanned_confirmed_and_redeemed_once(
+        store: Arc<dyn Store>,
+    ) {
+        let t0 = now_unix() * 1000;
+        let family = new_qr(&store, QrMode::LoginThis, t0).await;
+        let poll = |t| polling(&family, "gen-0", OWNER_HASH, PC, t);
+        assert_eq!(poll_qr(&store, &poll(t0)).await, PollOutcome::Pending);
+
+        let mut anonymous = scanning(&family, "gen-0", t0 + 1);
+        anonymous.session = None;
+        assert_eq!(scan_qr(&store, &anonymous).await, ScanOutcome::NeedsSession);
+        let context = QrContext {
+            mode: QrMode::LoginThis,
+            client_type: ClientType::Web,
+            ip: "203.0.113.7".into(),
+            created_at: t0 / 1000,
+        };
+        assert_eq!(
+            scan_qr(&store, &scanning(&family, "gen-0", t0 + 2)).await,
+            ScanOutcome::Scanned(context)
+        );
+        assert_eq!(
+            scan_qr(&store, &scanning(&family, "gen-0", t0 + 3)).await,
+            ScanOutcome::Gone
+        );
+        // The PC that asked learns nothing about the approving phone.
+        assert_eq!(
+            poll_qr(&store, &poll(t0 + 3_000)).await,
+            PollOutcome::Scanned(None)
+        );
+
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.phone-session").await,
+            ConfirmOutcome::Confirmed
+        );
+        assert_eq!(
+            poll_qr(&store, &poll(t0 + 6_000)).await,
+            PollOutcome::Redeemed {
+                user_id: "bob".into(),
+                approver_session_id: "v1.phone-session".into()
+            }
+        );
+        assert_eq!(poll_qr(&store, &poll(t0 + 9_000)).await, PollOutcome::Gone);
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.phone-session").await,
+            ConfirmOutcome::Gone
+        );
+    }
+
+    pub(crate) async fn qr_login_other_gives_the_scanner_its_own_secret(store: Arc<dyn Store>) {
+        let t0 = now_unix() * 1000;
+        let family = new_qr(&store, QrMode::LoginOther, t0).await;
+        let mut anonymous = scanning(&family, "gen-0", t0 + 1);
+        anonymous.session = None;
+        assert!(
+            matches!(scan_qr(&store, &anonymous).await, ScanOutcome::Scanned(c) if c.mode == QrMode::LoginOther)
+        );
+        // Later scans, with or without a session: gone.
+        assert_eq!(scan_qr(&store, &anonymous).await, ScanOutcome::Gone);
+        assert_eq!(
+            scan_qr(&store, &scanning(&family, "gen-0", t0 + 2)).await,
+            ScanOutcome::Gone
+        );
+
+        let phone = |t| polling(&family, "gen-0", SCANNER_HASH, PHONE, t);
+        let pc = |t| polling(&family, "gen-0", OWNER_HASH, PC, t);
+        // The approving PC is told who scanned; the phone is not told about itself.
+        assert_eq!(
+            poll_qr(&store, &phone(t0)).await,
+            PollOutcome::Scanned(None)
+        );
+        let scanner = QrScanner {
+            ip: "198.51.100.9".into(),
+            scanned_at: (t0 + 1) / 1000,
+        };
+        assert_eq!(
+            poll_qr(&store, &pc(t0)).await,
+            PollOutcome::Scanned(Some(scanner))
+        );
+        // Only the PC's session confirms.
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.phone-session").await,
+            ConfirmOutcome::Gone
+        );
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.pc-session").await,
+            ConfirmOutcome::Confirmed
+        );
+        // The PC sees "confirmed" but never redeems; the phone does, once.
+        assert_eq!(
+            poll_qr(&store, &pc(t0 + 3_000)).await,
+            PollOutcome::Confirmed
+        );
+        assert_eq!(
+            poll_qr(&store, &phone(t0 + 3_000)).await,
+            PollOutcome::Redeemed {
+                user_id: "alice".into(),
+                approver_session_id: "v1.pc-session".into()
+            }
+        );
+        assert_eq!(poll_qr(&store, &phone(t0 + 6_000)).await, PollOutcome::Gone);
+        assert_eq!(poll_qr(&store, &pc(t0 + 6_000)).await, PollOutcome::Gone);
+    }
+
+    pub(crate) async fn qr_wrong_secret_or_device_learns_nothing(store: Arc<dyn Store>) {
+        let t0 = now_unix() * 1000;
+        let family = new_qr(&store, QrMode::LoginThis, t0).await;
+        let unknown = unique("qr").replace('.', "");
+        let answers = [
+            polling(&family, "gen-0", WRONG_HASH, PC, t0),
+            polling(&family, "gen-0", SCANNER_HASH, PC, t0),
+            polling(&family, "gen-0", OWNER_HASH, PHONE, t0),
+            PollQr {
+                client_type: ClientType::Mobile,
+                ..polling(&family, "gen-0", OWNER_HASH, PC, t0)
+            },
+            // Even for an old generation: no next id without the secret.
+            polling(&family, "gen-old", WRONG_HASH, PC, t0),
+            polling(&unknown, "gen-0", OWNER_HASH, PC, t0),
+        ];
+        for poll in &answers {
+            assert_eq!(poll_qr(&store, poll).await, PollOutcome::Gone, "{poll:?}");
+        }
+        // None of those counted as the owner's poll: no slow-down for the owner.
+        let owner = polling(&family, "gen-0", OWNER_HASH, PC, t0);
+        assert_eq!(poll_qr(&store, &owner).await, PollOutcome::Pending);
+    }
+
+    pub(crate) async fn qr_rotation_replaces_the_id_and_keeps_the_secret(store: Arc<dyn Store>) {
+        let t0 = now_unix() * 1000;
+        let family = new_qr(&store, QrMode::LoginThis, t0).await;
+        let due = t0 + ROTATE.as_millis() as i64;
+        // Due but not yet rotated: a scan of the id on screen is refused already.
+        assert_eq!(
+            scan_qr(&store, &scanning(&family, "gen-0", due)).await,
+            ScanOutcome::Gone
+        );
+        let rotated = PollOutcome::Rotated {
+            next_generation: "gen-1".into(),
+            expires_at_ms: t0 + 120_000,
+        };
+        let mut poll = polling(&family, "gen-0", OWNER_HASH, PC, due);
+        assert_eq!(poll_qr(&store, &poll).await, rotated);
+        // The old id keeps naming the new one (same secret), and nothing rotates twice.
+        poll.now_ms = due + 3_000;
+        poll.next_generation = "gen-2";
+        assert_eq!(poll_qr(&store, &poll).await, rotated);
+        assert_eq!(
+            scan_qr(&store, &scanning(&family, "gen-0", due + 4_000)).await,
+            ScanOutcome::Gone
+        );
+        let fresh = polling(&family, "gen-1", OWNER_HASH, PC, due + 6_000);
+        assert_eq!(poll_qr(&store, &fresh).await, PollOutcome::Pending);
+        assert!(matches!(
+            scan_qr(&store, &scanning(&family, "gen-1", due + 7_000)).await,
+            ScanOutcome::Scanned(_)
+        ));
+        // A scanned QR no longer rotates.
+        let late = polling(
+            &family,
+            "gen-1",
+            OWNER_HASH,
+            PC,
+            due + 3 * ROTATE.as_millis() as i64,
+        );
+        assert_eq!(poll_qr(&store, &late).await, PollOutcome::Scanned(None));
+    }
+
+    pub(crate) async fn qr_fast_polls_slow_down_only_after_the_secret_verified(
+        store: Arc<dyn Store>,
+    ) {
+        let t0 = now_unix() * 1000;
+        let family = new_qr(&store, QrMode::LoginThis, t0).await;
+        let poll = |t| polling(&family, "gen-0", OWNER_HASH, PC, t);
+        assert_eq!(poll_qr(&store, &poll(t0)).await, PollOutcome::Pending);
+        assert_eq!(
+            poll_qr(&store, &poll(t0 + 500)).await,
+            PollOutcome::SlowDown(Duration::from_millis(1_500))
+        );
+        // A guesser polling fast gets "gone", never "slow down".
+        let guess = polling(&family, "gen-0", WRONG_HASH, PC, t0 + 600);
+        assert_eq!(poll_qr(&store, &guess).await, PollOutcome::Gone);
+        // A refused poll is not counted: the pace runs from the last answered one.
+        assert_eq!(
+            poll_qr(&store, &poll(t0 + 2_000)).await,
+            PollOutcome::Pending
+        );
+    }
+
+    pub(crate) async fn qr_only_the_approver_confirms(store: Arc<dyn Store>) {
+        let t0 = now_unix() * 1000;
+        let family = new_qr(&store, QrMode::LoginThis, t0).await;
+        // Not scanned yet: nobody confirms.
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.phone-session").await,
+            ConfirmOutcome::Gone
+        );
+        assert!(matches!(
+            scan_qr(&store, &scanning(&family, "gen-0", t0 + 1)).await,
+            ScanOutcome::Scanned(_)
+        ));
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.other-session").await,
+            ConfirmOutcome::Gone
+        );
+        let wrong_generation = ConfirmQr {
+            family: &family,
+            generation: "gen-9",
+            session_id: "v1.phone-session",
+        };
+        assert_eq!(
+            store.confirm_qr(&wrong_generation).await.expect("confirm"),
+            ConfirmOutcome::Gone
+        );
+        assert_eq!(
+            confirm_qr(&store, &family, "v1.phone-session").await,
+            ConfirmOutcome::Confirmed
+        );
+    }
+
+    pub(crate) async fn concurrent_qr_confirms_have_one_winner(store: Arc<dyn Store>) {
+        for _ in 0..RACE_ROUNDS {
+            let t0 = now_unix() * 1000;
+            let family = new_qr(&store, QrMode::LoginThis, t0).await;
+            let scanned = scan_qr(&store, &scanning(&family, "gen-0", t0 + 1)).await;
+            assert!(matches!(scanned, ScanOutcome::Scanned(_)));
+            let outcomes = race(8, |_| {
+                let (store, family) = (store.clone(), family.clone());
+                async move { confirm_qr(&store, &family, "v1.phone-session").await }
+            })
+            .await;
+            assert_eq!(
+                count(&outcomes, |o| *o == ConfirmOutcome::Confirmed),
+                1,
+                "{outcomes:?}"
+            );
+        }
+    }
+
+    pub(crate) async fn concurrent_qr_redeems_have_one_winner(store: Arc<dyn Store>) {
+        for _ in 0..RACE_ROUNDS {
+            let t0 = now_unix() * 1000;
+            let family = new_qr(&store, QrMode::LoginThis, t0).await;
+            let scanned = scan_qr(&store, &scanning(&family, "gen-0", t0 + 1)).await;
+            assert!(matches!(scanned, ScanOutcome::Scanned(_)));
+            assert_eq!(
+                confirm_qr(&store, &family, "v1.phone-session").await,
+                ConfirmOutcome::Confirmed
+            );
+            let outcomes = race(8, |_| {
+                let (store, family) = (store.clone(), family.clone());
+                async move { poll_qr(&store, &polling(&family, "gen-0", OWNER_HASH, PC, t0)).await }
+            })
+            .await;
+            let redeemed = count(&outcomes, |o| matches!(o, PollOutcome::Redeemed { .. }));
+            assert_eq!(redeemed, 1, "{outcomes:?}");
+        }
+    }
+
+    pub(crate) async fn qr_expires_after_its_life(store: Arc<dyn Store>) {
+        let t0 = now_unix() * 1000;
+        let family = unique("qr").replace('.', "");
+        let created = NewQr {
+            family: &family,
+            generation: "gen-0",
+            mode: QrMode::LoginThis,
+            owner_hash: OWNER_HASH,
+            owner_device: PC,
+            owner_client_type: ClientType::Web,
+            approver: None,
+            ip: "203.0.113.7",
+            now_ms: t0,
+            ttl: Duration::from_millis(200),
+        };
+        store.create_qr(&created).await.expect("create qr");
+        let poll = polling(&family, "gen-0", OWNER_HASH, PC, t0);
+        assert_eq!(poll_qr(&store, &poll).await, PollOutcome::Pending);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let poll = polling(&family, "gen-0", OWNER_HASH, PC, t0 + 3_000);
+        assert_eq!(poll_qr(&store, &poll).await, PollOutcome::Gone);
+        assert_eq!(
+            scan_qr(&store, &scanning(&family, "gen-0", t0 + 3_000)).await,
+            ScanOutcome::Gone
+        );
     }
 
     // ---- helpers ----

@@ -70,7 +70,7 @@ pub type WsStream =
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     base_url: Url,
     device_id: String,
 }
@@ -416,7 +416,7 @@ impl Client {
     /// `Authorization: Bearer` when an access token is given.
     ///
     /// The body is serialized once and exactly those bytes are both signed and sent.
-    fn signed_post<T: Serialize>(
+    pub(crate) fn signed_post<T: Serialize>(
         &self,
         device_id: &str,
         key: &[u8],
@@ -456,7 +456,7 @@ impl Client {
     }
 
     /// The HTTP URL of an API path, below the base URL's own path.
-    fn endpoint(&self, path: &str) -> Url {
+    pub(crate) fn endpoint(&self, path: &str) -> Url {
         let mut url = self.base_url.clone();
         let joined = format!("{}{path}", self.base_url.path().trim_end_matches('/'));
         url.set_path(&joined);
@@ -478,7 +478,9 @@ impl Client {
 }
 
 /// Reads a success answer as `T`, or turns an error answer into [`ClientError::Api`].
-async fn read_answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+pub(crate) async fn read_answer<T: DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.bytes().await?;

@@ -18,6 +18,9 @@
 //! - `session` (feature `client`): [`SessionHandle`], a session shared by many tasks:
 //!   renewal ahead of expiry, single-flight refresh, `X-New-Token`, and the
 //!   [`EndReason`] once the user must log in again.
+//! - `qr` (feature `client`): QR-code login, both directions, as [`Client`] calls
+//!   (`qr_create_login_this`, `qr_create_login_other`, `qr_scan`, `qr_confirm`,
+//!   `qr_poll`, `qr_wait`) answering [`QrLogin`], [`QrScan`], [`QrPoll`].
 //! - `connection` (feature `client`): [`ManagedConnection`], a socket that answers
 //!   `expiring` by itself and reconnects by close code ([`close_action`]) with
 //!   jittered backoff ([`backoff_delay`]) and `resume` tickets.
@@ -77,6 +80,8 @@ mod connection;
 #[cfg(feature = "client")]
 mod error;
 #[cfg(feature = "client")]
+mod qr;
+#[cfg(feature = "client")]
 mod session;
 #[cfg(feature = "client")]
 mod session_data;
@@ -91,6 +96,8 @@ pub use connection::{
 #[cfg(feature = "client")]
 pub use error::ClientError;
 pub use protocol::{ClientType, ErrorCode};
+#[cfg(feature = "client")]
+pub use qr::{qr_id_of_payload, QrLogin, QrPoll, QrScan, DEFAULT_POLL_INTERVAL, QR_PAYLOAD_PREFIX};
 #[cfg(feature = "client")]
 pub use session::{EndReason, SessionHandle};
 #[cfg(feature = "client")]

@@ -100,3 +100,11 @@ pub const WRITE_TIMEOUT: &str = "TICKETGATE_WRITE_TIMEOUT";
 pub const MAX_HTTP_CONNECTIONS: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS";
 /// HTTP connections (not upgraded to a socket) per client IP.
 pub const MAX_HTTP_CONNECTIONS_PER_IP: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS_PER_IP";
+/// Life of a QR login, rotations included.
+pub const QR_TTL: &str = "TICKETGATE_QR_TTL";
+/// How often an unscanned QR login gets a new id.
+pub const QR_ROTATE: &str = "TICKETGATE_QR_ROTATE";
+/// Shortest interval between two polls of one QR poller (`slow_down` below it).
+pub const QR_POLL_INTERVAL: &str = "TICKETGATE_QR_POLL_INTERVAL";
+/// QR logins created per IP.
+pub const RATE_QR_IP: &str = "TICKETGATE_RATE_QR_IP";

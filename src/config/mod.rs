@@ -55,6 +55,19 @@ pub struct RateConfig {
     pub session: Rate,
     /// Frames per connection.
     pub frames: Rate,
+    /// QR logins created per IP (each one can put a prompt on a phone).
+    pub qr_ip: Rate,
+}
+
+/// QR-code login timings.
+#[derive(Debug, Clone)]
+pub struct QrConfig {
+    /// Life of a QR login, from its creation, rotations included.
+    pub ttl: Duration,
+    /// An unscanned QR gets a new id this often.
+    pub rotate: Duration,
+    /// Shortest interval between two polls of one poller; faster is `slow_down`.
+    pub poll_interval: Duration,
 }
 
 /// Lifetimes.
@@ -176,6 +189,8 @@ pub struct Config {
     pub ws: WsConfig,
     /// HTTP connection limits.
     pub http: HttpConfig,
+    /// QR-code login timings.
+    pub qr: QrConfig,
 }
 
 impl fmt::Debug for Config {
@@ -203,6 +218,7 @@ impl fmt::Debug for Config {
             .field("rates", &self.rates)
             .field("ws", &self.ws)
             .field("http", &self.http)
+            .field("qr", &self.qr)
             .finish()
     }
 }
@@ -265,6 +281,7 @@ impl Config {
                 connect_ip: rate("6000/min"),
                 session: rate("30/min"),
                 frames: rate("50/s"),
+                qr_ip: rate("10/min"),
             },
             ws: WsConfig {
                 max_frame_bytes: 64 * 1024,
@@ -287,6 +304,11 @@ impl Config {
                 write_timeout: Duration::from_secs(10),
                 max_connections: 10_000,
                 max_connections_per_ip: 256,
+            },
+            qr: QrConfig {
+                ttl: Duration::from_secs(120),
+                rotate: Duration::from_secs(60),
+                poll_interval: Duration::from_secs(2),
             },
         }
     }
@@ -342,6 +364,8 @@ impl Config {
         positive(env::BODY_TIMEOUT, self.http.body_timeout);
         positive(env::KEEPALIVE_TIMEOUT, self.http.keepalive_timeout);
         positive(env::WRITE_TIMEOUT, self.http.write_timeout);
+        positive(env::QR_TTL, self.qr.ttl);
+        positive(env::QR_ROTATE, self.qr.rotate);
         if self.ws.max_frame_bytes < 1024 {
             errors.push(format!(
                 "{} must be at least 1024",

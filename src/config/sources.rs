@@ -15,7 +15,7 @@ use super::parse::{
     parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off, parse_list,
     parse_log_format, parse_path, parse_u32, parse_usize, Rate,
 };
-use super::{env, Config, HttpConfig, RateConfig, TtlConfig, WsConfig};
+use super::{env, Config, HttpConfig, QrConfig, RateConfig, TtlConfig, WsConfig};
 
 /// Reads every setting from `env` and the optional config `file`: the configuration
 /// (the default wherever a value is missing or invalid), one message per value that
@@ -74,6 +74,7 @@ pub(super) fn read(
             connect_ip: src.get(env::RATE_CONNECT_IP, d.rates.connect_ip, rate),
             session: src.get(env::RATE_SESSION, d.rates.session, rate),
             frames: src.get(env::RATE_FRAMES, d.rates.frames, rate),
+            qr_ip: src.get(env::RATE_QR_IP, d.rates.qr_ip, rate),
         },
         ws: WsConfig {
             max_frame_bytes: src.get(env::MAX_FRAME_BYTES, d.ws.max_frame_bytes, parse_byte_count),
@@ -106,6 +107,15 @@ pub(super) fn read(
                 env::MAX_HTTP_CONNECTIONS_PER_IP,
                 d.http.max_connections_per_ip,
                 parse_usize,
+            ),
+        },
+        qr: QrConfig {
+            ttl: src.get(env::QR_TTL, d.qr.ttl, dur),
+            rotate: src.get(env::QR_ROTATE, d.qr.rotate, dur),
+            poll_interval: src.get(
+                env::QR_POLL_INTERVAL,
+                d.qr.poll_interval,
+                parse_duration_or_off,
             ),
         },
     };
@@ -308,6 +318,32 @@ mod tests {
         assert_eq!(c.ws.max_fragments, 4);
         let err = load(&[(env::MAX_FRAGMENTS, "0")]).expect_err("zero");
         assert!(err.to_string().contains(env::MAX_FRAGMENTS), "{err}");
+    }
+
+    #[test]
+    fn qr_settings_are_read_and_checked() {
+        let d = Config::defaults();
+        assert_eq!(
+            (d.qr.ttl, d.qr.rotate, d.qr.poll_interval),
+            (
+                Duration::from_secs(120),
+                Duration::from_secs(60),
+                Duration::from_secs(2)
+            )
+        );
+        let c = load(&[
+            (env::QR_TTL, "30s"),
+            (env::QR_ROTATE, "10s"),
+            (env::QR_POLL_INTERVAL, "0s"),
+            (env::RATE_QR_IP, "3/min"),
+        ])
+        .expect("valid");
+        assert_eq!(c.qr.ttl, Duration::from_secs(30));
+        assert_eq!(c.qr.rotate, Duration::from_secs(10));
+        assert_eq!(c.qr.poll_interval, Duration::ZERO);
+        assert_eq!(c.rates.qr_ip.count.get(), 3);
+        let err = load(&[(env::QR_ROTATE, "0s")]).expect_err("zero rotation");
+        assert!(err.to_string().contains(env::QR_ROTATE), "{err}");
     }
 
     #[test]

@@ -77,6 +77,16 @@ pub(crate) enum ApiError {
     /// No such route or object.
     #[error("not found")]
     NotFound,
+    /// The QR login is unknown, expired, rotated or used (410); a rotated id's owner
+    /// learns the id that replaced it.
+    #[error("QR code expired or unknown")]
+    QrExpired(Option<crate::sessions::qr::NextQr>),
+    /// A QR poll came sooner than the poll interval (429, with `Retry-After`).
+    #[error("polling too fast; slow down")]
+    SlowDown {
+        /// When to poll again.
+        retry_after: Duration,
+    },
     /// Body over 64 KiB.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -125,6 +135,8 @@ impl ApiError {
             StoreUnavailable => (ErrorCode::StoreUnavailable, StatusCode::SERVICE_UNAVAILABLE),
             ServerBusy => (ErrorCode::ServerBusy, StatusCode::SERVICE_UNAVAILABLE),
             NotFound => (ErrorCode::NotFound, StatusCode::NOT_FOUND),
+            QrExpired(_) => (ErrorCode::QrExpired, StatusCode::GONE),
+            SlowDown { .. } => (ErrorCode::SlowDown, StatusCode::TOO_MANY_REQUESTS),
             PayloadTooLarge => (ErrorCode::PayloadTooLarge, StatusCode::PAYLOAD_TOO_LARGE),
             OriginForbidden => (ErrorCode::OriginForbidden, StatusCode::FORBIDDEN),
             Internal => (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR),
@@ -155,6 +167,7 @@ impl ApiError {
                 | TokenInvalid
                 | TicketInvalid
                 | PayloadTooLarge
+                | QrExpired(None)
         )
     }
 }
@@ -166,14 +179,31 @@ impl IntoResponse for ApiError {
             error: code.as_str().to_owned(),
             message: self.to_string(),
         };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = match &self {
+            // 410 for a rotated QR: the error body plus the id that replaced it.
+            ApiError::QrExpired(Some(next)) => {
+                let body = serde_json::json!({
+                    "error": body.error,
+                    "message": body.message,
+                    "next_qr_id": next.qr_id,
+                    "expires_in": next.expires_in,
+                    "rotate_in": next.rotate_in,
+                });
+                (status, axum::Json(body)).into_response()
+            }
+            _ => (status, axum::Json(body)).into_response(),
+        };
         let headers = response.headers_mut();
         match self {
             ApiError::RateLimited { retry_after }
+            | ApiError::SlowDown { retry_after }
             | ApiError::TooManyConnections { retry_after } => {
                 headers.insert(
                     header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
+                    // Whole seconds, rounded up, never 0.
+                    HeaderValue::from(
+                        (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1),
+                    ),
                 );
             }
             // A busy node (connection cap, login queue) is busy for a moment.
@@ -216,6 +246,19 @@ impl From<SessionError> for ApiError {
             SessionError::TooManySessions => ApiError::TooManyConnections {
                 retry_after: crate::config::CAP_RETRY_AFTER,
             },
+            SessionError::QrExpired => ApiError::QrExpired(None),
+            SessionError::QrRotated {
+                next_qr_id,
+                expires_in,
+                rotate_in,
+            } => ApiError::QrExpired(Some(crate::sessions::qr::NextQr {
+                qr_id: next_qr_id,
+                expires_in,
+                rotate_in,
+            })),
+            SessionError::SlowDown(wait) => ApiError::SlowDown { retry_after: wait },
+            SessionError::QrNeedsSession => ApiError::TokenInvalid,
+            SessionError::QrRefused(why) => ApiError::BadRequest(why.to_owned()),
             SessionError::Store(e) => e.into(),
             // The one place these are logged: the client only learns "internal".
             SessionError::Credentials(_) | SessionError::Signing(_) => {

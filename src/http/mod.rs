@@ -33,6 +33,7 @@ pub(crate) mod extract;
 pub(crate) mod first;
 pub(crate) mod headers;
 pub(crate) mod public;
+pub(crate) mod qr;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -113,6 +114,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/logout", post(public::logout))
         .route("/v1/app/login", post(public::app_login))
         .route("/v1/connect", get(admission::connect))
+        .route("/v1/qr", post(qr::create))
+        .route("/v1/qr/{qr_id}/scan", post(qr::scan))
+        .route("/v1/qr/{qr_id}/confirm", post(qr::confirm))
+        .route("/v1/qr/{qr_id}/poll", post(qr::poll))
+        .route("/v1/qr/{qr_id}/qr.svg", get(qr::image))
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))

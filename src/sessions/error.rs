@@ -38,6 +38,28 @@ pub enum SessionError {
     /// The users or apps file could not be read.
     #[error("credentials file unreadable: {0}")]
     Credentials(String),
+    /// The QR login is unknown, expired, used, or not this caller's: all look alike.
+    #[error("QR login expired or unknown")]
+    QrExpired,
+    /// The polled id was replaced by rotation (told to the QR's owner only).
+    #[error("QR login rotated")]
+    QrRotated {
+        /// The id that replaced it.
+        next_qr_id: String,
+        /// Seconds the QR still lives.
+        expires_in: u64,
+        /// Seconds until it is replaced again.
+        rotate_in: u64,
+    },
+    /// Polled sooner than the configured interval; retry after this long.
+    #[error("polling too fast")]
+    SlowDown(std::time::Duration),
+    /// A `login_this` QR can only be scanned with a session (Bearer + signed).
+    #[error("scanning this QR needs a logged-in session")]
+    QrNeedsSession,
+    /// A QR call that cannot be served as asked; the text says why.
+    #[error("{0}")]
+    QrRefused(&'static str),
     /// An access token could not be signed.
     #[error("signing an access token failed: {0}")]
     Signing(#[from] TokenError),

@@ -6,12 +6,14 @@
 //!   under the one-session-per-type policy;
 //! - refresh rotates a refresh token (reuse revokes the family);
 //! - tickets and resume tickets are minted here, and access tokens renewed (sliding);
-//! - sessions end here (logout, kick, block, replacement), on every node.
+//! - sessions end here (logout, kick, block, replacement), on every node;
+//! - QR-code logins, both directions ([`qr`]), open sessions through the same path.
 //!
 //! Every operation returns [`SessionError`]; `http/error.rs` maps it to the protocol
 //! once. The service holds only what it needs ([`Sessions::new`]), not the node's state.
 
 mod error;
+pub(crate) mod qr;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +58,8 @@ pub(crate) struct Policy {
     pub(crate) sessions_per_type: usize,
     /// Live sessions an API app may hold.
     pub(crate) sessions_per_app: usize,
+    /// QR-code login timings.
+    pub(crate) qr: crate::config::QrConfig,
 }
 
 impl Policy {
@@ -74,6 +78,7 @@ impl Policy {
             refresh_cap_per_day: config.refresh_cap_per_day,
             sessions_per_type: config.sessions_per_type,
             sessions_per_app: config.max_sessions_per_app,
+            qr: config.qr.clone(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! tg:{<sid>}:reused            string "1"                        TTL = the session's remaining life
 //! tg:{u:<user>}:sessions       hash   sid → "ctp|created|expires" TTL = latest session expiry
 //! tg:{u:<user>}:blocked        string "1"                        no TTL
+//! tg:{qr:<family>}:qr          hash   one QR login (store/qr.rs)  TTL = the QR's life
 //! tg:hub                       pub/sub channel of cross-node events
 //! tg:nodes                     zset   node id → last heartbeat (ms)
 //! tg:deployment                string fingerprint of the server secret, no TTL
@@ -50,6 +51,11 @@ pub(crate) fn user_sessions(user_id: &str) -> String {
 /// A user's blocked flag.
 pub(crate) fn blocked(user_id: &str) -> String {
     format!("tg:{{u:{user_id}}}:blocked")
+}
+
+/// A QR login's record (every generation of its `qr_id` shares it).
+pub(crate) fn qr(family: &str) -> String {
+    format!("tg:{{qr:{family}}}:qr")
 }
 
 /// The cross-node event channel.

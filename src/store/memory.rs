@@ -41,9 +41,11 @@ use async_trait::async_trait;
 use dashmap::{mapref::entry::Entry as MapEntry, DashMap};
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
+use super::qr::QrRecord;
 use super::{
-    keys, utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
-    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    keys, utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket,
+    NewQr, PollOutcome, PollQr, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh,
+    ScanOutcome, ScanQr, SessionRecord, Store, StoreError, TicketGrant, UserSession,
 };
 
 /// Longest lifetime an entry is given, so deadline arithmetic can never overflow.
@@ -88,6 +90,8 @@ enum Value {
     Flag,
     /// [`TicketGrant::encode`]'s form, as in Redis, so both stores decode the same bytes.
     Ticket(String),
+    /// A QR login; its transitions are [`QrRecord`]'s methods.
+    Qr(Box<QrRecord>),
 }
 
 impl Entry {
@@ -486,6 +490,58 @@ impl Store for MemoryStore {
 
     async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError> {
         Ok(self.read_live(&keys::blocked(user_id), |_| ()).is_some())
+    }
+
+    async fn create_qr(&self, qr: &NewQr<'_>) -> Result<(), StoreError> {
+        let entry = Entry::new(Value::Qr(Box::new(QrRecord::new(qr))), qr.ttl);
+        self.inner.entries.insert(keys::qr(qr.family), entry);
+        Ok(())
+    }
+
+    async fn scan_qr(&self, scan: &ScanQr<'_>) -> Result<ScanOutcome, StoreError> {
+        let outcome = self.with_qr(scan.family, |qr| (qr.scan(scan), false))?;
+        Ok(outcome.unwrap_or(ScanOutcome::Gone))
+    }
+
+    async fn confirm_qr(&self, confirm: &ConfirmQr<'_>) -> Result<ConfirmOutcome, StoreError> {
+        let outcome = self.with_qr(confirm.family, |qr| (qr.confirm(confirm), false))?;
+        Ok(outcome.unwrap_or(ConfirmOutcome::Gone))
+    }
+
+    async fn poll_qr(&self, poll: &PollQr<'_>) -> Result<PollOutcome, StoreError> {
+        let outcome = self.with_qr(poll.family, |qr| qr.poll(poll))?;
+        Ok(outcome.unwrap_or(PollOutcome::Gone))
+    }
+}
+
+impl MemoryStore {
+    /// Runs one QR transition under the record's shard write lock (atomic, like a
+    /// script); `None` when there is no live record. A transition that asks for the
+    /// record's deletion expires it in place before the lock is released, so no
+    /// other caller can see it again, then removes it.
+    fn with_qr<R>(
+        &self,
+        family: &str,
+        transition: impl FnOnce(&mut QrRecord) -> (R, bool),
+    ) -> Result<Option<R>, StoreError> {
+        let key = keys::qr(family);
+        let Some(mut entry) = self.inner.entries.get_mut(&key) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if !entry.is_live(now) {
+            return Ok(None);
+        }
+        let Value::Qr(record) = &mut entry.value else {
+            return Err(StoreError::Corrupt("QR key holds another type".into()));
+        };
+        let (outcome, delete) = transition(record);
+        if delete {
+            entry.expires_at = now;
+            drop(entry);
+            self.inner.entries.remove_if(&key, |_, e| !e.is_live(now));
+        }
+        Ok(Some(outcome))
     }
 }
 

@@ -1,5 +1,5 @@
-//! All server-side state: sessions, nonces and tickets (later refresh tokens, the
-//! denylist, QR tokens and cross-node events).
+//! All server-side state: sessions, nonces, tickets, refresh rotation, user indexes,
+//! QR logins ([`qr`]) and cross-node events.
 //!
 //! [`Store`] is the one interface; [`memory::MemoryStore`] (the embedded default, one
 //! node) and [`redis::RedisStore`] (through `fred`, standalone, Sentinel or Cluster)
@@ -12,12 +12,18 @@
 pub(crate) mod bus;
 pub(crate) mod keys;
 pub mod memory;
+pub mod qr;
 pub mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ticketgate_sdk::ClientType;
+
+pub use qr::{
+    ConfirmOutcome, ConfirmQr, NewQr, PollOutcome, PollQr, QrContext, QrMode, QrScanner, QrSession,
+    ScanOutcome, ScanQr,
+};
 
 /// What can go wrong talking to the store. Outcomes that are part of the protocol
 /// (a replayed nonce, an unknown ticket) are not errors: they are variants of
@@ -323,4 +329,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether a user is blocked.
     async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Stores a new QR login (state `pending`), expiring after `qr.ttl`. Replaces a
+    /// record of the same family (families are 128 random bits: never in practice).
+    async fn create_qr(&self, qr: &NewQr<'_>) -> Result<(), StoreError>;
+
+    /// Scans a QR login, atomically: only the current, unrotated id of a `pending`
+    /// QR is scanned (`pending` → `scanned`); the answer carries the requester's
+    /// context. See [`ScanOutcome`].
+    async fn scan_qr(&self, scan: &ScanQr<'_>) -> Result<ScanOutcome, StoreError>;
+
+    /// Confirms a scanned QR login, atomically: `scanned` → `confirmed`, only by the
+    /// approving session. Of concurrent confirms exactly one wins.
+    async fn confirm_qr(&self, confirm: &ConfirmQr<'_>) -> Result<ConfirmOutcome, StoreError>;
+
+    /// Polls a QR login, atomically: verifies the poll secret (by hash, in constant
+    /// time) and the poller's device before anything else, then paces the poller,
+    /// rotates a due QR, and redeems a confirmed one (the record is deleted: it
+    /// answers [`PollOutcome::Redeemed`] once). See [`PollOutcome`].
+    async fn poll_qr(&self, poll: &PollQr<'_>) -> Result<PollOutcome, StoreError>;
 }

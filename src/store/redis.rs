@@ -34,9 +34,12 @@ use fred::{
 };
 use ticketgate_sdk::ClientType;
 
+use super::qr::millis;
 use super::{
-    keys, utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
-    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    keys, utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket,
+    NewQr, PollOutcome, PollQr, QrContext, QrMode, QrScanner, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
+    TicketGrant, UserSession,
 };
 
 const MINT_LUA: &str = include_str!("scripts/mint.lua");
@@ -45,6 +48,10 @@ const CREATE_SESSION_LUA: &str = include_str!("scripts/create_session.lua");
 const ROTATE_LUA: &str = include_str!("scripts/rotate.lua");
 const RENEW_LUA: &str = include_str!("scripts/renew.lua");
 const INDEX_SESSION_LUA: &str = include_str!("scripts/index_session.lua");
+const QR_CREATE_LUA: &str = include_str!("scripts/qr_create.lua");
+const QR_SCAN_LUA: &str = include_str!("scripts/qr_scan.lua");
+const QR_CONFIRM_LUA: &str = include_str!("scripts/qr_confirm.lua");
+const QR_POLL_LUA: &str = include_str!("scripts/qr_poll.lua");
 
 /// Reconnect backoff: 100 ms doubling up to 2 s, retried forever.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
@@ -114,8 +121,18 @@ pub struct RedisStore {
     rotate: Script,
     renew: Script,
     index_session: Script,
+    qr: QrScripts,
     url: String,
     settings: RedisSettings,
+}
+
+/// The QR login transitions, one script each (`scripts/qr_*.lua`).
+#[derive(Debug, Clone)]
+struct QrScripts {
+    create: Script,
+    scan: Script,
+    confirm: Script,
+    poll: Script,
 }
 
 impl RedisStore {
@@ -156,6 +173,12 @@ impl RedisStore {
             rotate: Script::from_lua(ROTATE_LUA),
             renew: Script::from_lua(RENEW_LUA),
             index_session: Script::from_lua(INDEX_SESSION_LUA),
+            qr: QrScripts {
+                create: Script::from_lua(QR_CREATE_LUA),
+                scan: Script::from_lua(QR_SCAN_LUA),
+                confirm: Script::from_lua(QR_CONFIRM_LUA),
+                poll: Script::from_lua(QR_POLL_LUA),
+            },
             url: url.to_owned(),
             settings,
         };
@@ -253,6 +276,10 @@ impl RedisStore {
             &self.rotate,
             &self.renew,
             &self.index_session,
+            &self.qr.create,
+            &self.qr.scan,
+            &self.qr.confirm,
+            &self.qr.poll,
         ] {
             script.load(self.pool.next()).await.map_err(map_err)?;
         }
@@ -556,6 +583,145 @@ impl Store for RedisStore {
             .await
             .map_err(map_err)?;
         Ok(n > 0)
+    }
+
+    async fn create_qr(&self, qr: &NewQr<'_>) -> Result<(), StoreError> {
+        let now = qr.now_ms.to_string();
+        let fields: [(&str, String); 15] = [
+            ("mode", qr.mode.as_str().into()),
+            ("generation", qr.generation.into()),
+            ("state", "pending".into()),
+            ("owner_hash", qr.owner_hash.into()),
+            ("owner_device", qr.owner_device.into()),
+            ("owner_client_type", qr.owner_client_type.as_str().into()),
+            (
+                "approver_session",
+                qr.approver.map_or("", |a| a.session_id).into(),
+            ),
+            (
+                "approver_user",
+                qr.approver.map_or("", |a| a.user_id).into(),
+            ),
+            ("ip", qr.ip.into()),
+            ("created_ms", now.clone()),
+            (
+                "expires_ms",
+                qr.now_ms.saturating_add(millis(qr.ttl)).to_string(),
+            ),
+            ("rotated_ms", now),
+            ("owner_poll_ms", "0".into()),
+            ("scanner_poll_ms", "0".into()),
+            ("scanner_hash", String::new()),
+        ];
+        let mut args = vec![ttl_millis(qr.ttl).to_string()];
+        for (field, value) in fields {
+            args.push(field.to_owned());
+            args.push(value);
+        }
+        self.run(&self.qr.create, vec![keys::qr(qr.family)], args)
+            .await?;
+        Ok(())
+    }
+
+    async fn scan_qr(&self, scan: &ScanQr<'_>) -> Result<ScanOutcome, StoreError> {
+        let args = vec![
+            scan.generation.to_owned(),
+            scan.session.map_or("", |s| s.session_id).to_owned(),
+            scan.session.map_or("", |s| s.user_id).to_owned(),
+            scan.secret_hash.to_owned(),
+            scan.now_ms.to_string(),
+            millis(scan.rotate_every).to_string(),
+            scan.ip.to_owned(),
+        ];
+        match self
+            .run(&self.qr.scan, vec![keys::qr(scan.family)], args)
+            .await?
+        {
+            Value::Integer(0) => Ok(ScanOutcome::Gone),
+            Value::Integer(1) => Ok(ScanOutcome::NeedsSession),
+            Value::Array(items) => {
+                let mut it = items.into_iter().map(Value::into_string);
+                let corrupt = || StoreError::Corrupt("qr_scan answer".into());
+                let mut next = || it.next().flatten().ok_or_else(corrupt);
+                let mode = QrMode::parse(&next()?).ok_or_else(corrupt)?;
+                let client_type = ClientType::parse(&next()?).ok_or_else(corrupt)?;
+                let ip = next()?;
+                let created_ms: i64 = next()?.parse().map_err(|_| corrupt())?;
+                Ok(ScanOutcome::Scanned(QrContext {
+                    mode,
+                    client_type,
+                    ip,
+                    created_at: created_ms.div_euclid(1000),
+                }))
+            }
+            other => Err(unexpected("qr_scan", &other)),
+        }
+    }
+
+    async fn confirm_qr(&self, confirm: &ConfirmQr<'_>) -> Result<ConfirmOutcome, StoreError> {
+        let args = vec![confirm.generation.to_owned(), confirm.session_id.to_owned()];
+        let keys = vec![keys::qr(confirm.family)];
+        match self.run(&self.qr.confirm, keys, args).await? {
+            Value::Integer(0) => Ok(ConfirmOutcome::Gone),
+            Value::Integer(1) => Ok(ConfirmOutcome::Confirmed),
+            other => Err(unexpected("qr_confirm", &other)),
+        }
+    }
+
+    async fn poll_qr(&self, poll: &PollQr<'_>) -> Result<PollOutcome, StoreError> {
+        let args = vec![
+            poll.generation.to_owned(),
+            poll.secret_hash.to_owned(),
+            poll.device_id.to_owned(),
+            poll.client_type.as_str().to_owned(),
+            poll.now_ms.to_string(),
+            millis(poll.interval).to_string(),
+            millis(poll.rotate_every).to_string(),
+            poll.next_generation.to_owned(),
+        ];
+        let answer = self
+            .run(&self.qr.poll, vec![keys::qr(poll.family)], args)
+            .await?;
+        let corrupt = || StoreError::Corrupt("qr_poll answer".into());
+        match answer {
+            Value::Integer(0) => Ok(PollOutcome::Gone),
+            Value::Integer(3) => Ok(PollOutcome::Pending),
+            Value::Integer(4) => Ok(PollOutcome::Scanned(None)),
+            Value::Integer(5) => Ok(PollOutcome::Confirmed),
+            Value::Array(items) => {
+                let mut it = items.into_iter();
+                let tag = it.next().and_then(|v| v.as_i64()).ok_or_else(corrupt)?;
+                let mut text = || it.next().and_then(Value::into_string).ok_or_else(corrupt);
+                match tag {
+                    1 => {
+                        let wait: u64 = text()?.parse().map_err(|_| corrupt())?;
+                        Ok(PollOutcome::SlowDown(Duration::from_millis(wait)))
+                    }
+                    2 => {
+                        let next_generation = text()?;
+                        let expires_at_ms = text()?.parse().map_err(|_| corrupt())?;
+                        Ok(PollOutcome::Rotated {
+                            next_generation,
+                            expires_at_ms,
+                        })
+                    }
+                    4 => {
+                        let ip = text()?;
+                        let scanned_ms: i64 = text()?.parse().map_err(|_| corrupt())?;
+                        Ok(PollOutcome::Scanned(Some(QrScanner {
+                            ip,
+                            scanned_at: scanned_ms.div_euclid(1000),
+                        })))
+                    }
+                    6 => Ok(PollOutcome::Redeemed {
+                        user_id: text()?,
+                        approver_session_id: text()?,
+                    }),
+                    _ => Err(corrupt()),
+                }
+            }
+            other => Err(unexpected("qr_poll", &other)),
+        }
     }
 }
 
