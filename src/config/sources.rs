@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::parse::{
-    parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off, parse_list,
-    parse_log_format, parse_path, parse_u32, parse_usize, Rate,
+    parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off,
+    parse_embedded_store, parse_list, parse_log_format, parse_path, parse_u32, parse_usize, Rate,
 };
 use super::{env, Config, HttpConfig, RateConfig, TtlConfig, WsConfig};
 
@@ -34,6 +34,7 @@ pub(super) fn read(
         admin_listen: src.get(env::ADMIN_LISTEN, d.admin_listen, parse_addr),
         admin_key,
         redis_url: src.opt_string(env::REDIS_URL),
+        store: src.get(env::STORE, d.store, parse_embedded_store),
         users_file: src.get(env::USERS_FILE, d.users_file, parse_path),
         apps_file: src.opt_string(env::APPS_FILE).map(PathBuf::from),
         data_dir: src.get(env::DATA_DIR, d.data_dir, parse_path),

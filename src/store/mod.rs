@@ -10,6 +10,7 @@
 //! one session carries the hash tag `{<sid>}`, so every script touches one Cluster slot.
 
 pub(crate) mod bus;
+pub mod durable;
 pub(crate) mod keys;
 pub mod memory;
 pub mod redis;
@@ -323,4 +324,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether a user is blocked.
     async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError>;
+
+    /// The unix second up to which (inclusive) signed requests must be refused as
+    /// stale, because this store cannot tell whether their nonces were used: the
+    /// durable embedded store keeps sessions across a restart but nonces only in
+    /// memory, so a request signed before it opened could be a replay of one the
+    /// previous process answered. `None` (the default): nonces live as long as the
+    /// sessions they protect.
+    fn replay_floor(&self) -> Option<i64> {
+        None
+    }
 }
