@@ -336,3 +336,62 @@ async fn sessions_reuse_markers_and_blocks_survive_kill_9() {
         .await
         .expect("the replay did not count as reuse");
 }
+
+/// `ticketgate serve` on `dir` that must fail to start: its exit code and stderr.
+fn failed_start(dir: &std::path::Path) -> (Option<i32>, String) {
+    let output = ticketgate(dir)
+        .arg("serve")
+        .env("TICKETGATE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "TICKETGATE_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdout(Stdio::null())
+        .output()
+        .expect("run");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The exit code of a node that cannot start (`EX_UNAVAILABLE`, as for a data dir it
+/// cannot use).
+const EXIT_UNAVAILABLE: i32 = 69;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    add_user(dir.path(), "alice", PASSWORD);
+    let node = Node::start(dir.path()).await;
+    let (code, stderr) = failed_start(dir.path());
+    assert_eq!(code, Some(EXIT_UNAVAILABLE), "{stderr}");
+    assert!(stderr.contains("store.redb"), "{stderr}");
+    assert!(stderr.contains("another process"), "{stderr}");
+    // The first node is untouched.
+    Client::new(&node.url())
+        .expect("client")
+        .login("alice", PASSWORD, ClientType::Web)
+        .await
+        .expect("the first node still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_file_stops_the_start_and_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    add_user(dir.path(), "alice", PASSWORD);
+    let mut node = Node::start(dir.path()).await;
+    node.kill_9();
+    let file = dir.path().join("data").join("store.redb");
+    let garbage: Vec<u8> = (0..16_384u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&file, &garbage).expect("overwrite the store file");
+
+    let (code, stderr) = failed_start(dir.path());
+    assert_eq!(code, Some(EXIT_UNAVAILABLE), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    assert_eq!(
+        std::fs::read(&file).expect("read"),
+        garbage,
+        "never a silent wipe"
+    );
+}

@@ -265,6 +265,23 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_store_is_durable_unless_memory_is_asked_for() {
+        use crate::config::EmbeddedStore;
+        assert_eq!(Config::defaults().store, EmbeddedStore::Durable);
+        let c = load(&[(env::STORE, "memory")]).expect("valid");
+        assert_eq!(c.store, EmbeddedStore::Memory);
+        let c = load(&[(env::STORE, "durable")]).expect("valid");
+        assert_eq!(c.store, EmbeddedStore::Durable);
+        let err = load(&[(env::STORE, "disk")]).expect_err("unknown kind");
+        assert!(err.to_string().contains(env::STORE), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "store = \"memory\"\n").expect("write");
+        let c = Config::load_from(Some(&path), &|_| None).expect("valid");
+        assert_eq!(c.store, EmbeddedStore::Memory);
+    }
+
+    #[test]
     fn file_keys_are_lower_case_names_without_prefix() {
         assert_eq!(file_key(env::RATE_MINT_DEVICE), "rate_mint_device");
         let dir = tempfile::tempdir().expect("tempdir");
