@@ -1,7 +1,8 @@
 //! The store contract, written once in [`cases`] and run against every store by
-//! [`store_suite!`]: the embedded store (with and without its sweeper) and Redis (a
-//! real `redis-server` per test). Then what only one store has: Redis's round trips and
-//! outage behaviour, the memory store's sweeper.
+//! [`store_suite!`]: the memory store (with and without its sweeper), the durable store
+//! (on a temporary file) and Redis (a real `redis-server` per test). Then what only one
+//! store has: Redis's round trips and outage behaviour, the memory store's sweeper, the
+//! durable store's file across a reopen.
 
 mod support;
 

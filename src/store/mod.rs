@@ -1,10 +1,11 @@
 //! All server-side state: sessions, nonces and tickets (later refresh tokens, the
 //! denylist, QR tokens and cross-node events).
 //!
-//! [`Store`] is the one interface; [`memory::MemoryStore`] (the embedded default, one
-//! node) and [`redis::RedisStore`] (through `fred`, standalone, Sentinel or Cluster)
-//! implement it with the same semantics and pass the same test suite
-//! (`tests/store.rs`).
+//! [`Store`] is the one interface; [`memory::MemoryStore`] (embedded, one node, all in
+//! memory), [`durable::DurableStore`] (the embedded default: the memory store with its
+//! long-lived records written through to a redb file) and [`redis::RedisStore`]
+//! (through `fred`, standalone, Sentinel or Cluster) implement it with the same
+//! semantics and pass the same test suite (`tests/store.rs`).
 //!
 //! Architecture invariant: only this module builds store keys ([`keys`]). Every key of
 //! one session carries the hash tag `{<sid>}`, so every script touches one Cluster slot.
