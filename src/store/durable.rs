@@ -441,7 +441,7 @@ fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = commit(&db, &batch).map_err(|e| e.to_string());
+        let result = commit(&db, &batch);
         let mut closing = None;
         for job in batch {
             match job {
@@ -465,21 +465,23 @@ fn write_loop(db: Database, jobs: mpsc::Receiver<Job>) {
 }
 
 /// One durable transaction applying `batch` in order.
-fn commit(db: &Database, batch: &[Job]) -> Result<(), redb::Error> {
-    let mut txn = db.begin_write()?;
+fn commit(db: &Database, batch: &[Job]) -> Result<(), String> {
+    let mut txn = db.begin_write().map_err(text)?;
     txn.set_durability(Durability::Immediate);
     {
-        let mut entries = txn.open_table(ENTRIES)?;
+        let mut entries = txn.open_table(ENTRIES).map_err(text)?;
         for job in batch {
             match job {
                 Job::Write { changes, .. } => {
                     for (key, value) in changes {
                         match value {
                             Some(bytes) => {
-                                entries.insert(key.as_str(), bytes.as_slice())?;
+                                entries
+                                    .insert(key.as_str(), bytes.as_slice())
+                                    .map_err(text)?;
                             }
                             None => {
-                                entries.remove(key.as_str())?;
+                                entries.remove(key.as_str()).map_err(text)?;
                             }
                         }
                     }
@@ -488,17 +490,23 @@ fn commit(db: &Database, batch: &[Job]) -> Result<(), redb::Error> {
                     let now_ms = crate::clock::unix_now_ms();
                     // A record that does not parse is kept: it is reported at the next
                     // open, never silently dropped.
-                    entries.retain(|_, value| {
-                        serde_json::from_slice::<Stored>(value)
-                            .map_or(true, |s| s.expires_ms > now_ms)
-                    })?;
+                    entries
+                        .retain(|_, value| {
+                            serde_json::from_slice::<Stored>(value)
+                                .map_or(true, |s| s.expires_ms > now_ms)
+                        })
+                        .map_err(text)?;
                 }
                 Job::Close { .. } => {}
             }
         }
     }
-    txn.commit()?;
+    txn.commit().map_err(text)?;
     Ok(())
+}
+
+fn text(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }
 
 async fn sweep_file(store: Weak<Inner>, every: Duration) {
