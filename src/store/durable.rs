@@ -251,6 +251,9 @@ impl DurableStore {
                     path: path.to_owned(),
                 })
             }
+            Err(redb::DatabaseError::Storage(e)) => {
+                return Err(open_err(format!("damaged, or not a store file: {e}")))
+            }
             Err(e) => return Err(open_err(e.to_string())),
         };
         let opened_at = crate::clock::unix_now();
@@ -324,6 +327,9 @@ impl DurableStore {
         let (done, committed) = oneshot::channel();
         {
             let writer = self.inner.writer.lock().await;
+            // The memory store's futures finish in one poll (they never wait), so the
+            // mutation and the queuing of its state cannot be torn apart by a caller
+            // that drops this future: once the change is made, it is queued.
             let outcome = mutate.await?;
             if !changed(&outcome) {
                 return Ok(outcome);

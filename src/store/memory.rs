@@ -1,4 +1,6 @@
-//! The embedded store: one node, no Redis, the default.
+//! The memory store: one node, no Redis, nothing kept across a restart (the durable
+//! store, [`DurableStore`](super::durable::DurableStore), is this store written through
+//! to a file).
 //!
 //! It is hand-written because no crate offers an embedded key-value store with the
 //! exact atomic semantics the protocol needs: a get-and-delete that exactly one caller
