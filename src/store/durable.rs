@@ -65,6 +65,9 @@ pub const FILE_NAME: &str = "store.redb";
 
 /// Long-lived records: store key (as in [`keys`]) → JSON of [`Stored`].
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// When records stop existing: (unix milliseconds, key) → nothing. It follows every
+/// write of [`ENTRIES`], so a sweep reads only what is due; rebuilt at every open.
+const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 /// The file's metadata: [`FORMAT_KEY`] → [`FORMAT`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT_KEY: &str = "format";
@@ -103,6 +106,19 @@ pub enum DurableError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// The expiry of a stored record, read without the rest.
+#[derive(Deserialize)]
+struct StoredExpiry {
+    expires_ms: i64,
+}
+
+/// The expiry of stored bytes as an [`EXPIRY`] key part; `None` when they do not parse.
+fn expiry_of(bytes: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<StoredExpiry>(bytes)
+        .ok()
+        .map(|s| s.expires_ms.max(0).unsigned_abs())
 }
 
 /// One record as written to the file.
@@ -197,11 +213,15 @@ impl StoredValue {
     }
 }
 
+/// A record's new state: its expiry (unix milliseconds) and bytes, or `None` to delete it.
+type Change = Option<(u64, Vec<u8>)>;
+
 /// What the writer thread is asked to do.
 enum Job {
-    /// Put (`Some`) or delete (`None`) these records, then answer.
+    /// Put (`Some`: expiry in unix milliseconds, bytes) or delete (`None`) these
+    /// records, then answer.
     Write {
-        changes: Vec<(String, Option<Vec<u8>>)>,
+        changes: Vec<(String, Change)>,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// Delete records whose time is over.
@@ -351,18 +371,19 @@ impl DurableStore {
         }
     }
 
-    /// The bytes to write for `key` now, or `None` to delete it.
-    fn encoded(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The expiry and bytes to write for `key` now, or `None` to delete it.
+    fn encoded(&self, key: &str) -> Result<Change, StoreError> {
         let Some((kept, left)) = self.inner.memory.kept(key) else {
             return Ok(None);
         };
         let left_ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        let expires_ms = crate::clock::unix_now_ms().saturating_add(left_ms).max(0);
         let stored = Stored {
-            expires_ms: crate::clock::unix_now_ms().saturating_add(left_ms),
+            expires_ms,
             value: StoredValue::of(kept),
         };
         serde_json::to_vec(&stored)
-            .map(Some)
+            .map(|bytes| Some((expires_ms.unsigned_abs(), bytes)))
             .map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))
     }
 }
@@ -392,8 +413,8 @@ fn db_err(e: impl std::fmt::Display) -> LoadError {
     LoadError::Db(e.to_string())
 }
 
-/// Checks the format, loads the live records into `memory`, deletes the expired ones;
-/// one transaction.
+/// Checks the format, loads the live records into `memory`, deletes the expired ones
+/// and rebuilds [`EXPIRY`]; one transaction.
 fn load(db: &Database, memory: &MemoryStore) -> Result<(), LoadError> {
     let now_ms = crate::clock::unix_now_ms();
     let txn = db.begin_write().map_err(db_err)?;
@@ -411,6 +432,8 @@ fn load(db: &Database, memory: &MemoryStore) -> Result<(), LoadError> {
                 )))
             }
         }
+        txn.delete_table(EXPIRY).map_err(db_err)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(db_err)?;
         let mut entries = txn.open_table(ENTRIES).map_err(db_err)?;
         let mut expired = Vec::new();
         for item in entries.iter().map_err(db_err)? {
@@ -427,6 +450,9 @@ fn load(db: &Database, memory: &MemoryStore) -> Result<(), LoadError> {
                 .value
                 .into_kept()
                 .map_err(|e| LoadError::Corrupt(format!("record `{key}`: {e}")))?;
+            expiry
+                .insert((stored.expires_ms.unsigned_abs(), key.as_str()), ())
+                .map_err(db_err)?;
             memory.restore(key, kept, Duration::from_millis(left.unsigned_abs()));
         }
         for key in expired {
@@ -476,32 +502,47 @@ fn commit(db: &Database, batch: &[Job]) -> Result<(), String> {
     txn.set_durability(Durability::Immediate);
     {
         let mut entries = txn.open_table(ENTRIES).map_err(text)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(text)?;
         for job in batch {
             match job {
                 Job::Write { changes, .. } => {
                     for (key, value) in changes {
-                        match value {
-                            Some(bytes) => {
-                                entries
-                                    .insert(key.as_str(), bytes.as_slice())
-                                    .map_err(text)?;
+                        let key = key.as_str();
+                        let new_ms = value.as_ref().map(|(ms, _)| *ms);
+                        let old_ms = match value {
+                            Some((ms, bytes)) => {
+                                expiry.insert((*ms, key), ()).map_err(text)?;
+                                let old = entries.insert(key, bytes.as_slice()).map_err(text)?;
+                                old.and_then(|old| expiry_of(old.value()))
                             }
                             None => {
-                                entries.remove(key.as_str()).map_err(text)?;
+                                let old = entries.remove(key).map_err(text)?;
+                                old.and_then(|old| expiry_of(old.value()))
                             }
+                        };
+                        if let Some(old_ms) = old_ms.filter(|old| Some(*old) != new_ms) {
+                            expiry.remove((old_ms, key)).map_err(text)?;
                         }
                     }
                 }
                 Job::Sweep => {
-                    let now_ms = crate::clock::unix_now_ms();
-                    // A record that does not parse is kept: it is reported at the next
-                    // open, never silently dropped.
-                    entries
-                        .retain(|_, value| {
-                            serde_json::from_slice::<Stored>(value)
-                                .map_or(true, |s| s.expires_ms > now_ms)
-                        })
-                        .map_err(text)?;
+                    let now_ms = crate::clock::unix_now_ms().max(0).unsigned_abs();
+                    let mut due = Vec::new();
+                    for item in expiry.range(..(now_ms, "")).map_err(text)? {
+                        let (at, _) = item.map_err(text)?;
+                        let (ms, key) = at.value();
+                        due.push((ms, key.to_owned()));
+                    }
+                    for (ms, key) in due {
+                        expiry.remove((ms, key.as_str())).map_err(text)?;
+                        // Only the record this expiry belongs to; one that does not
+                        // parse is kept, to be reported at the next open.
+                        let current = entries.get(key.as_str()).map_err(text)?;
+                        let same = current.is_some_and(|c| expiry_of(c.value()) == Some(ms));
+                        if same {
+                            entries.remove(key.as_str()).map_err(text)?;
+                        }
+                    }
                 }
                 Job::Close { .. } => {}
             }
