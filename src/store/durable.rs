@@ -337,7 +337,9 @@ impl DurableStore {
 
     /// Runs `mutate` on the memory store under the order lock, then writes the state
     /// it left at `keys` and waits for the commit; skipped when `changed` says the
-    /// outcome changed nothing.
+    /// outcome changed nothing, or when the records at `keys` are what they were (a
+    /// rotation that found the reuse marker, an unindex of what is not indexed): no
+    /// fsync for what the file already holds.
     async fn durably<R>(
         &self,
         keys: &[String],
@@ -347,16 +349,23 @@ impl DurableStore {
         let (done, committed) = oneshot::channel();
         {
             let writer = self.inner.writer.lock().await;
+            let before = self.records(keys);
             // The memory store's futures finish in one poll (they never wait), so the
             // mutation and the queuing of its state cannot be torn apart by a caller
             // that drops this future: once the change is made, it is queued.
             let outcome = mutate.await?;
-            if !changed(&outcome) {
+            let after = self.records(keys);
+            let same = before
+                .iter()
+                .zip(&after)
+                .all(|(b, a)| b.as_ref().map(|(k, _)| k) == a.as_ref().map(|(k, _)| k));
+            if !changed(&outcome) || same {
                 return Ok(outcome);
             }
             let changes = keys
                 .iter()
-                .map(|key| Ok((key.clone(), self.encoded(key)?)))
+                .zip(after)
+                .map(|(key, record)| Ok((key.clone(), encoded(record)?)))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             writer
                 .send(Job::Write { changes, done })
@@ -371,21 +380,26 @@ impl DurableStore {
         }
     }
 
-    /// The expiry and bytes to write for `key` now, or `None` to delete it.
-    fn encoded(&self, key: &str) -> Result<Change, StoreError> {
-        let Some((kept, left)) = self.inner.memory.kept(key) else {
-            return Ok(None);
-        };
-        let left_ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
-        let expires_ms = crate::clock::unix_now_ms().saturating_add(left_ms).max(0);
-        let stored = Stored {
-            expires_ms,
-            value: StoredValue::of(kept),
-        };
-        serde_json::to_vec(&stored)
-            .map(|bytes| Some((expires_ms.unsigned_abs(), bytes)))
-            .map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))
+    /// The long-lived records at `keys` in memory, with the time they have left.
+    fn records(&self, keys: &[String]) -> Vec<Option<(Kept, Duration)>> {
+        keys.iter().map(|key| self.inner.memory.kept(key)).collect()
     }
+}
+
+/// The expiry and bytes to write for a record, or `None` to delete it.
+fn encoded(record: Option<(Kept, Duration)>) -> Result<Change, StoreError> {
+    let Some((kept, left)) = record else {
+        return Ok(None);
+    };
+    let left_ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+    let expires_ms = crate::clock::unix_now_ms().saturating_add(left_ms).max(0);
+    let stored = Stored {
+        expires_ms,
+        value: StoredValue::of(kept),
+    };
+    serde_json::to_vec(&stored)
+        .map(|bytes| Some((expires_ms.unsigned_abs(), bytes)))
+        .map_err(|e| StoreError::Corrupt(format!("encoding a record: {e}")))
 }
 
 fn closed() -> StoreError {
