@@ -14,7 +14,9 @@
 //! another) and a nonce is forgotten, which [`Store::replay_floor`] makes harmless:
 //! every signed request timestamped at or before the second the store opened is
 //! refused as stale, so a request captured before the restart cannot be replayed after
-//! it (the server waits for the next second before it listens).
+//! it (the server waits for the next second before it listens). What remains is a
+//! client whose clock ran ahead of the server's by more than the restart took: its
+//! request is dated after the opening and stays replayable within the skew window.
 //!
 //! # Writing through
 //!
