@@ -18,7 +18,7 @@ use crate::auth::ticket::TicketCodec;
 use crate::auth::tokens::KeyStore;
 use crate::auth::users::{Users, UsersError};
 use crate::clock::SystemClock;
-use crate::config::Config;
+use crate::config::{Config, EmbeddedStore};
 use crate::http::ConnLimits;
 use crate::hub::Hub;
 use crate::limits::Limits;
@@ -26,6 +26,7 @@ use crate::registry::Registry;
 use crate::sessions::{self, Policy, Sessions};
 use crate::shutdown::{Shutdown, Stopped};
 use crate::state::{AppState, Shared};
+use crate::store::durable::{self, DurableError, DurableStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{Deployment, RedisSettings, RedisStore};
 use crate::store::{Store, StoreError};
@@ -63,6 +64,9 @@ pub enum StartError {
         /// The deployment's fingerprint, as recorded in Redis.
         theirs: String,
     },
+    /// The durable embedded store's file (locked by another node, unreadable).
+    #[error(transparent)]
+    Durable(#[from] DurableError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -162,7 +166,7 @@ async fn open_store(
                 description,
             })
         }
-        None => {
+        None if config.store == EmbeddedStore::Memory => {
             let store = MemoryStore::new();
             shutdown.spawn_background(store.sweeper(SWEEP_EVERY));
             Ok(OpenedStore {
@@ -170,6 +174,39 @@ async fn open_store(
                 hub: Hub::local(node_id, registry.clone()),
                 description: "embedded, in memory: every session ends when the node stops".into(),
             })
+        }
+        None => {
+            let path = config.data_dir.join(durable::FILE_NAME);
+            let description = format!(
+                "embedded, durable: sessions in {} (tickets and nonces in memory)",
+                path.display()
+            );
+            let opening = path.clone();
+            let store = tokio::task::spawn_blocking(move || DurableStore::open(&opening))
+                .await
+                .map_err(|e| DurableError::Open {
+                    path,
+                    reason: format!("opening task failed: {e}"),
+                })??;
+            shutdown.spawn_background(store.sweeper(SWEEP_EVERY));
+            past_replay_floor(&store).await;
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                hub: Hub::local(node_id, registry.clone()),
+                description,
+            })
+        }
+    }
+}
+
+/// Waits until the wall clock is past the store's replay floor (at most a second), so
+/// that a client signing right after the node starts listening is not refused as stale.
+async fn past_replay_floor(store: &dyn Store) {
+    if let Some(floor) = store.replay_floor() {
+        let first_ms = floor.saturating_add(1).saturating_mul(1000);
+        let wait = first_ms.saturating_sub(crate::clock::unix_now_ms());
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;
         }
     }
 }

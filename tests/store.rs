@@ -1,7 +1,8 @@
 //! The store contract, written once in [`cases`] and run against every store by
-//! [`store_suite!`]: the embedded store (with and without its sweeper) and Redis (a
-//! real `redis-server` per test). Then what only one store has: Redis's round trips and
-//! outage behaviour, the memory store's sweeper.
+//! [`store_suite!`]: the memory store (with and without its sweeper), the durable store
+//! (on a temporary file) and Redis (a real `redis-server` per test). Then what only one
+//! store has: Redis's round trips and outage behaviour, the memory store's sweeper, the
+//! durable store's file across a reopen.
 
 mod support;
 
@@ -13,6 +14,7 @@ use std::{
 
 use support::redis::RedisServer;
 use ticketgate::store::{
+    durable::{DurableError, DurableStore, FILE_NAME as STORE_FILE},
     memory::MemoryStore,
     redis::{RedisSettings, RedisStore},
     utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket, NewQr,
@@ -26,12 +28,14 @@ use ticketgate_sdk::ClientType;
 struct Fixture {
     store: Arc<dyn Store>,
     _redis: Option<RedisServer>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 async fn memory_store() -> Fixture {
     Fixture {
         store: Arc::new(MemoryStore::new()),
         _redis: None,
+        _dir: None,
     }
 }
 
@@ -41,6 +45,7 @@ async fn memory_store_with_sweeper() -> Fixture {
     Fixture {
         store: Arc::new(store),
         _redis: None,
+        _dir: None,
     }
 }
 
@@ -50,7 +55,27 @@ async fn redis_store() -> Fixture {
     Fixture {
         store: Arc::new(store),
         _redis: Some(redis),
+        _dir: None,
     }
+}
+
+async fn durable_store() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_durable(dir.path()).await;
+    tokio::spawn(store.sweeper(Duration::from_millis(20)));
+    Fixture {
+        store: Arc::new(store),
+        _redis: None,
+        _dir: Some(dir),
+    }
+}
+
+async fn open_durable(dir: &std::path::Path) -> DurableStore {
+    let path = dir.join(STORE_FILE);
+    tokio::task::spawn_blocking(move || DurableStore::open(&path))
+        .await
+        .expect("open task")
+        .expect("open the store file")
 }
 
 async fn connect(redis: &RedisServer) -> RedisStore {
@@ -118,6 +143,7 @@ macro_rules! store_suite {
 store_suite!(memory, crate::memory_store);
 store_suite!(memory_swept, crate::memory_store_with_sweeper);
 store_suite!(redis, crate::redis_store);
+store_suite!(durable, crate::durable_store);
 
 /// The contract every store keeps.
 mod cases {
@@ -1666,6 +1692,380 @@ mod memory_only {
             .await
             .expect("sweeper outlived its store")
             .expect("sweeper panicked");
+    }
+}
+
+// ---- durable only ----
+
+/// What the durable store keeps across a close and a reopen of its file; a restart of
+/// the binary under `kill -9` is `tests/durable_restart.rs`.
+mod durable_only {
+    use super::*;
+
+    const DEVICE: &str = "7d0b8e9c-2f4a-4c1e-9b1a-3c5d7e9f1a2b";
+
+    fn rotate<'a>(sid: &'a str, presented: &'a str, new: &'a str) -> RotateRefresh<'a> {
+        RotateRefresh {
+            session_id: sid,
+            device_id: DEVICE,
+            presented_hash: presented,
+            new_hash: new,
+            grace: Duration::ZERO,
+            cap_per_day: 100,
+        }
+    }
+
+    async fn reopen(store: DurableStore, dir: &std::path::Path) -> DurableStore {
+        store.close().await;
+        drop(store);
+        open_durable(dir).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_index_and_block_flags_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        let record = session_record(&unique("sess"));
+        let sid = record.session_id.as_str();
+        store.create_session(&record).await.expect("create");
+        store.index_session(&record).await.expect("index");
+        let (a, b) = ("0f".repeat(32), "1e".repeat(32));
+        let rotated = store
+            .rotate_refresh(&rotate(sid, &a, &b))
+            .await
+            .expect("rotate");
+        let RotateOutcome::Rotated(rotated) = rotated else {
+            panic!("rotation refused: {rotated:?}");
+        };
+        store.set_blocked("mallory", true).await.expect("block");
+        store.set_blocked("trent", true).await.expect("block");
+        store.set_blocked("trent", false).await.expect("unblock");
+        let listed = store.user_sessions(&record.user_id).await.expect("list");
+
+        let store = reopen(store, dir.path()).await;
+        assert_eq!(store.session(sid).await.expect("read"), Some(rotated));
+        assert_eq!(
+            store.user_sessions(&record.user_id).await.expect("list"),
+            listed
+        );
+        assert_eq!(listed.len(), 1);
+        assert!(store.is_blocked("mallory").await.expect("blocked"));
+        assert!(!store.is_blocked("trent").await.expect("blocked"));
+        // The current token still rotates; the old one is reuse and ends the session.
+        let c = "2d".repeat(32);
+        assert!(matches!(
+            store
+                .rotate_refresh(&rotate(sid, &b, &c))
+                .await
+                .expect("rotate"),
+            RotateOutcome::Rotated(_)
+        ));
+        assert_eq!(
+            store
+                .rotate_refresh(&rotate(sid, &a, &c))
+                .await
+                .expect("rotate"),
+            RotateOutcome::Reused
+        );
+        assert_eq!(store.session(sid).await.expect("read"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_rotated_before_a_reopen_is_reuse_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        let record = session_record(&unique("sess"));
+        let sid = record.session_id.as_str();
+        store.create_session(&record).await.expect("create");
+        let (a, b, c) = ("0f".repeat(32), "1e".repeat(32), "2d".repeat(32));
+        store
+            .rotate_refresh(&rotate(sid, &a, &b))
+            .await
+            .expect("rotate");
+
+        let store = reopen(store, dir.path()).await;
+        assert_eq!(
+            store
+                .rotate_refresh(&rotate(sid, &a, &c))
+                .await
+                .expect("rotate"),
+            RotateOutcome::Reused
+        );
+        // The reuse marker is kept too: after another reopen the rest of the family
+        // still answers "reused", not "session gone".
+        let store = reopen(store, dir.path()).await;
+        assert_eq!(store.session(sid).await.expect("read"), None);
+        assert_eq!(
+            store
+                .rotate_refresh(&rotate(sid, &b, &c))
+                .await
+                .expect("rotate"),
+            RotateOutcome::Reused
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grace_window_and_daily_count_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        let record = session_record(&unique("sess"));
+        let sid = record.session_id.as_str();
+        store.create_session(&record).await.expect("create");
+        let (a, b, c, d) = (
+            "0f".repeat(32),
+            "1e".repeat(32),
+            "2d".repeat(32),
+            "3c".repeat(32),
+        );
+        let capped = |presented, new| RotateRefresh {
+            grace: Duration::from_secs(60),
+            cap_per_day: 2,
+            ..rotate(sid, presented, new)
+        };
+        assert!(matches!(
+            store.rotate_refresh(&capped(&a, &b)).await.expect("rotate"),
+            RotateOutcome::Rotated(_)
+        ));
+
+        let store = reopen(store, dir.path()).await;
+        // The parent within grace is accepted (the second refresh of the day)...
+        assert!(matches!(
+            store.rotate_refresh(&capped(&a, &c)).await.expect("rotate"),
+            RotateOutcome::Rotated(_)
+        ));
+        // ...and the count of the day came back from the file with it.
+        let store = reopen(store, dir.path()).await;
+        assert_eq!(
+            store.rotate_refresh(&capped(&c, &d)).await.expect("rotate"),
+            RotateOutcome::Limit
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_sessions_stay_ended_and_short_lived_records_are_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        let ended = session_record(&unique("sess"));
+        let kept = SessionRecord {
+            user_id: ended.user_id.clone(),
+            ..session_record(&unique("sess"))
+        };
+        for record in [&ended, &kept] {
+            store.create_session(record).await.expect("create");
+            store.index_session(record).await.expect("index");
+        }
+        assert!(store
+            .revoke_session(&ended.session_id)
+            .await
+            .expect("revoke"));
+        store
+            .unindex_session(&ended.user_id, &ended.session_id)
+            .await
+            .expect("unindex");
+        let grant = grant(DEVICE);
+        let mint = MintTicket {
+            session_id: &kept.session_id,
+            nonce: "nonce-kept-in-memory-only",
+            nonce_ttl: Duration::from_secs(120),
+            ticket_id: "ticket-1",
+            grant: &grant,
+            ticket_ttl: Duration::from_secs(30),
+        };
+        assert_eq!(
+            store.mint_ticket(&mint).await.expect("mint"),
+            MintOutcome::Minted
+        );
+        let before_reopen = now_unix();
+
+        let store = reopen(store, dir.path()).await;
+        assert_eq!(store.session(&ended.session_id).await.expect("read"), None);
+        let listed = store.user_sessions(&kept.user_id).await.expect("list");
+        let ids: Vec<_> = listed.iter().map(|s| s.session_id.as_str()).collect();
+        assert_eq!(ids, [kept.session_id.as_str()]);
+        // The ticket and the nonce lived in memory only: the ticket is unknown, and
+        // the forgotten nonce is covered by the replay floor, which is this opening.
+        let admit = AdmitTicket {
+            session_id: &kept.session_id,
+            ticket_id: "ticket-1",
+            device_id: DEVICE,
+        };
+        assert_eq!(
+            store.admit_ticket(&admit).await.expect("admit"),
+            AdmitOutcome::Unknown
+        );
+        let floor = store
+            .replay_floor()
+            .expect("a durable store has a replay floor");
+        assert!(floor >= before_reopen, "floor {floor} < {before_reopen}");
+        assert!(floor <= now_unix());
+    }
+
+    /// Concurrent changes of one key reach the file in the order they took effect in
+    /// memory: what a reopen finds is what memory held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_changes_reach_the_file_as_memory_has_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        let user = unique("user");
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let (store, user) = (store.clone(), user.clone());
+            tasks.push(tokio::spawn(async move {
+                let record = SessionRecord {
+                    user_id: user.clone(),
+                    ..session_record(&unique("sess"))
+                };
+                store.create_session(&record).await.expect("create");
+                store.index_session(&record).await.expect("index");
+                if i % 2 == 1 {
+                    store
+                        .revoke_session(&record.session_id)
+                        .await
+                        .expect("revoke");
+                    store
+                        .unindex_session(&user, &record.session_id)
+                        .await
+                        .expect("unindex");
+                }
+                store.set_blocked(&user, i % 3 == 0).await.expect("block");
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let listed = store.user_sessions(&user).await.expect("list");
+        let blocked = store.is_blocked(&user).await.expect("blocked");
+        assert_eq!(listed.len(), 32);
+
+        let store = reopen(store, dir.path()).await;
+        assert_eq!(store.user_sessions(&user).await.expect("list"), listed);
+        assert_eq!(store.is_blocked(&user).await.expect("blocked"), blocked);
+        for session in &listed {
+            assert!(store
+                .session(&session.session_id)
+                .await
+                .expect("read")
+                .is_some());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_records_are_swept_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        tokio::spawn(store.sweeper(Duration::from_millis(20)));
+        let long = session_record(&unique("sess"));
+        let short = SessionRecord {
+            // At least a second left when it is written: it reaches the file.
+            expires_at: now_unix() + 2,
+            ..session_record(&unique("sess"))
+        };
+        store.create_session(&long).await.expect("create");
+        store.create_session(&short).await.expect("create");
+        // The user's index first expires with the short session, then is extended
+        // by the long one: it must not be swept at its first expiry.
+        store.index_session(&short).await.expect("index");
+        store.index_session(&long).await.expect("index");
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        let mut left = file_keys(&store, dir.path()).await;
+        left.sort();
+        let mut expected = vec![
+            format!("tg:{{{}}}:session", long.session_id),
+            format!("tg:{{u:{}}}:sessions", long.user_id),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+    }
+
+    /// Closes the store and lists the keys of its file, read with redb directly.
+    async fn file_keys(store: &DurableStore, dir: &std::path::Path) -> Vec<String> {
+        store.close().await;
+        let path = dir.join(STORE_FILE);
+        let db = redb::Database::open(&path).expect("open the file");
+        let read = db.begin_read().expect("read");
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entries");
+        let table = read.open_table(table).expect("entries");
+        use redb::ReadableTable;
+        let keys = table
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("entry").0.value().to_owned())
+            .collect();
+        keys
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_opener_is_refused_while_the_file_is_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_durable(dir.path()).await;
+        let path = dir.path().join(STORE_FILE);
+        let second = DurableStore::open(&path).expect_err("the file is locked");
+        assert!(matches!(second, DurableError::Locked { .. }));
+        let message = second.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("another process"), "{message}");
+        store.close().await;
+        DurableStore::open(&path).expect("open after close");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _store = open_durable(dir.path()).await;
+        let mode = std::fs::metadata(dir.path().join(STORE_FILE))
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_it_and_is_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STORE_FILE);
+        let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &garbage).expect("write");
+        let err = DurableStore::open(&path).expect_err("garbage is not a store");
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert_eq!(std::fs::read(&path).expect("read"), garbage);
+    }
+
+    #[test]
+    fn a_record_it_cannot_read_is_an_error_not_a_wipe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STORE_FILE);
+        drop(DurableStore::open(&path).expect("create"));
+        // The writer thread closes the file once its sender is dropped.
+        let db = loop {
+            match redb::Database::open(&path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("open: {e}"),
+            }
+        };
+        let write = db.begin_write().expect("write");
+        {
+            let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entries");
+            let mut table = write.open_table(table).expect("entries");
+            table
+                .insert("tg:{v1.x}:session", b"{not json".as_slice())
+                .expect("insert");
+        }
+        write.commit().expect("commit");
+        drop(db);
+        let err = DurableStore::open(&path).expect_err("an unreadable record");
+        assert!(matches!(err, DurableError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("tg:{v1.x}:session"), "{err}");
+        let db = redb::Database::open(&path).expect("still a redb file");
+        let read = db.begin_read().expect("read");
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("entries");
+        let table = read.open_table(table).expect("entries");
+        assert!(table.get("tg:{v1.x}:session").expect("get").is_some());
     }
 }
 

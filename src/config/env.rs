@@ -14,6 +14,8 @@ pub const ADMIN_KEY: &str = "TICKETGATE_ADMIN_KEY";
 pub const ADMIN_KEY_FILE: &str = "TICKETGATE_ADMIN_KEY_FILE";
 /// Redis URL; none means the embedded store.
 pub const REDIS_URL: &str = "TICKETGATE_REDIS_URL";
+/// The embedded store when there is no Redis: `durable` (the default) or `memory`.
+pub const STORE: &str = "TICKETGATE_STORE";
 /// The users file.
 pub const USERS_FILE: &str = "TICKETGATE_USERS_FILE";
 /// The API apps file.

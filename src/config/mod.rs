@@ -132,6 +132,16 @@ pub struct HttpConfig {
     pub max_connections_per_ip: usize,
 }
 
+/// The embedded store of a node without Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddedStore {
+    /// Sessions, reuse markers, session indexes and blocked flags are written through
+    /// to `<data_dir>/store.redb` and survive a restart (the default).
+    Durable,
+    /// Everything in memory: a restart ends every session (tests, benchmarks).
+    Memory,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -152,6 +162,8 @@ pub struct Config {
     pub admin_key: Option<String>,
     /// Redis URL; `None` selects the embedded store.
     pub redis_url: Option<String>,
+    /// Which embedded store a node without Redis uses.
+    pub store: EmbeddedStore,
     /// Users file.
     pub users_file: PathBuf,
     /// API apps file.
@@ -200,6 +212,7 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("store", &self.store)
             .field("users_file", &self.users_file)
             .field("apps_file", &self.apps_file)
             .field("data_dir", &self.data_dir)
@@ -247,6 +260,7 @@ impl Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             admin_key: None,
             redis_url: None,
+            store: EmbeddedStore::Durable,
             users_file: PathBuf::from("./ticketgate-users.toml"),
             apps_file: None,
             data_dir: PathBuf::from("./ticketgate-data"),

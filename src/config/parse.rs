@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::LogFormat;
+use super::{EmbeddedStore, LogFormat};
 
 /// A rate: `count` events per `period`, with a burst of `count`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -105,6 +105,15 @@ pub(super) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
         o => Err(format!("`{o}` is not `text` or `json`")),
+    }
+}
+
+/// Parses the embedded store's kind: `durable` or `memory`.
+pub(super) fn parse_embedded_store(s: &str) -> Result<EmbeddedStore, String> {
+    match s.trim() {
+        "durable" => Ok(EmbeddedStore::Durable),
+        "memory" => Ok(EmbeddedStore::Memory),
+        o => Err(format!("`{o}` is not `durable` or `memory`")),
     }
 }
 

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::parse::{
-    parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off, parse_list,
-    parse_log_format, parse_path, parse_u32, parse_usize, Rate,
+    parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off,
+    parse_embedded_store, parse_list, parse_log_format, parse_path, parse_u32, parse_usize, Rate,
 };
 use super::{env, Config, HttpConfig, QrConfig, RateConfig, TtlConfig, WsConfig};
 
@@ -37,6 +37,7 @@ pub(super) fn read(
         admin_listen: src.get(env::ADMIN_LISTEN, d.admin_listen, parse_addr),
         admin_key,
         redis_url: src.opt_string(env::REDIS_URL),
+        store: src.get(env::STORE, d.store, parse_embedded_store),
         users_file: src.get(env::USERS_FILE, d.users_file, parse_path),
         apps_file: src.opt_string(env::APPS_FILE).map(PathBuf::from),
         data_dir: src.get(env::DATA_DIR, d.data_dir, parse_path),
@@ -344,6 +345,23 @@ mod tests {
         assert_eq!(c.rates.qr_ip.count.get(), 3);
         let err = load(&[(env::QR_ROTATE, "0s")]).expect_err("zero rotation");
         assert!(err.to_string().contains(env::QR_ROTATE), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_store_is_durable_unless_memory_is_asked_for() {
+        use crate::config::EmbeddedStore;
+        assert_eq!(Config::defaults().store, EmbeddedStore::Durable);
+        let c = load(&[(env::STORE, "memory")]).expect("valid");
+        assert_eq!(c.store, EmbeddedStore::Memory);
+        let c = load(&[(env::STORE, "durable")]).expect("valid");
+        assert_eq!(c.store, EmbeddedStore::Durable);
+        let err = load(&[(env::STORE, "disk")]).expect_err("unknown kind");
+        assert!(err.to_string().contains(env::STORE), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "store = \"memory\"\n").expect("write");
+        let c = Config::load_from(Some(&path), &|_| None).expect("valid");
+        assert_eq!(c.store, EmbeddedStore::Memory);
     }
 
     #[test]

@@ -97,6 +97,15 @@ fn original_path(parts: &Parts) -> &str {
 fn signed_headers(headers: &HeaderMap, state: &AppState) -> Result<SignedHeaders, ApiError> {
     let signed = parse_headers(headers)?;
     check_fresh(&signed, unix_now(), state.config.ttl.skew)?;
+    // Nonces the store may have forgotten (the durable embedded store after a restart):
+    // a request signed before the store opened could be a replay, so it is stale.
+    if state
+        .store
+        .replay_floor()
+        .is_some_and(|floor| signed.timestamp <= floor)
+    {
+        return Err(ApiError::StaleRequest);
+    }
     Ok(signed)
 }
 

@@ -1,4 +1,6 @@
-//! The embedded store: one node, no Redis, the default.
+//! The memory store: one node, no Redis, nothing kept across a restart (the durable
+//! store, [`DurableStore`](super::durable::DurableStore), is this store written through
+//! to a file).
 //!
 //! It is hand-written because no crate offers an embedded key-value store with the
 //! exact atomic semantics the protocol needs: a get-and-delete that exactly one caller
@@ -63,12 +65,29 @@ struct Inner {
 }
 
 /// Refresh rotation state of a session (the extra fields of the Redis hash).
-#[derive(Debug, Default)]
-struct Rotation {
-    prev_hash: Option<String>,
-    prev_at_ms: i64,
-    day: i64,
-    count: u32,
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Rotation {
+    /// Hash of the current token's immediate parent (for the grace window).
+    pub(crate) prev_hash: Option<String>,
+    /// Unix milliseconds of the last rotation.
+    pub(crate) prev_at_ms: i64,
+    /// UTC day of the daily refresh count.
+    pub(crate) day: i64,
+    /// Refreshes counted on `day`.
+    pub(crate) count: u32,
+}
+
+/// A long-lived entry, as [`DurableStore`](super::durable::DurableStore) writes it to
+/// disk and loads it back. Short-lived entries (nonces, tickets, renewed `jti`s) have
+/// no such form: they stay in memory only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// A session record and its rotation state.
+    Session(SessionRecord, Rotation),
+    /// A reuse marker or a blocked flag: presence is the value.
+    Flag,
+    /// A user's session index, values as in Redis (`ctp|created_ms|expires`).
+    UserIndex(std::collections::HashMap<String, String>),
 }
 
 /// One key's value and the instant it stops existing.
@@ -169,6 +188,35 @@ impl MemoryStore {
         } // The shard's read lock is released here, before the removal takes its write lock.
         self.inner.entries.remove_if(key, |_, e| !e.is_live(now));
         None
+    }
+
+    /// The long-lived value at `key` and the time it has left; `None` when the key is
+    /// absent, expired or holds a short-lived value. The durable store reads the state
+    /// an operation left behind through this.
+    pub(crate) fn kept(&self, key: &str) -> Option<(Kept, Duration)> {
+        let now = Instant::now();
+        let entry = self.inner.entries.get(key)?;
+        let left = entry.expires_at.checked_duration_since(now)?;
+        if left.is_zero() {
+            return None;
+        }
+        let kept = match &entry.value {
+            Value::Session(record, rotation) => Kept::Session(record.clone(), rotation.clone()),
+            Value::Flag => Kept::Flag,
+            Value::UserIndex(index) => Kept::UserIndex(index.clone()),
+            Value::Nonce | Value::Ticket(_) | Value::Qr(_) => return None,
+        };
+        Some((kept, left))
+    }
+
+    /// Puts back a long-lived value with `ttl` left (the durable store, loading its file).
+    pub(crate) fn restore(&self, key: String, kept: Kept, ttl: Duration) {
+        let value = match kept {
+            Kept::Session(record, rotation) => Value::Session(record, rotation),
+            Kept::Flag => Value::Flag,
+            Kept::UserIndex(index) => Value::UserIndex(index),
+        };
+        self.inner.entries.insert(key, Entry::new(value, ttl));
     }
 
     fn session_is_live(&self, session_id: &str) -> bool {

@@ -1,15 +1,17 @@
 //! All server-side state: sessions, nonces, tickets, refresh rotation, user indexes,
 //! QR logins ([`qr`]) and cross-node events.
 //!
-//! [`Store`] is the one interface; [`memory::MemoryStore`] (the embedded default, one
-//! node) and [`redis::RedisStore`] (through `fred`, standalone, Sentinel or Cluster)
-//! implement it with the same semantics and pass the same test suite
-//! (`tests/store.rs`).
+//! [`Store`] is the one interface; [`memory::MemoryStore`] (embedded, one node, all in
+//! memory), [`durable::DurableStore`] (the embedded default: the memory store with its
+//! long-lived records written through to a redb file) and [`redis::RedisStore`]
+//! (through `fred`, standalone, Sentinel or Cluster) implement it with the same
+//! semantics and pass the same test suite (`tests/store.rs`).
 //!
 //! Architecture invariant: only this module builds store keys ([`keys`]). Every key of
 //! one session carries the hash tag `{<sid>}`, so every script touches one Cluster slot.
 
 pub(crate) mod bus;
+pub mod durable;
 pub(crate) mod keys;
 pub mod memory;
 pub mod qr;
@@ -348,4 +350,14 @@ pub trait Store: Send + Sync + 'static {
     /// rotates a due QR, and redeems a confirmed one (the record is deleted: it
     /// answers [`PollOutcome::Redeemed`] once). See [`PollOutcome`].
     async fn poll_qr(&self, poll: &PollQr<'_>) -> Result<PollOutcome, StoreError>;
+
+    /// The unix second up to which (inclusive) signed requests must be refused as
+    /// stale, because this store cannot tell whether their nonces were used: the
+    /// durable embedded store keeps sessions across a restart but nonces only in
+    /// memory, so a request signed before it opened could be a replay of one the
+    /// previous process answered. `None` (the default): nonces live as long as the
+    /// sessions they protect.
+    fn replay_floor(&self) -> Option<i64> {
+        None
+    }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ticketgate::config::{Config, Rate};
+use ticketgate::config::{Config, EmbeddedStore, Rate};
 use ticketgate::state::AppState;
 use ticketgate::Server;
 use ticketgate_sdk::{Client, ClientType, Session};
@@ -28,7 +28,7 @@ pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
 /// Which store a test node uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
-    /// The embedded store.
+    /// The embedded store, all in memory (`TICKETGATE_STORE=memory`).
     Memory,
     /// A `redis-server` started for the test.
     Redis,
@@ -98,6 +98,8 @@ impl Builder {
         config.data_dir = data_dir.path().join("data");
         config.users_file = users_file;
         config.redis_url = redis.as_ref().map(|r| r.lock().unwrap().url());
+        // The durable embedded store has suites of its own (`store`, `durable_restart`).
+        config.store = EmbeddedStore::Memory;
         config.admin_key = Some("test-admin-key-0123456789".into());
         // Generous limits unless a test sets its own: tests are not floods.
         let lots = Rate::per_second(100_000);
