@@ -100,3 +100,17 @@ pub const WRITE_TIMEOUT: &str = "TICKETGATE_WRITE_TIMEOUT";
 pub const MAX_HTTP_CONNECTIONS: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS";
 /// HTTP connections (not upgraded to a socket) per client IP.
 pub const MAX_HTTP_CONNECTIONS_PER_IP: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS_PER_IP";
+/// The upstream's URL (`http://` or `https://`); none: `send` answers
+/// `upstream_unavailable`.
+pub const UPSTREAM_URL: &str = "TICKETGATE_UPSTREAM_URL";
+/// The secret that signs calls to the upstream.
+pub const UPSTREAM_SECRET: &str = "TICKETGATE_UPSTREAM_SECRET";
+/// File holding the upstream secret.
+pub const UPSTREAM_SECRET_FILE: &str = "TICKETGATE_UPSTREAM_SECRET_FILE";
+/// How long one call to the upstream may take.
+pub const UPSTREAM_TIMEOUT: &str = "TICKETGATE_UPSTREAM_TIMEOUT";
+/// Unanswered `send`s per connection; past it, `busy`.
+pub const UPSTREAM_INFLIGHT: &str = "TICKETGATE_UPSTREAM_INFLIGHT";
+/// Calls to the upstream in flight per node (messages and events together); past it,
+/// `upstream_unavailable`.
+pub const UPSTREAM_NODE_INFLIGHT: &str = "TICKETGATE_UPSTREAM_NODE_INFLIGHT";
