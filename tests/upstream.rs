@@ -480,3 +480,60 @@ async fn an_in_process_handler_sees_the_identity_and_pushes() {
     assert_eq!(kinds, ["connect", "message x", "message y"]);
     assert!(seen.iter().all(|(_, who)| *who == expected), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_pairs_calls_and_types_their_errors() {
+    use ticketgate_sdk::{CallSocket, ConnectOptions, Event, SendError, SessionHandle};
+    let upstream = TestUpstream::start().await;
+    let server = node(&upstream, Duration::from_secs(5), 16).await;
+
+    // The plain socket: one call at a time, a push that comes meanwhile is kept.
+    let (ws, _) = socket(&server, "alice").await;
+    let mut calls = CallSocket::new(ws);
+    let reply = calls
+        .request(json!({"echo": "plain"}))
+        .await
+        .expect("a reply");
+    assert_eq!(reply["echo"], "plain");
+    let refused = calls
+        .request(json!({"status": 409, "error": "seat_taken"}))
+        .await;
+    assert_eq!(
+        refused,
+        Err(SendError::Refused {
+            code: "seat_taken".into(),
+            message: "scripted".into()
+        })
+    );
+    let down = calls.request(json!({"status": 502, "error": "x"})).await;
+    assert!(
+        matches!(down, Err(SendError::UpstreamUnavailable { .. })),
+        "{down:?}"
+    );
+
+    // The managed connection: concurrent calls from two tasks, answered out of order.
+    let (client, session) = server.login_as("bob", ClientType::Mobile).await;
+    let handle = SessionHandle::new(client, session);
+    let mut connection = handle.connect_with_reconnect(ConnectOptions::default());
+    let welcome = tokio::time::timeout(Duration::from_secs(10), connection.next())
+        .await
+        .expect("an event in time");
+    assert!(matches!(welcome, Some(Event::Welcome(_))), "{welcome:?}");
+    let sender = connection.sender();
+    let slow = tokio::spawn(async move {
+        sender
+            .request(json!({"delay_ms": 500, "echo": "slow"}))
+            .await
+    });
+    let fast = connection
+        .request(json!({"echo": "fast"}))
+        .await
+        .expect("fast reply");
+    assert_eq!(fast["echo"], "fast");
+    let slow = slow.await.expect("joined").expect("slow reply");
+    assert_eq!(
+        (slow["echo"].as_str(), slow["user_id"].as_str()),
+        (Some("slow"), Some("bob"))
+    );
+    connection.close();
+}
