@@ -8,10 +8,10 @@
 //! [`Pusher`] sends `push` frames to users and sessions on every node, by the same
 //! hub path as the admin API's `publish`.
 //!
-//! Two handlers come with ticketgate: the upstream forwarder (`crate::upstream`),
+//! Two handlers come with ticketgate: the upstream forwarder (`upstream`),
 //! which `ticketgate serve` uses when `TICKETGATE_UPSTREAM_URL` is set, and
 //! [`NoUpstream`], which answers every `send` with `upstream_unavailable`. A library
-//! user brings their own through [`crate::server::Builder::handler`].
+//! user brings their own through `Server::builder(config).handler(h)`.
 //!
 //! ```text
 //! client ──send{id,data}──► socket loop ──message(cx, id, data)──► handler
