@@ -120,14 +120,20 @@ impl Pending {
         (id, rx)
     }
 
-    /// Hands an answer frame to its caller; gives back any other frame.
+    /// Hands an answer frame to its waiting caller; gives back any other frame, and
+    /// answers nobody waits for (a call that timed out, or a `send` frame the
+    /// application sent itself), so the application sees them as events.
     pub(crate) fn settle(&self, frame: ServerFrame) -> Option<ServerFrame> {
+        let id = match &frame {
+            ServerFrame::Reply { id, .. } | ServerFrame::Error { id: Some(id), .. } => id,
+            _ => return Some(frame),
+        };
+        let Some(tx) = self.lock().remove(id) else {
+            return Some(frame);
+        };
         match answer_of(frame) {
-            Ok((id, answer)) => {
-                // No waiter: it timed out or was failed by a reconnect; dropped.
-                if let Some(tx) = self.lock().remove(&id) {
-                    let _ = tx.send(answer);
-                }
+            Ok((_, answer)) => {
+                let _ = tx.send(answer);
                 None
             }
             Err(other) => Some(other),

@@ -240,6 +240,38 @@ impl Comparison {
         errors == 0 && self.ratio() >= 0.5 && self.added_us().is_some_and(|(p50, _)| p50 <= 500)
     }
 
+    /// The comparison as the bench's bar rows: the rate ratio and the added p50 (the
+    /// direct call plays the baseline).
+    pub fn bar_rows(&self) -> Vec<crate::report::BarRow> {
+        use crate::report::{BarRow, Verdict};
+        let errors = self.direct.error_count() + self.through.error_count();
+        let ratio = self.ratio();
+        let (p50, p99) = self.added_us().unwrap_or((i64::MAX, i64::MAX));
+        let us = |f: &Figures| f.latency.map_or("-".into(), |l| fmt_us(l.p50_us));
+        vec![
+            BarRow {
+                figure: "upstream send→reply rate (through ticketgate / direct)".into(),
+                ticketgate: format!("{:.0}/s", self.through.rate),
+                baseline: format!("{:.0}/s", self.direct.rate),
+                ratio: format!("{ratio:.2}"),
+                bar: "≥ 0.5 × direct".into(),
+                verdict: Verdict::of(errors == 0 && ratio >= 0.5),
+                value: Some(ratio),
+                rounds: None,
+            },
+            BarRow {
+                figure: format!("upstream added latency p50 (p99 added: {p99} µs)"),
+                ticketgate: us(&self.through),
+                baseline: us(&self.direct),
+                ratio: "-".into(),
+                bar: "≤ 0.5 ms added".into(),
+                verdict: Verdict::of(errors == 0 && p50 <= 500),
+                value: Some(p50 as f64 / 1000.0),
+                rounds: None,
+            },
+        ]
+    }
+
     /// Prints the comparison as a table.
     pub fn print(&self) {
         let row = |f: &Figures| {
