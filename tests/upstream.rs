@@ -412,14 +412,14 @@ impl SessionHandler for Recorder {
     async fn connect(&self, cx: &Context) {
         self.seen
             .lock()
-            .unwrap()
+            .expect("recorder lock")
             .push(("connect".into(), cx.identity().clone()));
     }
 
     async fn message(&self, cx: &Context, id: &str, data: Value) -> Result<Value, Refused> {
         self.seen
             .lock()
-            .unwrap()
+            .expect("recorder lock")
             .push((format!("message {id}"), cx.identity().clone()));
         if data == "refuse" {
             return Err(Refused::new("not_today", "refused in-process"));
@@ -442,7 +442,7 @@ async fn an_in_process_handler_sees_the_identity_and_pushes() {
         .start()
         .await;
     let (mut ws, welcome) = socket(&server, "alice").await;
-    wait_until(|| !recorder.seen.lock().unwrap().is_empty()).await;
+    wait_until(|| !recorder.seen.lock().expect("recorder lock").is_empty()).await;
     send(
         &mut ws,
         json!({"type": "send", "id": "x", "data": {"user_id": "bob"}}),
@@ -475,7 +475,7 @@ async fn an_in_process_handler_sees_the_identity_and_pushes() {
         device_id: welcome.device_id.clone(),
         client_type: ClientType::Web,
     };
-    let seen = recorder.seen.lock().unwrap().clone();
+    let seen = recorder.seen.lock().expect("recorder lock").clone();
     let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["connect", "message x", "message y"]);
     assert!(seen.iter().all(|(_, who)| *who == expected), "{seen:?}");
