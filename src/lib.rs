@@ -12,6 +12,11 @@
 //!   connections, and ending sessions.
 //! - [`auth::users`] and [`auth::tokens`]: the users file and key rotation (the CLI).
 //! - [`ws::ws_config_for`]: the WebSocket settings (the load harness's baseline).
+//! - [`handler`]: the business behind the gate: the [`SessionHandler`] trait (a
+//!   socket's `connect`, each `send` as a `message`, `disconnect`, with the verified
+//!   [`handler::Identity`]) and the [`handler::Pusher`]; run a node with your own
+//!   through [`Server::builder`]. [`upstream`]: the handler that forwards to
+//!   `TICKETGATE_UPSTREAM_URL` (what `ticketgate serve` runs when it is set).
 //!
 //! Everything else is `pub(crate)`; ARCHITECTURE.md has the whole map, the path of a
 //! handshake and the invariants.
@@ -19,6 +24,7 @@
 pub mod auth;
 pub(crate) mod clock;
 pub mod config;
+pub mod handler;
 pub(crate) mod http;
 pub(crate) mod hub;
 pub(crate) mod limits;
@@ -29,7 +35,11 @@ pub mod sessions;
 pub mod shutdown;
 pub mod state;
 pub mod store;
+pub mod upstream;
 pub mod ws;
 
+/// The attribute a [`SessionHandler`] implementation carries (`#[ticketgate::async_trait]`).
+pub use async_trait::async_trait;
 pub use config::Config;
+pub use handler::SessionHandler;
 pub use server::Server;

@@ -19,6 +19,7 @@ use crate::auth::tokens::KeyStore;
 use crate::auth::users::{Users, UsersError};
 use crate::clock::SystemClock;
 use crate::config::{Config, EmbeddedStore};
+use crate::handler::{NoUpstream, Pusher, SessionHandler};
 use crate::http::ConnLimits;
 use crate::hub::Hub;
 use crate::limits::Limits;
@@ -30,6 +31,7 @@ use crate::store::durable::{self, DurableError, DurableStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{Deployment, RedisSettings, RedisStore};
 use crate::store::{Store, StoreError};
+use crate::upstream::{Upstream, UpstreamError};
 use crate::ws::connection::{SocketNode, SocketSettings};
 
 /// How often limiter state and expired embedded-store entries are swept.
@@ -67,6 +69,9 @@ pub enum StartError {
     /// The durable embedded store's file (locked by another node, unreadable).
     #[error(transparent)]
     Durable(#[from] DurableError),
+    /// The upstream forwarder could not be built.
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -211,12 +216,87 @@ async fn past_replay_floor(store: &dyn Store) {
     }
 }
 
+/// Builds a node with a business handler of the caller's choice; see
+/// [`Server::builder`].
+pub struct Builder {
+    config: Config,
+    handler: Option<Arc<dyn SessionHandler>>,
+}
+
+impl Builder {
+    /// The node's [`SessionHandler`]: it gets every socket's `connect`, `send` and
+    /// `disconnect`, instead of the upstream forwarder or [`NoUpstream`].
+    pub fn handler(mut self, handler: impl SessionHandler) -> Builder {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Loads secrets and keys, connects the store and binds both listeners, as
+    /// [`Server::bind`].
+    ///
+    /// # Errors
+    /// Any [`StartError`]; nothing is left running.
+    pub async fn bind(self) -> Result<Server, StartError> {
+        let handler = match self.handler {
+            Some(handler) => handler,
+            None => default_handler(&self.config)?,
+        };
+        Server::bind_with(self.config, handler).await
+    }
+}
+
+/// The handler `ticketgate serve` runs: the upstream forwarder when
+/// `TICKETGATE_UPSTREAM_URL` is set, else [`NoUpstream`].
+fn default_handler(config: &Config) -> Result<Arc<dyn SessionHandler>, StartError> {
+    Ok(match config.upstream.url {
+        Some(_) => Arc::new(Upstream::new(&config.upstream)?),
+        None => Arc::new(NoUpstream),
+    })
+}
+
 impl Server {
-    /// Loads secrets and keys, connects the store and binds both listeners.
+    /// A node of `config` whose business handler can be chosen:
+    ///
+    /// ```no_run
+    /// # async fn run(config: ticketgate::Config) -> Result<(), ticketgate::server::StartError> {
+    /// use ticketgate::handler::{Context, Refused, SessionHandler};
+    ///
+    /// struct Echo;
+    ///
+    /// #[ticketgate::async_trait]
+    /// impl SessionHandler for Echo {
+    ///     async fn message(&self, _cx: &Context, _id: &str, data: serde_json::Value)
+    ///         -> Result<serde_json::Value, Refused> {
+    ///         Ok(data)
+    ///     }
+    /// }
+    ///
+    /// let server = ticketgate::Server::builder(config).handler(Echo).bind().await?;
+    /// server.run(ticketgate::shutdown::os_signal()).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(config: Config) -> Builder {
+        Builder {
+            config,
+            handler: None,
+        }
+    }
+
+    /// Loads secrets and keys, connects the store and binds both listeners. The
+    /// business handler is the upstream forwarder when `TICKETGATE_UPSTREAM_URL` is
+    /// set, else [`NoUpstream`].
     ///
     /// # Errors
     /// Any [`StartError`]; nothing is left running.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
+        Server::builder(config).bind().await
+    }
+
+    async fn bind_with(
+        config: Config,
+        handler: Arc<dyn SessionHandler>,
+    ) -> Result<Server, StartError> {
         let server_secret = load_or_create_server_secret(&config.data_dir)?;
         let secrets = Secrets::derive(&server_secret);
         let keys = KeyStore::open(&config.data_dir, config.ttl.jwt_leeway, config.key_reload)?;
@@ -251,6 +331,8 @@ impl Server {
             limits.clock().clone(),
         );
         let state = AppState::new(Shared {
+            pusher: Pusher::new(hub.clone()),
+            handler,
             limits,
             sockets,
             connection_slots: Arc::new(Semaphore::new(config.ws.max_connections)),

@@ -7,6 +7,7 @@ use tokio::sync::Semaphore;
 use crate::auth::ticket::TicketCodec;
 use crate::auth::tokens::KeyStore;
 use crate::config::Config;
+use crate::handler::{Pusher, SessionHandler};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::registry::Registry;
@@ -43,6 +44,10 @@ pub struct Shared {
     pub(crate) sockets: SocketNode,
     /// The shutdown signal, and the tracker every task of the node is spawned on.
     pub(crate) shutdown: Shutdown,
+    /// The business behind the gate: `send` frames and socket events go to it.
+    pub(crate) handler: Arc<dyn SessionHandler>,
+    /// Pushes from inside the handler (the hub's publish path).
+    pub(crate) pusher: Pusher,
 }
 
 impl std::ops::Deref for AppState {

@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::calls::{self, Pending, SendError, DEFAULT_CALL_TIMEOUT};
 use crate::client::WsStream;
 use crate::error::ClientError;
 use crate::protocol::{close, ClientFrame, ServerFrame};
@@ -299,6 +300,28 @@ impl ManagedConnection {
     pub fn sender(&self) -> ConnectionSender {
         self.sender.clone()
     }
+
+    /// A business call (PROTOCOL §9): sends `data` in a `send` frame and waits up to
+    /// [`DEFAULT_CALL_TIMEOUT`] for its `reply`. Calls may run concurrently (from
+    /// [`ConnectionSender`] clones too); their answers are paired by id.
+    ///
+    /// # Errors
+    /// [`SendError`]: `upstream_unavailable`, `busy`, the upstream's own code, the
+    /// timeout, or [`SendError::Disconnected`] when the socket broke before the answer
+    /// (the task reconnects; the call may or may not have been processed).
+    ///
+    /// ```no_run
+    /// # async fn run(connection: ticketgate_sdk::ManagedConnection) {
+    /// match connection.request(serde_json::json!({"op": "join", "room": "lobby"})).await {
+    ///     Ok(reply) => println!("joined: {reply}"),
+    ///     Err(e) if e.is_retryable() => eprintln!("try again later: {e}"),
+    ///     Err(e) => eprintln!("refused: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn request(&self, data: serde_json::Value) -> Result<serde_json::Value, SendError> {
+        self.sender.request(data).await
+    }
 }
 
 /// Sends frames to a [`ManagedConnection`] from any task; cheap to clone.
@@ -316,6 +339,7 @@ impl ManagedConnection {
 pub struct ConnectionSender {
     frames: mpsc::Sender<ClientFrame>,
     close: Arc<watch::Sender<bool>>,
+    pending: Arc<Pending>,
 }
 
 impl ConnectionSender {
@@ -347,6 +371,42 @@ impl ConnectionSender {
     pub fn close(&self) {
         self.close.send_replace(true);
     }
+
+    /// A business call, as [`ManagedConnection::request`].
+    ///
+    /// # Errors
+    /// [`SendError`], as [`ManagedConnection::request`].
+    ///
+    /// ```no_run
+    /// # async fn run(sender: ticketgate_sdk::ConnectionSender) -> Result<(), ticketgate_sdk::SendError> {
+    /// let reply = sender.request(serde_json::json!({"op": "ping"})).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn request(&self, data: serde_json::Value) -> Result<serde_json::Value, SendError> {
+        self.request_within(data, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// A business call that waits at most `timeout` for its answer.
+    ///
+    /// # Errors
+    /// [`SendError`], as [`ManagedConnection::request`].
+    pub async fn request_within(
+        &self,
+        data: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, SendError> {
+        let (id, answer) = self.pending.register();
+        let frame = ClientFrame::Send {
+            id: id.clone(),
+            data,
+        };
+        if self.frames.send(frame).await.is_err() {
+            self.pending.forget(&id);
+            return Err(SendError::Disconnected);
+        }
+        calls::wait(&self.pending, &id, answer, timeout).await
+    }
 }
 
 /// Starts the task of a managed connection.
@@ -354,7 +414,9 @@ pub(crate) fn spawn(handle: SessionHandle, options: ConnectOptions) -> ManagedCo
     let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (frame_tx, frames) = mpsc::channel(FRAME_BUFFER);
     let (close_tx, closing) = watch::channel(false);
+    let pending = Arc::new(Pending::default());
     let runner = Runner {
+        pending: pending.clone(),
         handle,
         options,
         events: event_tx,
@@ -372,6 +434,7 @@ pub(crate) fn spawn(handle: SessionHandle, options: ConnectOptions) -> ManagedCo
         sender: ConnectionSender {
             frames: frame_tx,
             close: Arc::new(close_tx),
+            pending,
         },
     }
 }
@@ -393,6 +456,8 @@ struct Runner {
     /// The newest access token the current socket knows: the one presented to mint
     /// its ticket, or the last one sent in a `refresh` frame.
     conn_token: String,
+    /// Business calls waiting for their answers.
+    pending: Arc<Pending>,
 }
 
 struct ResumeTicket {
@@ -416,6 +481,11 @@ enum Next {
 
 impl Runner {
     async fn run(mut self) {
+        self.run_sockets().await;
+        self.pending.disconnect_all();
+    }
+
+    async fn run_sockets(&mut self) {
         loop {
             let mut closing = self.closing.clone();
             let opened = tokio::select! {
@@ -500,6 +570,8 @@ impl Runner {
             Next::Stop
         };
         finish(&mut socket).await;
+        // Calls sent on this socket are never answered on the next one.
+        self.pending.disconnect_all();
         if started.elapsed() >= STABLE_CONNECTION {
             self.failures = 0;
         }
@@ -580,6 +652,9 @@ impl Runner {
                 tracing::debug!(cause = %err, "ignoring a frame this SDK does not know");
                 return true;
             }
+        };
+        let Some(frame) = self.pending.settle(frame) else {
+            return true;
         };
         let event = match frame {
             ServerFrame::Push { id, topic, data } => Event::Push { id, topic, data },

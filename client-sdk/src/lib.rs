@@ -24,6 +24,8 @@
 //! - `connection` (feature `client`): [`ManagedConnection`], a socket that answers
 //!   `expiring` by itself and reconnects by close code ([`close_action`]) with
 //!   jittered backoff ([`backoff_delay`]) and `resume` tickets.
+//! - `calls` (feature `client`): business calls to the upstream (`send` → `reply`):
+//!   [`ManagedConnection::request`], [`CallSocket`] over a plain socket, [`SendError`].
 //!
 //! # A whole client flow
 //! ```no_run
@@ -72,6 +74,8 @@ pub mod protocol;
 pub mod signing;
 
 #[cfg(feature = "client")]
+mod calls;
+#[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "client")]
 mod clock;
@@ -86,6 +90,8 @@ mod session;
 #[cfg(feature = "client")]
 mod session_data;
 
+#[cfg(feature = "client")]
+pub use calls::{CallSocket, SendError, DEFAULT_CALL_TIMEOUT};
 #[cfg(feature = "client")]
 pub use client::{Client, WsStream};
 #[cfg(feature = "client")]

@@ -242,6 +242,8 @@ error_codes! {
     PayloadTooLarge => "payload_too_large",
     OriginForbidden => "origin_forbidden",
     Internal => "internal",
+    UpstreamUnavailable => "upstream_unavailable",
+    Busy => "busy",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -319,12 +321,23 @@ pub enum ServerFrame {
     },
     /// Answer to `ping`.
     Pong,
-    /// A frame was refused; the socket stays open.
+    /// A frame was refused; the socket stays open. When the refused frame was a
+    /// `send`, `id` is its id (absent when none could be read).
     Error {
+        /// The `id` of the `send` this answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         /// The error code.
         error: String,
         /// A sentence for people.
         message: String,
+    },
+    /// The answer to a `send`: the upstream's (or the server's handler's) data.
+    Reply {
+        /// The `id` of the `send` this answers.
+        id: String,
+        /// The answer.
+        data: serde_json::Value,
     },
     /// Sent before a drain close: a ticket to reconnect without a mint.
     Resume {
@@ -351,4 +364,50 @@ pub enum ClientFrame {
         /// The push id.
         id: String,
     },
+    /// A business message for the upstream; answered by exactly one `reply` or
+    /// `error` frame carrying the same `id` (see [`send_id_is_well_formed`]).
+    Send {
+        /// 1-64 characters of `[A-Za-z0-9_-]`, chosen by the client to pair the answer.
+        id: String,
+        /// Any JSON.
+        data: serde_json::Value,
+    },
+}
+
+/// Longest `send` id.
+pub const MAX_SEND_ID: usize = 64;
+
+/// True when `id` is a well-formed `send` id: 1-64 characters of `[A-Za-z0-9_-]`.
+///
+/// ```
+/// use ticketgate_sdk::protocol::send_id_is_well_formed;
+/// assert!(send_id_is_well_formed("req-17_a"));
+/// assert!(!send_id_is_well_formed(""));
+/// assert!(!send_id_is_well_formed("a b"));
+/// ```
+pub fn send_id_is_well_formed(id: &str) -> bool {
+    (1..=MAX_SEND_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// True when `code` may pass from the upstream to a client as an `error` code:
+/// 1-64 characters of `[a-z_]`.
+///
+/// ```
+/// use ticketgate_sdk::protocol::upstream_code_is_well_formed;
+/// assert!(upstream_code_is_well_formed("not_allowed"));
+/// assert!(!upstream_code_is_well_formed("Not-Allowed"));
+/// ```
+pub fn upstream_code_is_well_formed(code: &str) -> bool {
+    (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// The headers of a call from ticketgate to the upstream (PROTOCOL §9).
+pub mod upstream_headers {
+    /// Unix seconds when the call was signed.
+    pub const TIMESTAMP: &str = "X-TG-Upstream-Timestamp";
+    /// Lowercase hex HMAC-SHA256 over `"<timestamp>.<raw body>"`.
+    pub const SIGNATURE: &str = "X-TG-Upstream-Signature";
 }

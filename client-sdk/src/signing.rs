@@ -95,6 +95,28 @@ pub fn sign(key: &[u8], parts: &SignedParts<'_>) -> String {
     hex::encode(signature(key, parts))
 }
 
+/// The `X-TG-Upstream-Signature` of a call from ticketgate to the upstream
+/// (PROTOCOL §9): lowercase hex HMAC-SHA256 under the shared secret over
+/// `"<timestamp>.<raw body>"`. An upstream verifies a call by computing it over the
+/// body it received and the `X-TG-Upstream-Timestamp` header, comparing in constant
+/// time ([`signatures_equal`]), and refusing a timestamp too far from its clock.
+///
+/// ```
+/// use ticketgate_sdk::signing::upstream_signature;
+/// let sig = upstream_signature(b"secret", 1795000000, br#"{"event":"connect"}"#);
+/// assert_eq!(sig.len(), 64);
+/// ```
+pub fn upstream_signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => unreachable_hmac(),
+    };
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// Compares two signatures in constant time (the length is not secret).
 pub fn signatures_equal(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()

@@ -122,3 +122,33 @@ fn signatures_equal_compares_exactly() {
     assert!(!signatures_equal(a.as_bytes(), &a.as_bytes()[..63]));
     assert!(!signatures_equal(a.as_bytes(), b""));
 }
+
+/// The upstream signature vectors (`vectors/upstream.json`, protocol §9).
+#[test]
+fn every_upstream_vector_matches() {
+    use ticketgate_sdk::signing::upstream_signature;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/upstream.json");
+    let text = std::fs::read_to_string(path).expect("vectors/upstream.json is readable");
+    let file: Value = serde_json::from_str(&text).expect("vectors/upstream.json is JSON");
+    let vectors = file["vectors"].as_array().expect("a `vectors` array");
+    assert!(!vectors.is_empty(), "the vector file holds vectors");
+    for vector in vectors {
+        let name = field(vector, "name");
+        let timestamp = vector["timestamp"].as_i64().expect("timestamp is a number");
+        let body = field(vector, "body");
+        assert_eq!(
+            format!("{timestamp}.{body}"),
+            field(vector, "signed"),
+            "signed string of {name:?}"
+        );
+        assert_eq!(
+            upstream_signature(
+                field(vector, "secret").as_bytes(),
+                timestamp,
+                body.as_bytes()
+            ),
+            field(vector, "signature"),
+            "signature of {name:?}"
+        );
+    }
+}

@@ -61,6 +61,10 @@ enum Command {
     Kick(standalone::TargetArgs),
     /// Push fan-out latency and throughput (over the target and --peer nodes).
     Push(standalone::TargetArgs),
+    /// Business calls (send → reply) through a ticketgate node it starts, against the
+    /// same upstream called directly, same concurrency, one run: ratio and added
+    /// latency.
+    Upstream(standalone::UpstreamArgs),
     /// Connect + welcome + close against a plain WebSocket server (the baseline), to
     /// measure or profile it the same way as ticketgate.
     Plain(standalone::PlainArgs),
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             Command::Idle(args) => until_interrupted(standalone::idle(args)).await,
             Command::Kick(args) => until_interrupted(standalone::kick(args)).await,
             Command::Push(args) => until_interrupted(standalone::push(args)).await,
+            Command::Upstream(args) => until_interrupted(standalone::upstream(args)).await,
         }
     });
     // Reader tasks of held sockets must not keep the process alive.

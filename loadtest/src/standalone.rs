@@ -488,3 +488,40 @@ fn peer_dialers(peers: &[String]) -> anyhow::Result<Vec<Arc<Dialer>>> {
         .map(|url| Ok(Arc::new(Dialer::new(target::socket_addr(url)?))))
         .collect()
 }
+
+/// Options of `flood upstream`: it starts its own upstream and node (release binary
+/// next to `flood`), so it needs no deployment.
+#[derive(Args, Debug, Clone)]
+pub struct UpstreamArgs {
+    /// How long the whole comparison lasts (split over alternating rounds).
+    #[arg(long, default_value = "12s", value_parser = crate::parse_duration)]
+    duration: Duration,
+    /// Concurrent callers on each path (sockets through ticketgate, pooled
+    /// connections direct).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Calls per path at most.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_ops: u64,
+}
+
+/// `flood upstream`: see [`crate::scenarios::upstream`].
+///
+/// # Errors
+/// When the node does not start or the sockets cannot be opened; the bar failing is
+/// an error too, so scripts can rely on the exit code.
+pub async fn upstream(args: UpstreamArgs) -> anyhow::Result<()> {
+    let binary = crate::spawn::ticketgate_binary()?;
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let plan = Plan {
+        duration: args.duration,
+        max_ops: args.max_ops,
+        concurrency: args.concurrency,
+    };
+    let comparison = crate::scenarios::upstream::compare(&binary, dir.path(), plan).await?;
+    comparison.print();
+    if !comparison.passes() {
+        bail!("the upstream bar is not met");
+    }
+    Ok(())
+}

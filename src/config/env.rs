@@ -110,3 +110,17 @@ pub const QR_ROTATE: &str = "TICKETGATE_QR_ROTATE";
 pub const QR_POLL_INTERVAL: &str = "TICKETGATE_QR_POLL_INTERVAL";
 /// QR logins created per IP.
 pub const RATE_QR_IP: &str = "TICKETGATE_RATE_QR_IP";
+/// The upstream's URL (`http://` or `https://`); none: `send` answers
+/// `upstream_unavailable`.
+pub const UPSTREAM_URL: &str = "TICKETGATE_UPSTREAM_URL";
+/// The secret that signs calls to the upstream.
+pub const UPSTREAM_SECRET: &str = "TICKETGATE_UPSTREAM_SECRET";
+/// File holding the upstream secret.
+pub const UPSTREAM_SECRET_FILE: &str = "TICKETGATE_UPSTREAM_SECRET_FILE";
+/// How long one call to the upstream may take.
+pub const UPSTREAM_TIMEOUT: &str = "TICKETGATE_UPSTREAM_TIMEOUT";
+/// Unanswered `send`s per connection; past it, `busy`.
+pub const UPSTREAM_INFLIGHT: &str = "TICKETGATE_UPSTREAM_INFLIGHT";
+/// Calls to the upstream in flight per node (messages and events together); past it,
+/// `upstream_unavailable`.
+pub const UPSTREAM_NODE_INFLIGHT: &str = "TICKETGATE_UPSTREAM_NODE_INFLIGHT";

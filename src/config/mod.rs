@@ -142,6 +142,34 @@ pub enum EmbeddedStore {
     Memory,
 }
 
+/// The upstream: where clients' `send` frames and the socket events go (PROTOCOL §9).
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// The URL events are POSTed to; `None`: `send` answers `upstream_unavailable`.
+    pub url: Option<String>,
+    /// The secret that signs every call (required with a URL).
+    pub secret: Option<String>,
+    /// How long one call may take; past it, `upstream_unavailable`.
+    pub timeout: Duration,
+    /// Unanswered `send`s per connection; past it, `busy`.
+    pub inflight: usize,
+    /// Calls in flight per node, events included: a slow upstream holds at most this
+    /// many; past it, `send` answers `upstream_unavailable` and events are dropped.
+    pub node_inflight: usize,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("timeout", &self.timeout)
+            .field("inflight", &self.inflight)
+            .field("node_inflight", &self.node_inflight)
+            .finish()
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -203,6 +231,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// QR-code login timings.
     pub qr: QrConfig,
+    /// The upstream service.
+    pub upstream: UpstreamConfig,
 }
 
 impl fmt::Debug for Config {
@@ -232,6 +262,7 @@ impl fmt::Debug for Config {
             .field("ws", &self.ws)
             .field("http", &self.http)
             .field("qr", &self.qr)
+            .field("upstream", &self.upstream)
             .finish()
     }
 }
@@ -323,6 +354,13 @@ impl Config {
                 ttl: Duration::from_secs(120),
                 rotate: Duration::from_secs(60),
                 poll_interval: Duration::from_secs(2),
+            },
+            upstream: UpstreamConfig {
+                url: None,
+                secret: None,
+                timeout: Duration::from_secs(5),
+                inflight: 16,
+                node_inflight: 1024,
             },
         }
     }
@@ -441,11 +479,57 @@ impl Config {
                 ));
             }
         }
+        errors.extend(self.validate_upstream());
         if matches!(&self.admin_key, Some(k) if k.len() < 16) {
             errors.push(format!(
                 "{}: the admin key must be at least 16 characters",
                 name(env::ADMIN_KEY)
             ));
+        }
+        errors
+    }
+
+    /// The upstream's checks: an http(s) URL, and a secret with it (an unsigned call
+    /// could not be told from a forged one, so a URL without a secret is refused
+    /// rather than sent unsigned).
+    fn validate_upstream(&self) -> Vec<String> {
+        let up = &self.upstream;
+        let mut errors = Vec::new();
+        if up.timeout.is_zero() {
+            errors.push(format!(
+                "{} must be greater than zero",
+                env::UPSTREAM_TIMEOUT
+            ));
+        }
+        for (name, value) in [
+            (env::UPSTREAM_INFLIGHT, up.inflight),
+            (env::UPSTREAM_NODE_INFLIGHT, up.node_inflight),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
+        }
+        if let Some(url) = &up.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!(
+                    "{}: `{}` must start with http:// or https://",
+                    env::UPSTREAM_URL,
+                    redact_url(url)
+                ));
+            }
+            match &up.secret {
+                None => errors.push(format!(
+                    "{}: calls to the upstream are signed; set {} or {}",
+                    env::UPSTREAM_URL,
+                    env::UPSTREAM_SECRET,
+                    env::UPSTREAM_SECRET_FILE
+                )),
+                Some(s) if s.len() < 16 => errors.push(format!(
+                    "{}: the upstream secret must be at least 16 characters",
+                    env::UPSTREAM_SECRET
+                )),
+                Some(_) => {}
+            }
         }
         errors
     }

@@ -15,7 +15,7 @@ use super::parse::{
     parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off,
     parse_embedded_store, parse_list, parse_log_format, parse_path, parse_u32, parse_usize, Rate,
 };
-use super::{env, Config, HttpConfig, QrConfig, RateConfig, TtlConfig, WsConfig};
+use super::{env, Config, HttpConfig, QrConfig, RateConfig, TtlConfig, UpstreamConfig, WsConfig};
 
 /// Reads every setting from `env` and the optional config `file`: the configuration
 /// (the default wherever a value is missing or invalid), one message per value that
@@ -32,6 +32,17 @@ pub(super) fn read(
 
     let admin_key = src.secret(env::ADMIN_KEY, env::ADMIN_KEY_FILE);
     let log_format = src.get(env::LOG_FORMAT, d.log_format, parse_log_format);
+    let upstream = UpstreamConfig {
+        url: src.opt_string(env::UPSTREAM_URL),
+        secret: src.secret(env::UPSTREAM_SECRET, env::UPSTREAM_SECRET_FILE),
+        timeout: src.get(env::UPSTREAM_TIMEOUT, d.upstream.timeout, dur),
+        inflight: src.get(env::UPSTREAM_INFLIGHT, d.upstream.inflight, parse_usize),
+        node_inflight: src.get(
+            env::UPSTREAM_NODE_INFLIGHT,
+            d.upstream.node_inflight,
+            parse_usize,
+        ),
+    };
     let config = Config {
         listen: src.get(env::LISTEN, d.listen, parse_addr),
         admin_listen: src.get(env::ADMIN_LISTEN, d.admin_listen, parse_addr),
@@ -119,6 +130,7 @@ pub(super) fn read(
                 parse_duration_or_off,
             ),
         },
+        upstream,
     };
     src.refuse_unknown_keys(file);
     let origins = Origins(src.origins);
@@ -362,6 +374,47 @@ mod tests {
         std::fs::write(&path, "store = \"memory\"\n").expect("write");
         let c = Config::load_from(Some(&path), &|_| None).expect("valid");
         assert_eq!(c.store, EmbeddedStore::Memory);
+    }
+
+    #[test]
+    fn upstream_settings_are_read_and_a_url_needs_a_secret() {
+        let d = Config::defaults().upstream;
+        assert_eq!(
+            (d.url, d.timeout, d.inflight),
+            (None, Duration::from_secs(5), 16)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret_file = dir.path().join("upstream-secret");
+        std::fs::write(&secret_file, "from-a-file-0123456789\n").expect("write");
+        let path = secret_file.to_str().expect("utf-8 path");
+        let c = load(&[
+            (env::UPSTREAM_URL, "https://biz.internal/events"),
+            (env::UPSTREAM_SECRET_FILE, path),
+            (env::UPSTREAM_TIMEOUT, "250ms"),
+            (env::UPSTREAM_INFLIGHT, "4"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.upstream.url.as_deref(),
+            Some("https://biz.internal/events")
+        );
+        assert_eq!(c.upstream.secret.as_deref(), Some("from-a-file-0123456789"));
+        assert_eq!(c.upstream.timeout, Duration::from_millis(250));
+        assert_eq!(c.upstream.inflight, 4);
+        assert!(
+            !format!("{c:?}").contains("from-a-file"),
+            "the secret is not in Debug"
+        );
+
+        let err = load(&[(env::UPSTREAM_URL, "http://biz")]).expect_err("no secret");
+        assert!(err.to_string().contains(env::UPSTREAM_SECRET), "{err}");
+        let err = load(&[
+            (env::UPSTREAM_URL, "ftp://biz"),
+            (env::UPSTREAM_SECRET, "0123456789abcdef"),
+            (env::UPSTREAM_INFLIGHT, "0"),
+        ])
+        .expect_err("bad scheme, zero inflight");
+        assert_eq!(err.0.len(), 2, "{err}");
     }
 
     #[test]

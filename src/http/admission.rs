@@ -46,6 +46,7 @@ use crate::auth::signing::is_device_id;
 use crate::auth::tokens::Claims;
 use crate::auth::unix_now_ms;
 use crate::config::CAP_RETRY_AFTER;
+use crate::handler::{Context, Identity, SessionHandler};
 use crate::limits::Limit;
 use crate::registry::{Pace, SocketCaps};
 use crate::sessions::TicketFor;
@@ -423,6 +424,29 @@ impl SocketServices for AppState {
         self.sessions
             .verify_access(token)
             .map_err(|e| ApiError::from(e).refusal())
+    }
+
+    fn handler(&self) -> &std::sync::Arc<dyn SessionHandler> {
+        &self.handler
+    }
+
+    fn context(&self, info: &ConnectionInfo) -> Context {
+        let identity = Identity {
+            conn_id: info.conn_id.clone(),
+            node_id: self.config.node_id.clone(),
+            user_id: info.user_id.clone(),
+            session_id: info.session_id.clone(),
+            device_id: info.device_id.clone(),
+            client_type: info.client_type,
+        };
+        Context::new(identity, self.pusher.clone())
+    }
+
+    fn spawn_event<F>(&self, event: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.shutdown.spawn(event)
     }
 
     async fn resume_ticket(&self, info: &ConnectionInfo) -> Option<ServerFrame> {

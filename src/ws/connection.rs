@@ -10,12 +10,16 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use governor::clock::DefaultClock;
-use ticketgate_sdk::protocol::{close, renewal_window, ClientFrame, ServerFrame};
+use ticketgate_sdk::protocol::{
+    close, renewal_window, send_id_is_well_formed, ClientFrame, ServerFrame,
+};
 use ticketgate_sdk::{ClientType, ErrorCode};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant};
@@ -28,6 +32,7 @@ use tracing::Instrument;
 use crate::auth::tokens::Claims;
 use crate::clock::Clock;
 use crate::config::{Config, Rate};
+use crate::handler::{Context, Refused, SessionHandler};
 use crate::limits::frame_limiter;
 use crate::registry::inbox::{Inbox, Next};
 use crate::registry::{ConnHandle, Outbound, Registration, Registry};
@@ -83,6 +88,8 @@ pub struct SocketSettings {
     pub send_timeout: Duration,
     /// How long the closing handshake may take.
     pub close_timeout: Duration,
+    /// Unanswered `send`s per connection; past it, the client gets `busy`.
+    pub inflight: usize,
 }
 
 impl SocketSettings {
@@ -96,6 +103,7 @@ impl SocketSettings {
             max_fragments: config.ws.max_fragments,
             send_timeout: SEND_TIMEOUT,
             close_timeout: CLOSE_TIMEOUT,
+            inflight: config.upstream.inflight,
         }
     }
 }
@@ -177,6 +185,19 @@ pub(crate) trait SocketServices: Send + Sync + 'static {
         &self,
         info: &ConnectionInfo,
     ) -> impl Future<Output = Option<ServerFrame>> + Send;
+
+    /// The node's business handler: `send` frames and the socket's life go to it.
+    fn handler(&self) -> &Arc<dyn SessionHandler>;
+
+    /// What the handler gets for the socket of `info`: its verified identity (with the
+    /// node's id) and the node's pusher.
+    fn context(&self, info: &ConnectionInfo) -> Context;
+
+    /// Runs a `connect`/`disconnect` event on a task of the node's own (the socket
+    /// does not wait for it; shutdown does, within its grace).
+    fn spawn_event<F>(&self, event: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static;
 }
 
 /// Why the loop ended and how to close.
@@ -187,7 +208,17 @@ enum Exit {
     Close(u16, Cow<'static, str>),
     /// The peer is gone or closed; nothing more to send.
     Gone,
+    /// The peer closed with this code (1005 for a close frame without one); its close
+    /// answer was sent.
+    PeerClosed(u16),
 }
+
+/// The close code the handler's `disconnect` gets for a socket that broke without a
+/// close frame (RFC 6455 §7.1.5).
+const ABNORMAL_CLOSURE: u16 = 1006;
+
+/// The close code of a close frame without one (RFC 6455 §7.1.5).
+const NO_STATUS: u16 = 1005;
 
 /// A server frame as JSON text.
 fn json(frame: &ServerFrame) -> String {
@@ -201,9 +232,72 @@ fn text(frame: &ServerFrame) -> Message {
 
 fn error_frame(code: ErrorCode, message: &str) -> Message {
     text(&ServerFrame::Error {
+        id: None,
         error: code.as_str().to_owned(),
         message: message.to_owned(),
     })
+}
+
+/// The answer frame to the `send` of `id`.
+fn answer_frame(id: String, answer: Result<serde_json::Value, Refused>) -> Message {
+    text(&match answer {
+        Ok(data) => ServerFrame::Reply { id, data },
+        Err(refused) => ServerFrame::Error {
+            id: Some(id),
+            error: refused.code().to_owned(),
+            message: refused.message().to_owned(),
+        },
+    })
+}
+
+/// The `error` frame answering a `send` of `id` (`None`: none could be read).
+fn send_error(id: Option<String>, code: ErrorCode, message: &str) -> Message {
+    text(&ServerFrame::Error {
+        id,
+        error: code.as_str().to_owned(),
+        message: message.to_owned(),
+    })
+}
+
+/// A `send` being answered by the handler: resolves to its answer frame.
+type Call = Pin<Box<dyn Future<Output = Message> + Send>>;
+
+/// A connection's `send`s in flight, allocated at its first `send` (most sockets
+/// never send one), and the handler context they share.
+#[derive(Default)]
+struct Calls {
+    running: Option<FuturesUnordered<Call>>,
+    cx: Option<Arc<Context>>,
+}
+
+impl Calls {
+    fn len(&self) -> usize {
+        self.running.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    /// The context of this socket, built once.
+    fn context(&mut self, services: &impl SocketServices, info: &ConnectionInfo) -> Arc<Context> {
+        self.cx
+            .get_or_insert_with(|| Arc::new(services.context(info)))
+            .clone()
+    }
+
+    fn start(&mut self, call: Call) {
+        self.running
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(call);
+    }
+
+    /// The next answer, in the order the handler answers; pending while none runs.
+    async fn next_answer(&mut self) -> Message {
+        match self.running.as_mut() {
+            Some(running) if !running.is_empty() => match running.next().await {
+                Some(answer) => answer,
+                None => std::future::pending().await,
+            },
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// A connection registered before its ticket was consumed, so that a revocation that
@@ -307,9 +401,23 @@ async fn drive<S, V>(
         Welcome::Sent => Ok(()),
         Welcome::Send => ws.send(Message::text(welcome_text(&info))).await,
     };
+    let mut calls = Calls::default();
+    let handler = services.handler().clone();
+    let mut connected = None;
     let exit = match welcomed {
-        Ok(()) => serve(&mut ws, &mut info, node, services, &inbox).await,
+        Ok(()) => {
+            if handler.wants_lifecycle() {
+                let (cx, handler) = (calls.context(services, &info), handler.clone());
+                connected = Some(services.spawn_event(async move { handler.connect(&cx).await }));
+            }
+            serve(&mut ws, &mut info, node, services, &inbox, &mut calls).await
+        }
         Err(_) => Exit::Gone,
+    };
+    let code = match exit {
+        Exit::Drain => close::GOING_AWAY,
+        Exit::Close(code, _) | Exit::PeerClosed(code) => code,
+        Exit::Gone => ABNORMAL_CLOSURE,
     };
     let exit = match exit {
         Exit::Drain => {
@@ -338,6 +446,14 @@ async fn drive<S, V>(
         ws.linger(deadline).await;
         tracing::debug!(code, %reason, "connection closed by server");
     }
+    // After `connect` (so the upstream sees them in order), never before it.
+    if let Some(connected) = connected {
+        let cx = calls.context(services, &info);
+        services.spawn_event(async move {
+            let _ = connected.await;
+            handler.disconnect(&cx, code).await;
+        });
+    }
 }
 
 async fn serve<S, V>(
@@ -346,6 +462,7 @@ async fn serve<S, V>(
     node: &SocketNode,
     services: &V,
     inbox: &Inbox,
+    calls: &mut Calls,
 ) -> Exit
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
@@ -400,6 +517,11 @@ where
                     }
                 }
             }
+            answer = calls.next_answer() => {
+                if let Err(exit) = send(ws, answer, inbox, cfg.send_timeout).await {
+                    return exit;
+                }
+            }
             next = inbox.next() => match next {
                 Next::Message(Outbound::Text(t)) => {
                     if let Err(exit) = send(ws, Message::text(t), inbox, cfg.send_timeout).await {
@@ -439,6 +561,22 @@ where
                                 return exit;
                             }
                         }
+                        Reply::Call { id, data } => {
+                            let answer = if calls.len() >= cfg.inflight {
+                                send_error(Some(id), ErrorCode::Busy, "too many sends unanswered")
+                            } else {
+                                let cx = calls.context(services, info);
+                                let handler = services.handler().clone();
+                                calls.start(Box::pin(async move {
+                                    let answer = handler.message(&cx, &id, data).await;
+                                    answer_frame(id, answer)
+                                }));
+                                continue;
+                            };
+                            if let Err(exit) = send(ws, answer, inbox, cfg.send_timeout).await {
+                                return exit;
+                            }
+                        }
                         Reply::Extend(m) => {
                             deadline = node.instant_at(info.expires_at);
                             expiring_sent = false;
@@ -457,9 +595,9 @@ where
                     Message::Pong(_) | Message::Frame(_) => {}
                     // tungstenite queued the close reply; flush it so the client sees
                     // the close handshake complete, then the socket is done.
-                    Message::Close(_) => {
+                    Message::Close(frame) => {
                         let _ = flush(ws, inbox, cfg.send_timeout).await;
-                        return Exit::Gone;
+                        return Exit::PeerClosed(frame.map_or(NO_STATUS, |f| u16::from(f.code)));
                     }
                 }
             }
@@ -503,6 +641,11 @@ where
 enum Reply {
     None,
     Send(Message),
+    /// A well-formed `send`: hand it to the handler.
+    Call {
+        id: String,
+        data: serde_json::Value,
+    },
     /// The deadline moved (`info.expires_at` updated); send this.
     Extend(Message),
 }
@@ -510,14 +653,20 @@ enum Reply {
 fn handle_frame(raw: &str, info: &mut ConnectionInfo, services: &impl SocketServices) -> Reply {
     let frame: ClientFrame = match serde_json::from_str(raw) {
         Ok(f) => f,
-        Err(_) => {
-            return Reply::Send(error_frame(
-                ErrorCode::BadRequest,
-                "not a known client frame",
-            ))
-        }
+        Err(_) => return Reply::Send(refuse_malformed(raw)),
     };
     match frame {
+        ClientFrame::Send { id, data } => {
+            if send_id_is_well_formed(&id) {
+                Reply::Call { id, data }
+            } else {
+                Reply::Send(send_error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "a send id is 1-64 characters of [A-Za-z0-9_-]",
+                ))
+            }
+        }
         ClientFrame::Ping => Reply::Send(text(&ServerFrame::Pong)),
         ClientFrame::Ack { .. } => Reply::None,
         ClientFrame::Refresh { access_token } => match services.verify_access(&access_token) {
@@ -542,6 +691,33 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, services: &impl SocketServ
             Err(refusal) => Reply::Send(error_frame(refusal.code, &refusal.message)),
         },
     }
+}
+
+/// The answer to a frame that is not a known client frame: a malformed `send` gets
+/// `bad_request` with its id when a well-formed one could be read.
+fn refuse_malformed(raw: &str) -> Message {
+    /// Just enough of a frame to tell a `send` and read its id.
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        id: Option<serde_json::Value>,
+    }
+    let Ok(Loose { kind, id }) = serde_json::from_str::<Loose>(raw) else {
+        return error_frame(ErrorCode::BadRequest, "not a known client frame");
+    };
+    if kind.as_deref() != Some("send") {
+        return error_frame(ErrorCode::BadRequest, "not a known client frame");
+    }
+    let id = match id {
+        Some(serde_json::Value::String(id)) if send_id_is_well_formed(&id) => Some(id),
+        _ => None,
+    };
+    send_error(
+        id,
+        ErrorCode::BadRequest,
+        "a send is {\"type\":\"send\",\"id\",\"data\"}",
+    )
 }
 
 #[cfg(test)]
@@ -576,11 +752,24 @@ mod tests {
         }
     }
 
-    /// Tokens known by name; a fixed resume answer.
-    #[derive(Default)]
+    /// Tokens known by name; a fixed resume answer; a business handler.
     struct TestServices {
         tokens: Vec<(&'static str, Result<Claims, TokenError>)>,
         resume: Option<ServerFrame>,
+        handler: Arc<dyn SessionHandler>,
+        pusher: crate::handler::Pusher,
+    }
+
+    impl Default for TestServices {
+        fn default() -> Self {
+            let hub = crate::hub::Hub::local("n1".into(), Registry::default());
+            TestServices {
+                tokens: Vec::new(),
+                resume: None,
+                handler: Arc::new(crate::handler::NoUpstream),
+                pusher: crate::handler::Pusher::new(hub),
+            }
+        }
     }
 
     impl SocketServices for TestServices {
@@ -596,6 +785,29 @@ mod tests {
 
         async fn resume_ticket(&self, _info: &ConnectionInfo) -> Option<ServerFrame> {
             self.resume.clone()
+        }
+
+        fn handler(&self) -> &Arc<dyn SessionHandler> {
+            &self.handler
+        }
+
+        fn context(&self, info: &ConnectionInfo) -> Context {
+            let identity = crate::handler::Identity {
+                conn_id: info.conn_id.clone(),
+                node_id: "n1".into(),
+                user_id: info.user_id.clone(),
+                session_id: info.session_id.clone(),
+                device_id: info.device_id.clone(),
+                client_type: info.client_type,
+            };
+            Context::new(identity, self.pusher.clone())
+        }
+
+        fn spawn_event<F>(&self, event: F) -> tokio::task::JoinHandle<()>
+        where
+            F: Future<Output = ()> + Send + 'static,
+        {
+            tokio::spawn(event)
         }
     }
 
@@ -632,6 +844,7 @@ mod tests {
                     max_fragments: 16,
                     send_timeout: Duration::from_secs(10),
                     close_timeout: Duration::from_secs(2),
+                    inflight: 2,
                 },
                 services: TestServices::default(),
                 pipe: 64 * 1024,

@@ -7,6 +7,7 @@ pub mod bin;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,7 @@ pub struct Builder {
     redis: Option<Arc<Mutex<RedisServer>>>,
     data_dir: Option<Arc<tempfile::TempDir>>,
     tweak: Vec<ConfigTweak>,
+    handler: Option<Arc<dyn ticketgate::SessionHandler>>,
 }
 
 impl Builder {
@@ -68,6 +70,12 @@ impl Builder {
     /// Changes the config before start.
     pub fn config(mut self, f: impl FnOnce(&mut Config) + Send + 'static) -> Self {
         self.tweak.push(Box::new(f));
+        self
+    }
+
+    /// Runs the node with this business handler (else what the config picks).
+    pub fn handler(mut self, handler: Arc<dyn ticketgate::SessionHandler>) -> Self {
+        self.handler = Some(handler);
         self
     }
 
@@ -112,7 +120,12 @@ impl Builder {
             f(&mut config);
         }
         let config_copy = config.clone();
-        let server = Server::bind(config).await?;
+        let builder = Server::builder(config);
+        let builder = match self.handler {
+            Some(handler) => builder.handler(handler),
+            None => builder,
+        };
+        let server = builder.bind().await?;
         let addr = server.local_addr();
         let admin_addr = server.admin_addr();
         let state = server.state();
@@ -159,6 +172,7 @@ impl TestServer {
             redis: None,
             data_dir: None,
             tweak: Vec::new(),
+            handler: None,
         }
     }
 

@@ -123,6 +123,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     bench.phase_cluster().await?;
     bench.phase_idle().await?;
     bench.found.compose_bar(&mut bench.report);
+    // Business calls: a node of its own forwarding to the harness's upstream.
+    let upstream_dir = dir.join("upstream");
+    std::fs::create_dir_all(&upstream_dir).context("upstream phase dir")?;
+    let upstream_plan = crate::scenarios::Plan {
+        duration: std::time::Duration::from_secs(if args.quick { 6 } else { 12 }),
+        max_ops: 10_000_000,
+        concurrency: 32,
+    };
+    let upstream =
+        crate::scenarios::upstream::compare(&bench.binary, &upstream_dir, upstream_plan).await?;
+    bench
+        .report
+        .run("upstream", "direct", upstream.direct.clone());
+    bench
+        .report
+        .run("upstream", "ticketgate", upstream.through.clone());
+    bench.report.bar.extend(upstream.bar_rows());
     for (log, count, message) in spawn::panics_in_logs(&dir) {
         bench.report.note(format!(
             "{log}: the process panicked {count} time(s), first: {message}"

@@ -14,6 +14,7 @@ pub mod kick;
 pub mod mint_flood;
 pub mod push;
 pub mod replay;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
