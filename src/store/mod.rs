@@ -12,6 +12,7 @@
 pub(crate) mod bus;
 pub(crate) mod keys;
 pub mod memory;
+pub(crate) mod metered;
 pub mod redis;
 
 use std::time::Duration;
