@@ -93,21 +93,14 @@ impl Call {
         seconds: &'static str,
         labels: &[(&'static str, &'static str)],
     ) -> Call {
+        let base = || labels.iter().map(|&(k, v)| metrics::Label::new(k, v));
         let outcomes = Outcome::ALL.map(|outcome| {
-            let mut labels: Vec<metrics::Label> = labels
-                .iter()
-                .map(|&(k, v)| metrics::Label::new(k, v))
-                .collect();
-            labels.push(metrics::Label::new("outcome", outcome.as_str()));
-            metrics::counter!(total, labels)
+            let labels = base().chain([metrics::Label::new("outcome", outcome.as_str())]);
+            metrics::counter!(total, labels.collect::<Vec<_>>())
         });
-        let labels: Vec<metrics::Label> = labels
-            .iter()
-            .map(|&(k, v)| metrics::Label::new(k, v))
-            .collect();
         Call {
             outcomes,
-            seconds: metrics::histogram!(seconds, labels),
+            seconds: metrics::histogram!(seconds, base().collect::<Vec<_>>()),
         }
     }
 
