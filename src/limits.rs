@@ -148,17 +148,24 @@ impl<C: Clock + Clone> Limits<C> {
         self.qr_ip.shrink_to_fit();
     }
 
+    /// Keys held by each limiter, by name (for `/metrics`).
+    pub(crate) fn sizes(&self) -> [(&'static str, usize); 8] {
+        [
+            ("login_ip", self.login_ip.len()),
+            ("login_user", self.login_user.len()),
+            ("login_device", self.login_device.len()),
+            ("fail_ip", self.fail_ip.len()),
+            ("mint_device", self.mint_device.len()),
+            ("connect_ip", self.connect_ip.len()),
+            ("session", self.session.len()),
+            ("qr_ip", self.qr_ip.len()),
+        ]
+    }
+
     /// Keys held across every limiter.
     #[cfg(test)]
     pub(crate) fn tracked_keys(&self) -> usize {
-        self.login_ip.len()
-            + self.login_user.len()
-            + self.login_device.len()
-            + self.fail_ip.len()
-            + self.mint_device.len()
-            + self.connect_ip.len()
-            + self.session.len()
-            + self.qr_ip.len()
+        self.sizes().iter().map(|&(_, keys)| keys).sum()
     }
 }
 

@@ -309,6 +309,8 @@ impl Server {
             hub,
             description: store_description,
         } = open_store(&config, &secrets.fingerprint(), &registry, &shutdown).await?;
+        let _ = crate::metrics::handle(); // the recorder, before the store's meters
+        let store = crate::store::metered::Metered::wrap(store);
         let public = bind(config.listen)?;
         let admin = bind(config.admin_listen)?;
         let tickets = TicketCodec::new(*secrets.ticket_mac_key());
@@ -389,7 +391,7 @@ impl Server {
         shutdown.spawn(crate::http::serve_public(public, state.clone()));
         shutdown.spawn(crate::http::serve_admin(
             admin,
-            crate::http::admin::router(state.clone(), crate::metrics::handle()),
+            crate::http::admin::router(state.clone()),
             ConnLimits::of(&state.config),
             shutdown.clone(),
         ));

@@ -357,7 +357,7 @@ async fn the_server_pings_and_an_answering_client_stays_connected() {
     assert!(pings >= 5, "{pings} pings in 1.5 s at a 150 ms interval");
 }
 
-/// One sample of `name` (no labels) from the admin `/metrics`. The recorder is shared
+/// One sample of `name` (labels included, as rendered) from the admin `/metrics`. The recorder is shared
 /// by every server of this test binary, so tests compare readings, never absolutes.
 async fn metric(server: &TestServer, name: &str) -> f64 {
     let text = reqwest::Client::new()
@@ -377,11 +377,11 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mints_admissions_and_open_sockets_are_counted() {
     let server = TestServer::builder().start().await;
-    let minted = metric(&server, "ticketgate_tickets_minted_total").await;
-    let admitted = metric(&server, "ticketgate_admissions_total").await;
+    let minted = metric(&server, "ticketgate_mints_total{outcome=\"ok\"}").await;
+    let admitted = metric(&server, "ticketgate_admissions_total{outcome=\"ok\"}").await;
     let (_ws, _) = connected(&server).await;
-    assert!(metric(&server, "ticketgate_tickets_minted_total").await > minted);
-    assert!(metric(&server, "ticketgate_admissions_total").await > admitted);
+    assert!(metric(&server, "ticketgate_mints_total{outcome=\"ok\"}").await > minted);
+    assert!(metric(&server, "ticketgate_admissions_total{outcome=\"ok\"}").await > admitted);
     assert!(metric(&server, "ticketgate_connections").await >= 1.0);
 }
 

@@ -206,6 +206,9 @@ macro_rules! error_codes {
         }
 
         impl ErrorCode {
+            /// Every code, in declaration order (`code as usize` is its index).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
             /// The wire spelling.
             pub fn as_str(self) -> &'static str {
                 match self { $(ErrorCode::$variant => $wire,)+ }

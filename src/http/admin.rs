@@ -17,19 +17,15 @@ use super::body::{parse_json, read_limited};
 use crate::hub::{Op, Target};
 use crate::sessions::Ended;
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::error::ApiError;
 use super::extract::{charge_failure, ClientIp};
 use crate::state::AppState;
 
 /// The admin router.
-pub(crate) fn router(state: AppState, metrics: PrometheusHandle) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(metrics.render())),
-        )
+        .route("/metrics", get(metrics))
         .route("/admin/v1/users/{user_id}/kick", post(kick))
         .route("/admin/v1/users/{user_id}/block", post(block))
         .route("/admin/v1/users/{user_id}/unblock", post(unblock))
@@ -62,6 +58,17 @@ async fn require_admin_key(
         return charge_failure(&state, ip, ApiError::AdminUnauthorized).into_response();
     }
     next.run(req).await
+}
+
+/// `GET /metrics`: every series, with this node's gauges read now.
+async fn metrics(State(state): State<AppState>) -> String {
+    let limiter_keys = state.limits.sizes();
+    crate::metrics::render(&crate::metrics::Sample {
+        connections: state.registry.len(),
+        sessions: state.registry.index_sizes().1,
+        limiter_keys: &limiter_keys,
+        hub_age: state.hub.last_message_age(),
+    })
 }
 
 /// `kick` body; every field optional.

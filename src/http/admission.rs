@@ -48,6 +48,7 @@ use crate::auth::unix_now_ms;
 use crate::config::CAP_RETRY_AFTER;
 use crate::handler::{Context, Identity, SessionHandler};
 use crate::limits::Limit;
+use crate::metrics::Outcome;
 use crate::registry::{Pace, SocketCaps};
 use crate::sessions::TicketFor;
 use crate::state::AppState;
@@ -55,9 +56,23 @@ use crate::store::{AdmitOutcome, AdmitTicket};
 use crate::ws::connection::{self, ConnectionInfo, Refusal, SocketServices, Welcome};
 use crate::ws::ws_config_for;
 
-/// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
-/// ticket was consumed and the socket may open.
+/// Admission of one connect request, steps 1 to 7 of the module docs. `Ok` means the
+/// ticket was consumed and the socket may open. Timed; its outcome is counted here when
+/// admitted, by [`refused`] when not.
 pub(crate) async fn admit(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    headers: &impl Headers,
+    query: Option<&str>,
+) -> Result<Admitted, ApiError> {
+    let started = std::time::Instant::now();
+    let admitted = steps(state, ip, headers, query).await;
+    crate::metrics::hot().admissions.time(started);
+    admitted
+}
+
+/// The steps of [`admit`], in the order of the module docs.
+async fn steps(
     state: &AppState,
     ip: std::net::IpAddr,
     headers: &impl Headers,
@@ -133,7 +148,7 @@ pub(crate) async fn admit(
         .registration
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
     registered.registration.hold(slot);
-    crate::metrics::hot().admissions.increment(1);
+    crate::metrics::hot().admissions.count(Outcome::Ok);
     Ok(Admitted {
         accept_key: handshake.accept_key,
         offered_subprotocol: presented.offered_subprotocol,
@@ -279,8 +294,7 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
 /// authentication, or presented a ticket with another device than its own: the error
 /// to answer with.
 pub(crate) fn refused(state: &AppState, ip: std::net::IpAddr, err: ApiError) -> ApiError {
-    metrics::counter!("ticketgate_admissions_refused_total", "code" => err.code_and_status().0.as_str())
-        .increment(1);
+    crate::metrics::hot().admissions.count(err.outcome());
     if matches!(err, ApiError::DeviceMismatch) {
         // Not an authentication failure elsewhere (a signed call proved its key), but
         // here a device id anyone can type: the IP pays, not the ticket's device.

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderValue};
-use axum::response::IntoResponse;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -152,7 +151,7 @@ pub(super) struct Gate {
 impl Gate {
     /// A gate with the caps of `limits`; peers in `exempt` count only in the total.
     pub(super) async fn new(limits: &ConnLimits, exempt: Vec<IpNet>) -> Gate {
-        let mut busy = super::error::ApiError::ServerBusy.into_response();
+        let mut busy = super::error::ApiError::ServerBusy.uncounted_response();
         busy.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         Gate {
@@ -178,6 +177,7 @@ impl Gate {
         let (head, body) = &self.busy;
         // Dropped by the caller right after: closed at once, whatever was written.
         let _ = stream.try_write(&super::first::finish(head, body));
+        crate::metrics::hot().refused(ticketgate_sdk::ErrorCode::ServerBusy);
         if let Some(suppressed) = self.warnings.hit(Instant::now()) {
             tracing::warn!(
                 suppressed,

@@ -13,6 +13,7 @@ use ticketgate_sdk::ErrorCode;
 use crate::auth::signing::SigningError;
 use crate::auth::ticket::TicketError;
 use crate::auth::tokens::TokenError;
+use crate::metrics::Outcome;
 use crate::sessions::SessionError;
 use crate::store::StoreError;
 use crate::ws::connection::Refusal;
@@ -146,8 +147,10 @@ impl ApiError {
     /// The refusal a socket sends as an `error` frame for this error: the same code and
     /// text an HTTP answer would carry.
     pub(crate) fn refusal(&self) -> Refusal {
+        let code = self.code_and_status().0;
+        crate::metrics::hot().refused(code);
         Refusal {
-            code: self.code_and_status().0,
+            code,
             message: self.to_string(),
         }
     }
@@ -170,10 +173,15 @@ impl ApiError {
                 | QrExpired(None)
         )
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// How a call that failed with this error ended, for the metrics.
+    pub(crate) fn outcome(&self) -> Outcome {
+        Outcome::of_status(self.code_and_status().1.as_u16())
+    }
+
+    /// The answer, not counted in `ticketgate_refusals_total`: for an answer built once
+    /// and sent many times (the connection cap's), which counts each sending itself.
+    pub(crate) fn uncounted_response(self) -> Response {
         let (code, status) = self.code_and_status();
         let body = ErrorBody {
             error: code.as_str().to_owned(),
@@ -223,6 +231,13 @@ impl IntoResponse for ApiError {
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        crate::metrics::hot().refused(self.code_and_status().0);
+        self.uncounted_response()
     }
 }
 

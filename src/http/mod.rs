@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::metrics::Outcome;
 use crate::shutdown::Shutdown;
 use crate::state::AppState;
 use client_ip::PeerAddr;
@@ -107,12 +108,22 @@ fn cors(state: &AppState) -> Option<CorsLayer> {
 /// The public router.
 pub(crate) fn router(state: AppState) -> Router {
     let cors = cors(&state);
+    let hot = crate::metrics::hot();
     let router = Router::new()
-        .route("/v1/login", post(public::login))
-        .route("/v1/tickets", post(public::mint))
-        .route("/v1/token/refresh", post(public::refresh))
+        .route(
+            "/v1/login",
+            metered(post(public::login), &hot.password_logins),
+        )
+        .route("/v1/tickets", metered(post(public::mint), &hot.mints))
+        .route(
+            "/v1/token/refresh",
+            metered(post(public::refresh), &hot.refreshes),
+        )
         .route("/v1/logout", post(public::logout))
-        .route("/v1/app/login", post(public::app_login))
+        .route(
+            "/v1/app/login",
+            metered(post(public::app_login), &hot.app_logins),
+        )
         .route("/v1/connect", get(admission::connect))
         .route("/v1/qr", post(qr::create))
         .route("/v1/qr/{qr_id}/scan", post(qr::scan))
@@ -130,6 +141,22 @@ pub(crate) fn router(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// `route`, with the outcome of each call (by its status) counted and its latency
+/// recorded in `call`; extractor refusals (a bad signature) included.
+fn metered(
+    route: MethodRouter<AppState>,
+    call: &'static crate::metrics::Call,
+) -> MethodRouter<AppState> {
+    route.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let started = std::time::Instant::now();
+            let response = next.run(req).await;
+            call.record(Outcome::of_status(response.status().as_u16()), started);
+            response
+        },
+    ))
 }
 
 /// Serves the public API on `listener` until `state.shutdown` is signalled; then stops

@@ -190,7 +190,6 @@ pub(crate) async fn mint(
         .sessions
         .mint_ticket(&auth.claims, device_id, &auth.signed.nonce)
         .await?;
-    crate::metrics::hot().minted.increment(1);
     let mut response = no_store(
         (
             StatusCode::CREATED,

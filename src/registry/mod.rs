@@ -356,7 +356,6 @@ impl Registry {
                 .push(conn_id.clone());
         }
         self.0.by_conn.insert(conn_id.clone(), handle);
-        crate::metrics::hot().connections.increment(1.0);
         Registration {
             registry: self.clone(),
             conn_id: conn_id.into_boxed_str(),
@@ -368,7 +367,6 @@ impl Registry {
         if let Some((_, handle)) = self.0.by_conn.remove(conn_id) {
             detach(&self.0.by_session, &handle.session_id, conn_id);
             detach(&self.0.by_user, &handle.user_id, conn_id);
-            crate::metrics::hot().connections.decrement(1.0);
         }
     }
 

@@ -138,7 +138,7 @@ pub(crate) enum Polled {
 
 /// Counts a QR event (`ticketgate_qr_total{event}`).
 fn count(event: &'static str) {
-    metrics::counter!("ticketgate_qr_total", "event" => event).increment(1);
+    crate::metrics::hot().qr(event);
 }
 
 /// Lowercase hex SHA-256 of a poll secret: the store never holds the secret itself.

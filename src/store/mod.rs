@@ -14,6 +14,7 @@ pub(crate) mod bus;
 pub mod durable;
 pub(crate) mod keys;
 pub mod memory;
+pub(crate) mod metered;
 pub mod qr;
 pub mod redis;
 

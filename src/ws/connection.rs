@@ -429,6 +429,7 @@ async fn drive<S, V>(
         other => other,
     };
     if let Exit::Close(code, reason) = exit {
+        crate::metrics::hot().closed(code);
         let frame = CloseFrame {
             code: CloseCode::from(code),
             reason: reason.clone().into_owned().into(),
