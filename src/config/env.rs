@@ -100,3 +100,7 @@ pub const WRITE_TIMEOUT: &str = "TICKETGATE_WRITE_TIMEOUT";
 pub const MAX_HTTP_CONNECTIONS: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS";
 /// HTTP connections (not upgraded to a socket) per client IP.
 pub const MAX_HTTP_CONNECTIONS_PER_IP: &str = "TICKETGATE_MAX_HTTP_CONNECTIONS_PER_IP";
+/// Pushes kept per user for recovery after a reconnect (`0`: no history).
+pub const PUSH_HISTORY: &str = "TICKETGATE_PUSH_HISTORY";
+/// How long a user's push history lives after its last push (`0`: no history).
+pub const PUSH_HISTORY_TTL: &str = "TICKETGATE_PUSH_HISTORY_TTL";

@@ -176,6 +176,11 @@ pub struct Config {
     pub ws: WsConfig,
     /// HTTP connection limits.
     pub http: HttpConfig,
+    /// Pushes kept per user for recovery (PROTOCOL §10); `0` turns history off.
+    pub push_history: u32,
+    /// A user's push history expires this long after its last push; zero turns
+    /// history off.
+    pub push_history_ttl: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -203,6 +208,8 @@ impl fmt::Debug for Config {
             .field("rates", &self.rates)
             .field("ws", &self.ws)
             .field("http", &self.http)
+            .field("push_history", &self.push_history)
+            .field("push_history_ttl", &self.push_history_ttl)
             .finish()
     }
 }
@@ -288,6 +295,8 @@ impl Config {
                 max_connections: 10_000,
                 max_connections_per_ip: 256,
             },
+            push_history: 100,
+            push_history_ttl: Duration::from_secs(24 * 3600),
         }
     }
 

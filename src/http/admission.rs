@@ -50,8 +50,9 @@ use crate::limits::Limit;
 use crate::registry::{Pace, SocketCaps};
 use crate::sessions::TicketFor;
 use crate::state::AppState;
+use crate::store::PushId;
 use crate::store::{AdmitOutcome, AdmitTicket};
-use crate::ws::connection::{self, ConnectionInfo, Refusal, SocketServices, Welcome};
+use crate::ws::connection::{self, ConnectionInfo, Recovery, Refusal, SocketServices, Welcome};
 use crate::ws::ws_config_for;
 
 /// Admission of one connect request, steps 1 to 6 of the module docs. `Ok` means the
@@ -133,6 +134,12 @@ pub(crate) async fn admit(
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
     registered.registration.hold(slot);
     crate::metrics::hot().admissions.increment(1);
+    // Read after the socket was registered under its user: a push published from now
+    // on reaches its inbox, and one published before is in what is read here.
+    let recovery = match presented.since {
+        Some(since) => Some(recover(state, &grant.user_id, &since, &verified.session_id).await),
+        None => None,
+    };
     Ok(Admitted {
         accept_key: handshake.accept_key,
         offered_subprotocol: presented.offered_subprotocol,
@@ -143,10 +150,48 @@ pub(crate) async fn admit(
             device_id: grant.device_id,
             client_type: grant.client_type,
             expires_at: grant.access_expires_at,
+            recovery,
         },
         permit,
         registered,
     })
+}
+
+/// What a client that connected with `since` missed (PROTOCOL §10). The ticket is
+/// spent by now, so a store that does not answer gives `recovered: false` (the client
+/// resynchronises) rather than a refusal: never "recovered" over a gap.
+async fn recover(state: &AppState, user_id: &str, since: &str, session_id: &str) -> Recovery {
+    if !crate::hub::history_limits(&state.config).enabled() {
+        return Recovery::default();
+    }
+    let found = match state.store.pushes_since(user_id, since, session_id).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(cause = %e, "push history not readable; answering recovered: false");
+            return Recovery::default();
+        }
+    };
+    metrics::counter!("ticketgate_push_recoveries_total", "recovered" => if found.recovered { "true" } else { "false" })
+        .increment(1);
+    let replay = found
+        .pushes
+        .into_iter()
+        .filter_map(|push| {
+            // Kept as the JSON text the publisher's value was written as.
+            let data = serde_json::from_str(&push.data).ok()?;
+            let frame = ServerFrame::Push {
+                id: push.id,
+                topic: push.topic,
+                data,
+            };
+            serde_json::to_string(&frame).ok()
+        })
+        .collect();
+    Recovery {
+        recovered: found.recovered,
+        last_id: found.last_id,
+        replay,
+    }
 }
 
 /// The device connect quota as the registry paces it.
@@ -229,6 +274,8 @@ fn check_origin(state: &AppState, headers: &impl Headers) -> Result<(), ApiError
 struct Presented {
     ticket: String,
     device_id: String,
+    /// The last push id the client saw (`?since=`), already checked for form.
+    since: Option<String>,
     /// Whether the client offered `ticketgate.v1`; the answer names it only then
     /// (RFC 6455: a server must not pick a subprotocol the client did not offer).
     offered_subprotocol: bool,
@@ -251,10 +298,12 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
     let mut ticket = from_protocol.map(str::to_owned);
     let mut device_id = None;
     let mut query_ticket = None;
+    let mut since = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match k.as_ref() {
             "device_id" => &mut device_id,
             "ticket" => &mut query_ticket,
+            "since" => &mut since,
             _ => continue,
         };
         // Twice in one query: refused, not read one way here and another elsewhere.
@@ -267,9 +316,15 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
         ApiError::BadRequest("device_id query parameter missing or not a UUID".into())
     })?;
     let ticket = ticket.ok_or_else(|| ApiError::BadRequest("no ticket offered".into()))?;
+    if since.as_deref().is_some_and(|s| !PushId::is_well_formed(s)) {
+        return Err(ApiError::BadRequest(
+            "since must be a push id: 1 to 64 characters of [A-Za-z0-9_.:-]".into(),
+        ));
+    }
     Ok(Presented {
         ticket,
         device_id,
+        since,
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })
 }

@@ -35,8 +35,9 @@ use fred::{
 use ticketgate_sdk::ClientType;
 
 use super::{
-    keys, utc_day, AdmitOutcome, AdmitTicket, MintOutcome, MintTicket, RenewAccess, RenewOutcome,
-    RotateOutcome, RotateRefresh, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    keys, utc_day, AdmitOutcome, AdmitTicket, AppendPush, MintOutcome, MintTicket, PushId,
+    PushReplay, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh, SessionRecord, Store,
+    StoreError, StoredPush, TicketGrant, UserSession,
 };
 
 const MINT_LUA: &str = include_str!("scripts/mint.lua");
@@ -45,6 +46,8 @@ const CREATE_SESSION_LUA: &str = include_str!("scripts/create_session.lua");
 const ROTATE_LUA: &str = include_str!("scripts/rotate.lua");
 const RENEW_LUA: &str = include_str!("scripts/renew.lua");
 const INDEX_SESSION_LUA: &str = include_str!("scripts/index_session.lua");
+const PUSH_LUA: &str = include_str!("scripts/push.lua");
+const PUSH_SINCE_LUA: &str = include_str!("scripts/push_since.lua");
 
 /// Reconnect backoff: 100 ms doubling up to 2 s, retried forever.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
@@ -114,6 +117,8 @@ pub struct RedisStore {
     rotate: Script,
     renew: Script,
     index_session: Script,
+    push: Script,
+    push_since: Script,
     url: String,
     settings: RedisSettings,
 }
@@ -156,6 +161,8 @@ impl RedisStore {
             rotate: Script::from_lua(ROTATE_LUA),
             renew: Script::from_lua(RENEW_LUA),
             index_session: Script::from_lua(INDEX_SESSION_LUA),
+            push: Script::from_lua(PUSH_LUA),
+            push_since: Script::from_lua(PUSH_SINCE_LUA),
             url: url.to_owned(),
             settings,
         };
@@ -253,10 +260,40 @@ impl RedisStore {
             &self.rotate,
             &self.renew,
             &self.index_session,
+            &self.push,
+            &self.push_since,
         ] {
             script.load(self.pool.next()).await.map_err(map_err)?;
         }
         Ok(())
+    }
+
+    /// Appends a push to its user's history (`scripts/push.lua`) and, with
+    /// `announce = Some((channel, before, after))`, publishes `before + id + after` on
+    /// `channel` in the same atomic step. Answers the push's id.
+    pub(crate) async fn append_push_announced(
+        &self,
+        push: &AppendPush<'_>,
+        announce: Option<(&str, &str, &str)>,
+    ) -> Result<String, StoreError> {
+        let (channel, before, after) = announce.unwrap_or(("", "", ""));
+        let args = vec![
+            push.limits.max_len.max(1).to_string(),
+            ttl_millis(push.limits.ttl).to_string(),
+            PushId::new_epoch(),
+            push.session_id.unwrap_or("").to_owned(),
+            push.topic.to_owned(),
+            push.data.to_owned(),
+            channel.to_owned(),
+            before.to_owned(),
+            after.to_owned(),
+        ];
+        let keys = vec![keys::push_history(push.user_id)];
+        let answer = self.run(&self.push, keys, args).await?;
+        answer
+            .as_string()
+            .filter(|id| PushId::parse(id).is_some())
+            .ok_or_else(|| unexpected("push", &answer))
     }
 
     /// `EVALSHA`, with one `SCRIPT LOAD` and retry on `NOSCRIPT`.
@@ -547,6 +584,57 @@ impl Store for RedisStore {
                 .map(drop)
                 .map_err(map_err)
         }
+    }
+
+    async fn append_push(&self, push: &AppendPush<'_>) -> Result<String, StoreError> {
+        self.append_push_announced(push, None).await
+    }
+
+    async fn pushes_since(
+        &self,
+        user_id: &str,
+        since: &str,
+        session_id: &str,
+    ) -> Result<PushReplay, StoreError> {
+        let (epoch, seq) = PushId::parse(since).map_or((String::new(), 0), |s| (s.epoch, s.seq));
+        let keys = vec![keys::push_history(user_id)];
+        let args = vec![epoch, seq.to_string(), session_id.to_owned()];
+        let answer = self.run(&self.push_since, keys, args).await?;
+        let corrupt = || unexpected("push_since", &answer);
+        let items = match &answer {
+            Value::Array(items) => items,
+            _ => return Err(corrupt()),
+        };
+        let Some((last, rest)) = items.split_first() else {
+            return Ok(PushReplay::default());
+        };
+        let last_id = last.as_string().ok_or_else(corrupt)?;
+        let last = PushId::parse(&last_id).ok_or_else(corrupt)?;
+        let recovered = rest.first().and_then(Value::as_i64).ok_or_else(corrupt)? == 1;
+        let mut pushes = Vec::new();
+        for entry in rest[1..].chunks(4) {
+            let [seq, session, topic, data] = entry else {
+                return Err(corrupt());
+            };
+            let text = |v: &Value| v.as_string().ok_or_else(corrupt);
+            let seq: u64 = text(seq)?.parse().map_err(|_| corrupt())?;
+            let session = text(session)?;
+            pushes.push(StoredPush {
+                id: PushId {
+                    epoch: last.epoch.clone(),
+                    seq,
+                }
+                .to_string(),
+                session_id: (!session.is_empty()).then_some(session),
+                topic: text(topic)?,
+                data: text(data)?,
+            });
+        }
+        Ok(PushReplay {
+            recovered,
+            last_id: Some(last_id),
+            pushes,
+        })
     }
 
     async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError> {
