@@ -173,10 +173,10 @@ async fn recover(state: &AppState, user_id: &str, since: &str, session_id: &str)
     };
     metrics::counter!("ticketgate_push_recoveries_total", "recovered" => if found.recovered { "true" } else { "false" })
         .increment(1);
-    let replay = found
+    let replay: Option<Vec<String>> = found
         .pushes
         .into_iter()
-        .filter_map(|push| {
+        .map(|push| {
             // Kept as the JSON text the publisher's value was written as.
             let data = serde_json::from_str(&push.data).ok()?;
             let frame = ServerFrame::Push {
@@ -187,10 +187,12 @@ async fn recover(state: &AppState, user_id: &str, since: &str, session_id: &str)
             serde_json::to_string(&frame).ok()
         })
         .collect();
+    // A push that cannot be read back is a gap, not something to skip quietly.
+    let recovered = found.recovered && replay.is_some();
     Recovery {
-        recovered: found.recovered,
+        recovered,
         last_id: found.last_id,
-        replay,
+        replay: replay.filter(|_| recovered).unwrap_or_default(),
     }
 }
 

@@ -467,3 +467,44 @@ impl std::fmt::Display for PushId {
         write!(f, "{}:{}", self.epoch, self.seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PushId;
+
+    #[test]
+    fn push_ids_are_read_only_in_this_servers_form() {
+        let id = PushId::parse("Ab3:17").expect("ours");
+        assert_eq!((id.epoch.as_str(), id.seq), ("Ab3", 17));
+        assert_eq!(id.to_string(), "Ab3:17");
+        for foreign in [
+            "",
+            "x",
+            ":1",
+            "a:",
+            "a:0",
+            "a:-1",
+            "a.b:1",
+            "a:1:2",
+            "a:9007199254740992",
+        ] {
+            assert_eq!(PushId::parse(foreign), None, "{foreign:?}");
+        }
+        let newer = PushId::parse("Ab3:18").expect("ours");
+        assert!(newer.covers(&id) && !id.covers(&newer));
+        assert!(
+            !PushId::parse("Zz9:99").expect("ours").covers(&id),
+            "another epoch"
+        );
+    }
+
+    #[test]
+    fn since_is_well_formed_by_the_protocols_alphabet() {
+        for ok in ["a", "Ab3:17", "x.y_z-1:2", &"x".repeat(64)] {
+            assert!(PushId::is_well_formed(ok), "{ok:?}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a%3A1", &"x".repeat(65)] {
+            assert!(!PushId::is_well_formed(bad), "{bad:?}");
+        }
+    }
+}
