@@ -137,7 +137,9 @@ pub(crate) async fn admit(
     // Read after the socket was registered under its user: a push published from now
     // on reaches its inbox, and one published before is in what is read here.
     let recovery = match presented.since {
-        Some(since) => Some(recover(state, &grant.user_id, &since, &verified.session_id).await),
+        Some(since) => Some(Box::new(
+            recover(state, &grant.user_id, &since, &verified.session_id).await,
+        )),
         None => None,
     };
     Ok(Admitted {

@@ -36,8 +36,9 @@ use super::StoreError;
 #[derive(Clone)]
 pub(crate) struct RedisBus {
     pool: Pool,
-    /// For pushes, which are appended to their history and published in one script.
-    store: RedisStore,
+    /// For pushes, which are appended to their history and published in one script
+    /// (boxed behind an `Arc`: the store's scripts would make every bus handle large).
+    store: std::sync::Arc<RedisStore>,
     /// The same client as [`BusEvents`]' (a clone shares the connection).
     subscriber: SubscriberClient,
     /// How long a connection may leave a ping unanswered: longer than fred's own
@@ -98,7 +99,7 @@ impl RedisBus {
             .map_err(unavailable)?;
         let bus = RedisBus {
             pool: redis.pool().clone(),
-            store: redis.clone(),
+            store: std::sync::Arc::new(redis.clone()),
             subscriber: subscriber.clone(),
             ping_limit: redis::unresponsive_after(settings) * 3 / 2,
             reconnect_limit: settings.connect_timeout * 2,

@@ -50,8 +50,9 @@ pub(crate) struct ConnectionInfo {
     pub client_type: ClientType,
     /// Unix seconds: the access token's `exp`; the connection closes with 4004 then.
     pub expires_at: i64,
-    /// What the client missed, when it connected with `since` (PROTOCOL §10).
-    pub recovery: Option<Recovery>,
+    /// What the client missed, when it connected with `since` (PROTOCOL §10). Boxed:
+    /// most connections have none, and every socket task holds its info.
+    pub recovery: Option<Box<Recovery>>,
 }
 
 /// A connect with `since`: what the welcome says, the pushes to replay after it, and
