@@ -48,7 +48,7 @@ use crate::registry::{close_reason, Outbound, Registry};
 use crate::shutdown::Shutdown;
 use crate::store::bus::{BusEvent, BusEvents, RedisBus};
 use crate::store::redis::RedisStore;
-use crate::store::{Store, StoreError};
+use crate::store::{AppendPush, HistoryLimits, Store, StoreError};
 
 /// How long a requester waits for every node's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -182,6 +182,9 @@ pub(crate) struct Hub {
     last_heard_ms: AtomicU64,
     /// Wakes the re-check task (shared with it, so that it does not keep the hub alive).
     recheck_now: Arc<Notify>,
+    /// On the in-process hub, held from a push's append to its delivery, so that
+    /// sockets get pushes in the order of their ids.
+    push_order: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
@@ -199,6 +202,7 @@ impl Hub {
             born: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
             recheck_now: Arc::new(Notify::new()),
+            push_order: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -334,15 +338,82 @@ impl Hub {
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         bus.publish(text).await?;
-        let mut answers = Vec::new();
-        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-        while answers.len() < expected {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(answer)) => answers.push(answer),
-                _ => break,
+        Ok(gather(&mut rx, expected).await)
+    }
+
+    /// Publishes a push to every node (this one included) and answers its id and how
+    /// many sockets took it. With `history`, the push is first appended to its user's
+    /// history and its id is the history's.
+    ///
+    /// Ordering (PROTOCOL §10: every socket of a user gets the user's pushes in id
+    /// order, whichever nodes published them). On Redis the append and the hub message
+    /// are one script (`store/scripts/push.lua`): Redis runs scripts one at a time and
+    /// delivers a channel's messages to every subscriber in publish order, so the
+    /// stream's order is the order every node hears the pushes in, and each node queues
+    /// them into the sockets' inboxes in that order. The alternative, sockets that
+    /// reorder by id, would need a buffer and a wait for gaps that may never fill.
+    /// In process, a lock spans append and delivery, which are both local.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the history cannot be written or the push not published.
+    pub(crate) async fn push(
+        &self,
+        store: &dyn Store,
+        history: Option<AppendPush<'_>>,
+        target: Target,
+        topic: String,
+        data: serde_json::Value,
+    ) -> Result<(String, u64), StoreError> {
+        let Some(history) = history else {
+            let id = crate::auth::random_id(12);
+            let op = Op::Push {
+                target,
+                id: id.clone(),
+                topic,
+                data,
+            };
+            let answers = self.request(op).await?;
+            return Ok((id, answers.iter().map(|a| a.count).sum()));
+        };
+        let bus = match &self.transport {
+            Transport::Local => {
+                let _order = self.push_order.lock().await;
+                let id = store.append_push(&history).await?;
+                let op = Op::Push {
+                    target,
+                    id: id.clone(),
+                    topic,
+                    data,
+                };
+                return Ok((id.clone(), self.apply(&op).count));
             }
-        }
-        Ok(answers)
+            Transport::Redis(bus) => bus,
+        };
+        let (request_id, mut rx, _cleanup) = self.await_answers();
+        let expected = self.live_nodes().await;
+        // The id is made by the script: the message is sent as the text around a
+        // random placeholder, which the script fills in.
+        let placeholder = format!("tg-push-id-{}", crate::auth::random_id(12));
+        let message = Message::Request {
+            id: request_id,
+            from: self.node_id.clone(),
+            op: Op::Push {
+                target,
+                id: placeholder.clone(),
+                topic,
+                data,
+            },
+        };
+        let text =
+            serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (before, after) = text
+            .split_once(&format!("\"{placeholder}\""))
+            .ok_or_else(|| StoreError::Corrupt("push message without its id".into()))?;
+        let id = bus
+            .publish_push(&history, &format!("{before}\""), &format!("\"{after}"))
+            .await?;
+        let answers = gather(&mut rx, expected).await;
+        Ok((id, answers.iter().map(|a| a.count).sum()))
     }
 
     async fn receive(&self, text: &str) {
@@ -472,6 +543,27 @@ impl Hub {
             }
         }
         outcome
+    }
+}
+
+/// The answers to one request, until `expected` came or [`ANSWER_TIMEOUT`] passed.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<Answer>, expected: usize) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    while answers.len() < expected {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(answer)) => answers.push(answer),
+            _ => break,
+        }
+    }
+    answers
+}
+
+/// The push history's bounds of a configuration (PROTOCOL §10).
+pub(crate) fn history_limits(config: &crate::config::Config) -> HistoryLimits {
+    HistoryLimits {
+        max_len: config.push_history,
+        ttl: config.push_history_ttl,
     }
 }
 

@@ -141,6 +141,10 @@ pub(crate) struct Hot {
     closes: [Counter; CLOSE_CODES.len()],
     /// `ticketgate_qr_total{event}`, in the order of [`QR_EVENTS`].
     qr: [Counter; QR_EVENTS.len()],
+    /// `ticketgate_push_acks_total`.
+    pub(crate) push_acks: Counter,
+    /// `ticketgate_push_recoveries_total{recovered}`: `[false, true]`.
+    recoveries: [Counter; 2],
 }
 
 impl Hot {
@@ -149,6 +153,11 @@ impl Hot {
         if let Some(counter) = self.refusals.get(code as usize) {
             counter.increment(1);
         }
+    }
+
+    /// Counts a connect with `since`, by whether the history still held everything.
+    pub(crate) fn recovery(&self, recovered: bool) {
+        self.recoveries[usize::from(recovered)].increment(1);
     }
 
     /// Counts a QR login event, one of [`QR_EVENTS`].
@@ -183,6 +192,8 @@ const SESSIONS: &str = "ticketgate_sessions_connected";
 const LIMITER_KEYS: &str = "ticketgate_limiter_keys";
 const HUB_AGE: &str = "ticketgate_hub_last_message_age_seconds";
 const QR: &str = "ticketgate_qr_total";
+const PUSH_ACKS: &str = "ticketgate_push_acks_total";
+const RECOVERIES: &str = "ticketgate_push_recoveries_total";
 
 /// The events of a QR login, the `event` label of `ticketgate_qr_total`.
 pub(crate) const QR_EVENTS: [&str; 5] = ["created", "scanned", "confirmed", "expired", "refused"];
@@ -203,6 +214,8 @@ pub(crate) fn hot() -> &'static Hot {
                 .collect(),
             closes: CLOSE_CODES.map(|code| metrics::counter!(CLOSES, "code" => code.to_string())),
             qr: QR_EVENTS.map(|event| metrics::counter!(QR, "event" => event)),
+            push_acks: metrics::counter!(PUSH_ACKS),
+            recoveries: ["false", "true"].map(|r| metrics::counter!(RECOVERIES, "recovered" => r)),
         }
     })
 }
@@ -310,6 +323,14 @@ fn describe() {
     describe_counter!(
         QR,
         "QR-code login events: created, scanned, confirmed, expired (or rotated away, unknown), refused (approver gone)."
+    );
+    describe_counter!(
+        PUSH_ACKS,
+        "Push acks received from clients (counted only; delivery is decided by since)."
+    );
+    describe_counter!(
+        RECOVERIES,
+        "Connects with since, by whether the push history still held everything after it."
     );
     describe_gauge!(CONNECTIONS, "Sockets open on this node.");
     describe_gauge!(SESSIONS, "Sessions with at least one socket on this node.");

@@ -134,7 +134,7 @@ async fn fresh_node() -> Node {
 }
 
 /// Every family an operator's dashboard reads, with its type.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 19] = [
     ("ticketgate_logins_total", "counter"),
     ("ticketgate_login_duration_seconds", "histogram"),
     ("ticketgate_mints_total", "counter"),
@@ -152,6 +152,8 @@ const FAMILIES: [(&str, &str); 17] = [
     ("ticketgate_limiter_keys", "gauge"),
     ("ticketgate_hub_last_message_age_seconds", "gauge"),
     ("ticketgate_qr_total", "counter"),
+    ("ticketgate_push_acks_total", "counter"),
+    ("ticketgate_push_recoveries_total", "counter"),
 ];
 
 /// The close codes the server sends (PROTOCOL: close codes).

@@ -17,10 +17,10 @@ use ticketgate::store::{
     durable::{DurableError, DurableStore, FILE_NAME as STORE_FILE},
     memory::MemoryStore,
     redis::{RedisSettings, RedisStore},
-    utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket, NewQr,
-    PollOutcome, PollQr, QrContext, QrMode, QrScanner, QrSession, RenewAccess, RenewOutcome,
-    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
-    TicketGrant, UserSession,
+    utc_day, AdmitOutcome, AdmitTicket, AppendPush, ConfirmOutcome, ConfirmQr, HistoryLimits,
+    MintOutcome, MintTicket, NewQr, PollOutcome, PollQr, PushId, PushReplay, QrContext, QrMode,
+    QrScanner, QrSession, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh, ScanOutcome,
+    ScanQr, SessionRecord, Store, StoreError, TicketGrant, UserSession,
 };
 use ticketgate_sdk::ClientType;
 
@@ -128,6 +128,12 @@ macro_rules! store_suite {
                 concurrent_qr_confirms_have_one_winner,
                 concurrent_qr_redeems_have_one_winner,
                 qr_expires_after_its_life,
+                pushes_are_replayed_after_since_to_their_sessions,
+                a_trimmed_history_recovers_only_what_it_holds,
+                an_expired_history_starts_a_new_epoch,
+                a_foreign_or_future_since_is_not_recovered,
+                concurrent_appends_get_distinct_increasing_ids,
+                histories_are_per_user,
             );
         }
     };
@@ -1208,6 +1214,186 @@ mod cases {
         assert_eq!(
             scan_qr(&store, &scanning(&family, "gen-0", t0 + 3_000)).await,
             ScanOutcome::Gone
+        );
+    }
+
+    const HISTORY: HistoryLimits = HistoryLimits {
+        max_len: 100,
+        ttl: Duration::from_secs(60),
+    };
+
+    async fn append(
+        store: &Arc<dyn Store>,
+        user: &str,
+        session: Option<&str>,
+        data: &str,
+        limits: HistoryLimits,
+    ) -> String {
+        let id = store
+            .append_push(&AppendPush {
+                user_id: user,
+                session_id: session,
+                topic: "news",
+                data,
+                limits,
+            })
+            .await
+            .expect("append_push");
+        assert!(PushId::is_well_formed(&id), "{id} has the protocol's form");
+        id
+    }
+
+    async fn since(store: &Arc<dyn Store>, user: &str, since: &str, sid: &str) -> PushReplay {
+        store
+            .pushes_since(user, since, sid)
+            .await
+            .expect("pushes_since")
+    }
+
+    fn seq(id: &str) -> u64 {
+        PushId::parse(id).expect("a server-made id").seq
+    }
+
+    fn ids(replay: &PushReplay) -> Vec<&str> {
+        replay.pushes.iter().map(|p| p.id.as_str()).collect()
+    }
+
+    pub(crate) async fn pushes_are_replayed_after_since_to_their_sessions(store: Arc<dyn Store>) {
+        let user = user_name("pat");
+        let data = r#"{"n":[1,2.5,"x"],"big":12345678901234567890}"#;
+        let p1 = append(&store, &user, None, "1", HISTORY).await;
+        let p2 = append(&store, &user, Some("sid-one"), "2", HISTORY).await;
+        let p3 = append(&store, &user, None, data, HISTORY).await;
+        assert!(seq(&p1) < seq(&p2) && seq(&p2) < seq(&p3), "{p1} {p2} {p3}");
+
+        let other = since(&store, &user, &p1, "sid-two").await;
+        assert!(other.recovered);
+        assert_eq!(other.last_id.as_deref(), Some(p3.as_str()));
+        assert_eq!(ids(&other), [p3.as_str()], "another session never gets p2");
+        assert_eq!(other.pushes[0].data, data, "the data's text is kept as is");
+        assert_eq!(other.pushes[0].topic, "news");
+        assert_eq!(other.pushes[0].session_id, None);
+
+        let own = since(&store, &user, &p1, "sid-one").await;
+        assert!(own.recovered);
+        assert_eq!(ids(&own), [p2.as_str(), p3.as_str()]);
+        assert_eq!(own.pushes[0].session_id.as_deref(), Some("sid-one"));
+
+        let head = since(&store, &user, &p3, "sid-one").await;
+        assert!(head.recovered, "nothing missed is recovered");
+        assert!(head.pushes.is_empty());
+        assert_eq!(head.last_id.as_deref(), Some(p3.as_str()));
+    }
+
+    pub(crate) async fn a_trimmed_history_recovers_only_what_it_holds(store: Arc<dyn Store>) {
+        let user = user_name("tim");
+        let small = HistoryLimits {
+            max_len: 2,
+            ..HISTORY
+        };
+        let mut pushed = Vec::new();
+        for n in 0..4 {
+            pushed.push(append(&store, &user, None, &n.to_string(), small).await);
+        }
+        let lost = since(&store, &user, &pushed[0], "s").await;
+        assert!(!lost.recovered, "push 2 was trimmed: not recovered");
+        assert!(lost.pushes.is_empty());
+        assert_eq!(lost.last_id.as_deref(), Some(pushed[3].as_str()));
+
+        let kept = since(&store, &user, &pushed[1], "s").await;
+        assert!(kept.recovered, "pushes 3 and 4 are both held");
+        assert_eq!(ids(&kept), [pushed[2].as_str(), pushed[3].as_str()]);
+    }
+
+    pub(crate) async fn an_expired_history_starts_a_new_epoch(store: Arc<dyn Store>) {
+        let user = user_name("eve");
+        let short = HistoryLimits {
+            max_len: 10,
+            ttl: Duration::from_millis(300),
+        };
+        let old = append(&store, &user, None, "1", short).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let gone = since(&store, &user, &old, "s").await;
+        assert_eq!(gone, PushReplay::default(), "expired: no history at all");
+
+        let new = append(&store, &user, None, "2", short).await;
+        let (old_id, new_id) = (PushId::parse(&old), PushId::parse(&new));
+        assert_ne!(
+            old_id.map(|i| i.epoch),
+            new_id.map(|i| i.epoch),
+            "a history made anew never matches ids of the lost one"
+        );
+        let after = since(&store, &user, &old, "s").await;
+        assert!(
+            !after.recovered,
+            "push 1 of the new epoch must not pass for recovered"
+        );
+        assert_eq!(after.last_id.as_deref(), Some(new.as_str()));
+    }
+
+    pub(crate) async fn a_foreign_or_future_since_is_not_recovered(store: Arc<dyn Store>) {
+        let user = user_name("fay");
+        let none = since(&store, &user, "abc:1", "s").await;
+        assert_eq!(
+            none,
+            PushReplay::default(),
+            "no history: not recovered, no last id"
+        );
+
+        let p1 = append(&store, &user, None, "1", HISTORY).await;
+        let epoch = PushId::parse(&p1).expect("ours").epoch;
+        for foreign in [
+            "junk",
+            "other:1",
+            "x.y-z",
+            &format!("{epoch}:2"),
+            &format!("{epoch}:0"),
+        ] {
+            let replay = since(&store, &user, foreign, "s").await;
+            assert!(
+                !replay.recovered,
+                "{foreign} is not a point of this history"
+            );
+            assert_eq!(replay.last_id.as_deref(), Some(p1.as_str()));
+        }
+    }
+
+    pub(crate) async fn concurrent_appends_get_distinct_increasing_ids(store: Arc<dyn Store>) {
+        let user = user_name("cat");
+        let ids = race(20, |n| {
+            let (store, user) = (store.clone(), user.clone());
+            async move { append(&store, &user, None, &n.to_string(), HISTORY).await }
+        })
+        .await;
+        let mut seqs: Vec<u64> = ids.iter().map(|id| seq(id)).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=20).collect::<Vec<_>>(),
+            "one place each, no gaps"
+        );
+        let all = since(
+            &store,
+            &user,
+            &format!("{}:1", PushId::parse(&ids[0]).expect("ours").epoch),
+            "s",
+        )
+        .await;
+        assert!(all.recovered);
+        assert_eq!(all.pushes.len(), 19);
+    }
+
+    pub(crate) async fn histories_are_per_user(store: Arc<dyn Store>) {
+        let (ann, bob) = (user_name("ann"), user_name("bob"));
+        let a1 = append(&store, &ann, None, "1", HISTORY).await;
+        let b1 = append(&store, &bob, None, "1", HISTORY).await;
+        let a2 = append(&store, &ann, None, "2", HISTORY).await;
+        let replay = since(&store, &ann, &a1, "s").await;
+        assert_eq!(ids(&replay), [a2.as_str()]);
+        assert!(!since(&store, &bob, &a1, "s").await.recovered);
+        assert_eq!(
+            since(&store, &bob, &b1, "s").await.last_id.as_deref(),
+            Some(b1.as_str())
         );
     }
 

@@ -29,6 +29,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match event {
             Event::Welcome(w) => println!("connection {} open until {}", w.conn_id, w.expires_at),
             Event::Push { id, topic, data } => println!("push {id} {topic}: {data}"),
+            // Pushes published while this client was away are no longer all held:
+            // reload the state from your own service.
+            Event::PushesLost { last_id } => println!("pushes lost; continuing from {last_id:?}"),
             Event::Frame(ServerFrame::Refreshed { expires_at }) => {
                 println!("renewed until {expires_at}")
             }

@@ -287,6 +287,37 @@ impl Client {
         session: &Session,
         ticket: &Ticket,
     ) -> Result<(WsStream, Welcome), ClientError> {
+        self.connect_since(session, ticket, None).await
+    }
+
+    /// Like [`Client::connect`], and with `since` (the id of the last push the app
+    /// handled) the server first replays every push of this user published after it,
+    /// then live ones, none twice; [`Welcome::recovered`] tells whether the history
+    /// still held all of them. See `docs/protocol.md`, "Push history and recovery".
+    ///
+    /// # Errors
+    /// As [`Client::connect`]; a `since` that is not 1 to 64 characters of
+    /// `[A-Za-z0-9_.:-]` is refused by the server (`bad_request`) before the ticket
+    /// is spent.
+    ///
+    /// ```no_run
+    /// # async fn run(client: ticketgate_sdk::Client, session: ticketgate_sdk::Session,
+    /// #     last_seen: String) -> Result<(), ticketgate_sdk::ClientError> {
+    /// let ticket = client.mint_ticket(&session).await?;
+    /// let (socket, welcome) = client.connect_since(&session, &ticket, Some(&last_seen)).await?;
+    /// if welcome.recovered == Some(false) {
+    ///     // Pushes were lost: reload the state from the product's own service.
+    /// }
+    /// # drop(socket);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_since(
+        &self,
+        session: &Session,
+        ticket: &Ticket,
+        since: Option<&str>,
+    ) -> Result<(WsStream, Welcome), ClientError> {
         if !ticket_is_well_formed(&ticket.ticket) {
             return Err(ClientError::Protocol(
                 "the ticket has characters outside [A-Za-z0-9_.-]".to_owned(),
@@ -295,6 +326,9 @@ impl Client {
         let mut url = self.ws_url(&ticket.ws_url)?;
         url.query_pairs_mut()
             .append_pair("device_id", &session.device_id);
+        if let Some(since) = since {
+            url.query_pairs_mut().append_pair("since", since);
+        }
 
         let mut request = url.as_str().into_client_request()?;
         let protocols = format!(
@@ -531,12 +565,16 @@ async fn read_welcome(socket: &mut WsStream) -> Result<Welcome, ClientError> {
                 user_id,
                 device_id,
                 expires_at,
+                recovered,
+                last_id,
             }) => Ok(Welcome {
                 session_id,
                 conn_id,
                 user_id,
                 device_id,
                 expires_at,
+                recovered,
+                last_id: last_id.flatten(),
             }),
             // Not quoted: a `resume` frame carries a ticket.
             Ok(_) => Err(ClientError::Protocol(

@@ -123,6 +123,15 @@ pub enum Event {
         /// and other codes that a new socket would not cure.
         will_reconnect: bool,
     },
+    /// Right after a `Welcome`: pushes published while this client was away are lost
+    /// (the server's history no longer held all of them: trimmed, expired, or turned
+    /// off). Reload the state from your own service; later pushes follow from
+    /// `last_id` on.
+    PushesLost {
+        /// The newest push id the server holds (`None`: it holds none), from which
+        /// the connection now continues.
+        last_id: Option<String>,
+    },
     /// A connect attempt (mint or upgrade) failed.
     ConnectFailed {
         /// Why. [`ClientError::SessionEnded`] means the user must log in again.
@@ -235,6 +244,9 @@ pub fn backoff_delay<R: Rng + ?Sized>(
 pub struct ManagedConnection {
     events: mpsc::Receiver<Event>,
     sender: ConnectionSender,
+    /// The id of the last push [`ManagedConnection::next`] returned (or the one the
+    /// connection was started from).
+    last_id: Option<String>,
 }
 
 impl ManagedConnection {
@@ -255,7 +267,33 @@ impl ManagedConnection {
     /// # }
     /// ```
     pub async fn next(&mut self) -> Option<Event> {
-        self.events.recv().await
+        let event = self.events.recv().await;
+        match &event {
+            Some(Event::Push { id, .. }) => self.last_id = Some(id.clone()),
+            Some(Event::PushesLost {
+                last_id: Some(head),
+            }) => self.last_id = Some(head.clone()),
+            _ => {}
+        }
+        event
+    }
+
+    /// The id of the last push [`ManagedConnection::next`] returned: keep it (e.g. on
+    /// disk) and pass it to [`SessionHandle::connect_with_reconnect_since`] after a
+    /// restart, so that the server replays what was published meanwhile. Before any
+    /// push, the id the connection was started from.
+    ///
+    /// ```no_run
+    /// # async fn run(mut connection: ticketgate_sdk::ManagedConnection) {
+    /// while let Some(event) = connection.next().await {
+    ///     if let ticketgate_sdk::Event::Push { .. } = event {
+    ///         let _keep = connection.last_id().map(str::to_owned);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
     }
 
     /// Queues a frame for the socket. While the task reconnects, frames wait for the
@@ -409,8 +447,13 @@ impl ConnectionSender {
     }
 }
 
-/// Starts the task of a managed connection.
-pub(crate) fn spawn(handle: SessionHandle, options: ConnectOptions) -> ManagedConnection {
+/// Starts the task of a managed connection; `since` is the last push id the
+/// application handled before (none for a first start).
+pub(crate) fn spawn(
+    handle: SessionHandle,
+    options: ConnectOptions,
+    since: Option<String>,
+) -> ManagedConnection {
     let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
     let (frame_tx, frames) = mpsc::channel(FRAME_BUFFER);
     let (close_tx, closing) = watch::channel(false);
@@ -427,9 +470,11 @@ pub(crate) fn spawn(handle: SessionHandle, options: ConnectOptions) -> ManagedCo
         resume: None,
         ws_url: String::new(),
         conn_token: String::new(),
+        since: since.clone(),
     };
     tokio::spawn(runner.run());
     ManagedConnection {
+        last_id: since,
         events,
         sender: ConnectionSender {
             frames: frame_tx,
@@ -458,6 +503,10 @@ struct Runner {
     conn_token: String,
     /// Business calls waiting for their answers.
     pending: Arc<Pending>,
+    /// The newest push id handed to the application (queued as an event): every
+    /// connect asks the server for what came after it (`?since=`), so a reconnect
+    /// loses nothing the server's history still holds, and repeats nothing.
+    since: Option<String>,
 }
 
 struct ResumeTicket {
@@ -530,7 +579,12 @@ impl Runner {
         if let Some(resume) = self.resume.take() {
             if Instant::now() < resume.valid_until {
                 let session = self.handle.session();
-                match self.handle.client().connect(&session, &resume.ticket).await {
+                let connected = self
+                    .handle
+                    .client()
+                    .connect_since(&session, &resume.ticket, self.since.as_deref())
+                    .await;
+                match connected {
                     Ok((socket, welcome)) => {
                         tracing::debug!(session_id = %session.session_id, "resumed");
                         return Ok(Opened {
@@ -547,7 +601,11 @@ impl Runner {
         if !ticket.ws_url.is_empty() {
             self.ws_url.clone_from(&ticket.ws_url);
         }
-        let (socket, welcome) = self.handle.client().connect(&session, &ticket).await?;
+        let (socket, welcome) = self
+            .handle
+            .client()
+            .connect_since(&session, &ticket, self.since.as_deref())
+            .await?;
         Ok(Opened {
             socket,
             welcome,
@@ -564,7 +622,16 @@ impl Runner {
         } = opened;
         self.conn_token = token;
         let started = Instant::now();
-        let next = if self.emit(Event::Welcome(welcome)).await {
+        let lost = (welcome.recovered == Some(false)).then(|| welcome.last_id.clone());
+        let mut welcomed = self.emit(Event::Welcome(welcome)).await;
+        if let Some(last_id) = lost {
+            // Continue from the server's head: what is lost is reported once, here.
+            if last_id.is_some() {
+                self.since.clone_from(&last_id);
+            }
+            welcomed = welcomed && self.emit(Event::PushesLost { last_id }).await;
+        }
+        let next = if welcomed {
             self.pump(&mut socket).await
         } else {
             Next::Stop
@@ -657,7 +724,10 @@ impl Runner {
             return true;
         };
         let event = match frame {
-            ServerFrame::Push { id, topic, data } => Event::Push { id, topic, data },
+            ServerFrame::Push { id, topic, data } => {
+                self.since = Some(id.clone());
+                Event::Push { id, topic, data }
+            }
             ServerFrame::Resume { ticket, expires_in } => {
                 self.resume = Some(ResumeTicket {
                     valid_until: Instant::now() + Duration::from_secs(expires_in),

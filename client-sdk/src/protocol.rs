@@ -302,6 +302,18 @@ pub enum ServerFrame {
         device_id: String,
         /// Unix seconds when the connection closes with 4004 unless refreshed.
         expires_at: i64,
+        /// Only when the client connected with `since`: whether every push after it
+        /// follows (`false`: some were lost; resynchronise from the product's service).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// Only when the client connected with `since`: the newest push id of the
+        /// user's history (`Some(None)`: the history is empty, sent as `null`).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present_or_null"
+        )]
+        last_id: Option<Option<String>>,
     },
     /// A message for this user or device.
     Push {
@@ -413,4 +425,15 @@ pub mod upstream_headers {
     pub const TIMESTAMP: &str = "X-TG-Upstream-Timestamp";
     /// Lowercase hex HMAC-SHA256 over `"<timestamp>.<raw body>"`.
     pub const SIGNATURE: &str = "X-TG-Upstream-Signature";
+}
+
+/// Reads a field that is present (`Some`), even as `null` (`Some(None)`); with
+/// `#[serde(default)]` an absent one is `None`. Hand-written: serde has no attribute
+/// for "absent or null", and this one function is all it takes.
+fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }

@@ -348,7 +348,35 @@ impl SessionHandle {
     /// # }
     /// ```
     pub fn connect_with_reconnect(&self, options: ConnectOptions) -> ManagedConnection {
-        crate::connection::spawn(self.clone(), options)
+        crate::connection::spawn(self.clone(), options, None)
+    }
+
+    /// Like [`SessionHandle::connect_with_reconnect`], continuing from `last_id`: the
+    /// id of the last push the application handled, kept from an earlier
+    /// [`ManagedConnection::last_id`] (e.g. across a restart). The first connect asks
+    /// the server for every push after it; when they are no longer all held, an
+    /// [`Event::PushesLost`](crate::Event::PushesLost) follows the welcome.
+    ///
+    /// ```no_run
+    /// # async fn run(handle: ticketgate_sdk::SessionHandle, saved: Option<String>) {
+    /// use ticketgate_sdk::{ConnectOptions, Event};
+    ///
+    /// let mut connection = handle.connect_with_reconnect_since(ConnectOptions::default(), saved);
+    /// while let Some(event) = connection.next().await {
+    ///     match event {
+    ///         Event::PushesLost { .. } => { /* reload the state from your service */ }
+    ///         Event::Push { id, .. } => { /* handle it, then keep `id` */ let _ = id; }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn connect_with_reconnect_since(
+        &self,
+        options: ConnectOptions,
+        last_id: Option<String>,
+    ) -> ManagedConnection {
+        crate::connection::spawn(self.clone(), options, last_id)
     }
 
     /// Mints a ticket; also answers the session (and so the access token) it used.

@@ -78,6 +78,13 @@ pub struct Welcome {
     /// Unix seconds when the server closes the connection with 4004 unless it is
     /// refreshed with a newer access token.
     pub expires_at: i64,
+    /// Only for a connect with `since` ([`Client::connect_since`](crate::Client::connect_since)):
+    /// `Some(true)` when every push after `since` follows, `Some(false)` when some were
+    /// lost (resynchronise from your own service); `None` without `since`.
+    pub recovered: Option<bool>,
+    /// Only for a connect with `since`: the newest push id of the user's history
+    /// (`None` when it is empty, or without `since`). A new client can start from it.
+    pub last_id: Option<String>,
 }
 
 impl Session {

@@ -362,3 +362,74 @@ async fn a_failed_mint_is_retried_unless_the_session_is_over() {
     assert_eq!(handle.ended(), Some(EndReason::Revoked));
     assert_eq!(minted.load(Ordering::SeqCst), 3);
 }
+
+/// Every reconnect asks for the pushes after the last one handed to the app (resume
+/// tickets included); a `recovered: false` welcome is reported as `PushesLost` and the
+/// connection continues from the server's head; the last id can be read and restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_ask_for_the_pushes_after_the_last_one_and_report_losses() {
+    let mut ws = FakeWs::start(&[]).await;
+    let http = api_for(&ws).await;
+    let mut connection =
+        handle(&http).connect_with_reconnect_since(options(), Some("ep:3".to_owned()));
+    assert_eq!(
+        connection.last_id(),
+        Some("ep:3"),
+        "restored before any push"
+    );
+
+    let mut first = ws.next_socket().await;
+    assert_eq!(
+        first.since.as_deref(),
+        Some("ep:3"),
+        "the first connect continues"
+    );
+    first.send_welcome("c1").await;
+    expect_welcome(&mut connection, "c1").await;
+    first
+        .send_json(serde_json::json!({"type": "push", "id": "ep:4", "topic": "t", "data": 1}))
+        .await;
+    assert!(matches!(next_event(&mut connection).await, Event::Push { id, .. } if id == "ep:4"));
+    assert_eq!(connection.last_id(), Some("ep:4"));
+    first
+        .send_json(serde_json::json!({"type": "resume", "ticket": "rs-1", "expires_in": 30}))
+        .await;
+    first.close_with(1001, "draining").await;
+    expect_closed(&mut connection, 1001, true).await;
+    expect_reconnecting(&mut connection, 1).await;
+
+    let mut second = ws.next_socket().await;
+    assert_eq!(second.ticket, "rs-1");
+    assert_eq!(
+        second.since.as_deref(),
+        Some("ep:4"),
+        "resume tickets send it too"
+    );
+    second
+        .send_json(serde_json::json!({
+            "type": "welcome", "session_id": "sid1", "conn_id": "c2", "user_id": "alice",
+            "device_id": "d", "expires_at": 4_000_000_000i64, "recovered": false, "last_id": "nq:9",
+        }))
+        .await;
+    match next_event(&mut connection).await {
+        Event::Welcome(w) => assert_eq!(
+            (w.recovered, w.last_id.as_deref()),
+            (Some(false), Some("nq:9"))
+        ),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    match next_event(&mut connection).await {
+        Event::PushesLost { last_id } => assert_eq!(last_id.as_deref(), Some("nq:9")),
+        other => panic!("expected PushesLost, got {other:?}"),
+    }
+    assert_eq!(connection.last_id(), Some("nq:9"));
+    second.close_with(4008, "flood").await;
+    expect_closed(&mut connection, 4008, true).await;
+    expect_reconnecting(&mut connection, 2).await;
+    let third = ws.next_socket().await;
+    assert_eq!(
+        third.since.as_deref(),
+        Some("nq:9"),
+        "continues from the server's head"
+    );
+}

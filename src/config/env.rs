@@ -124,3 +124,7 @@ pub const UPSTREAM_INFLIGHT: &str = "TICKETGATE_UPSTREAM_INFLIGHT";
 /// Calls to the upstream in flight per node (messages and events together); past it,
 /// `upstream_unavailable`.
 pub const UPSTREAM_NODE_INFLIGHT: &str = "TICKETGATE_UPSTREAM_NODE_INFLIGHT";
+/// Pushes kept per user for recovery after a reconnect (`0`: no history).
+pub const PUSH_HISTORY: &str = "TICKETGATE_PUSH_HISTORY";
+/// How long a user's push history lives after its last push (`0`: no history).
+pub const PUSH_HISTORY_TTL: &str = "TICKETGATE_PUSH_HISTORY_TTL";

@@ -233,6 +233,11 @@ pub struct Config {
     pub qr: QrConfig,
     /// The upstream service.
     pub upstream: UpstreamConfig,
+    /// Pushes kept per user for recovery (PROTOCOL §10); `0` turns history off.
+    pub push_history: u32,
+    /// A user's push history expires this long after its last push; zero turns
+    /// history off.
+    pub push_history_ttl: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -263,6 +268,8 @@ impl fmt::Debug for Config {
             .field("http", &self.http)
             .field("qr", &self.qr)
             .field("upstream", &self.upstream)
+            .field("push_history", &self.push_history)
+            .field("push_history_ttl", &self.push_history_ttl)
             .finish()
     }
 }
@@ -362,6 +369,8 @@ impl Config {
                 inflight: 16,
                 node_inflight: 1024,
             },
+            push_history: 100,
+            push_history_ttl: Duration::from_secs(24 * 3600),
         }
     }
 

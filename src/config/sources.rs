@@ -131,6 +131,12 @@ pub(super) fn read(
             ),
         },
         upstream,
+        push_history: src.get(env::PUSH_HISTORY, d.push_history, parse_u32),
+        push_history_ttl: src.get(
+            env::PUSH_HISTORY_TTL,
+            d.push_history_ttl,
+            parse_duration_or_off,
+        ),
     };
     src.refuse_unknown_keys(file);
     let origins = Origins(src.origins);

@@ -52,8 +52,9 @@ use crate::metrics::Outcome;
 use crate::registry::{Pace, SocketCaps};
 use crate::sessions::TicketFor;
 use crate::state::AppState;
+use crate::store::PushId;
 use crate::store::{AdmitOutcome, AdmitTicket};
-use crate::ws::connection::{self, ConnectionInfo, Refusal, SocketServices, Welcome};
+use crate::ws::connection::{self, ConnectionInfo, Recovery, Refusal, SocketServices, Welcome};
 use crate::ws::ws_config_for;
 
 /// Admission of one connect request, steps 1 to 7 of the module docs. `Ok` means the
@@ -149,6 +150,14 @@ async fn steps(
         .admitted(&grant.user_id, &grant.device_id, grant.client_type);
     registered.registration.hold(slot);
     crate::metrics::hot().admissions.count(Outcome::Ok);
+    // Read after the socket was registered under its user: a push published from now
+    // on reaches its inbox, and one published before is in what is read here.
+    let recovery = match presented.since {
+        Some(since) => Some(Box::new(
+            recover(state, &grant.user_id, &since, &verified.session_id).await,
+        )),
+        None => None,
+    };
     Ok(Admitted {
         accept_key: handshake.accept_key,
         offered_subprotocol: presented.offered_subprotocol,
@@ -159,10 +168,49 @@ async fn steps(
             device_id: grant.device_id,
             client_type: grant.client_type,
             expires_at: grant.access_expires_at,
+            recovery,
         },
         permit,
         registered,
     })
+}
+
+/// What a client that connected with `since` missed (PROTOCOL §10). The ticket is
+/// spent by now, so a store that does not answer gives `recovered: false` (the client
+/// resynchronises) rather than a refusal: never "recovered" over a gap.
+async fn recover(state: &AppState, user_id: &str, since: &str, session_id: &str) -> Recovery {
+    if !crate::hub::history_limits(&state.config).enabled() {
+        return Recovery::default();
+    }
+    let found = match state.store.pushes_since(user_id, since, session_id).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(cause = %e, "push history not readable; answering recovered: false");
+            return Recovery::default();
+        }
+    };
+    crate::metrics::hot().recovery(found.recovered);
+    let replay: Option<Vec<String>> = found
+        .pushes
+        .into_iter()
+        .map(|push| {
+            // Kept as the JSON text the publisher's value was written as.
+            let data = serde_json::from_str(&push.data).ok()?;
+            let frame = ServerFrame::Push {
+                id: push.id,
+                topic: push.topic,
+                data,
+            };
+            serde_json::to_string(&frame).ok()
+        })
+        .collect();
+    // A push that cannot be read back is a gap, not something to skip quietly.
+    let recovered = found.recovered && replay.is_some();
+    Recovery {
+        recovered,
+        last_id: found.last_id,
+        replay: replay.filter(|_| recovered).unwrap_or_default(),
+    }
 }
 
 /// The device connect quota as the registry paces it.
@@ -245,6 +293,8 @@ fn check_origin(state: &AppState, headers: &impl Headers) -> Result<(), ApiError
 struct Presented {
     ticket: String,
     device_id: String,
+    /// The last push id the client saw (`?since=`), already checked for form.
+    since: Option<String>,
     /// Whether the client offered `ticketgate.v1`; the answer names it only then
     /// (RFC 6455: a server must not pick a subprotocol the client did not offer).
     offered_subprotocol: bool,
@@ -267,10 +317,12 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
     let mut ticket = from_protocol.map(str::to_owned);
     let mut device_id = None;
     let mut query_ticket = None;
+    let mut since = None;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match k.as_ref() {
             "device_id" => &mut device_id,
             "ticket" => &mut query_ticket,
+            "since" => &mut since,
             _ => continue,
         };
         // Twice in one query: refused, not read one way here and another elsewhere.
@@ -283,9 +335,15 @@ fn presented(headers: &impl Headers, query: Option<&str>) -> Result<Presented, A
         ApiError::BadRequest("device_id query parameter missing or not a UUID".into())
     })?;
     let ticket = ticket.ok_or_else(|| ApiError::BadRequest("no ticket offered".into()))?;
+    if since.as_deref().is_some_and(|s| !PushId::is_well_formed(s)) {
+        return Err(ApiError::BadRequest(
+            "since must be a push id: 1 to 64 characters of [A-Za-z0-9_.:-]".into(),
+        ));
+    }
     Ok(Presented {
         ticket,
         device_id,
+        since,
         offered_subprotocol: offered.contains(&SUBPROTOCOL),
     })
 }

@@ -147,7 +147,8 @@ pub(crate) enum Next {
     /// A connect request was admitted: the socket runs on `stream` (see
     /// [`admission::Admitted::answer_and_run`]); `rest` holds bytes read after the head.
     Socket {
-        admitted: admission::Admitted,
+        /// Boxed: an admission is large next to the other variants.
+        admitted: Box<admission::Admitted>,
         stream: TcpStream,
         rest: Vec<u8>,
     },
@@ -187,7 +188,7 @@ pub(crate) async fn serve_connect(
     drop(buf);
     match admission {
         Ok(admitted) => Next::Socket {
-            admitted,
+            admitted: Box::new(admitted),
             stream,
             rest,
         },

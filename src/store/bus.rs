@@ -36,6 +36,9 @@ use super::StoreError;
 #[derive(Clone)]
 pub(crate) struct RedisBus {
     pool: Pool,
+    /// For pushes, which are appended to their history and published in one script
+    /// (boxed behind an `Arc`: the store's scripts would make every bus handle large).
+    store: std::sync::Arc<RedisStore>,
     /// The same client as [`BusEvents`]' (a clone shares the connection).
     subscriber: SubscriberClient,
     /// How long a connection may leave a ping unanswered: longer than fred's own
@@ -96,6 +99,7 @@ impl RedisBus {
             .map_err(unavailable)?;
         let bus = RedisBus {
             pool: redis.pool().clone(),
+            store: std::sync::Arc::new(redis.clone()),
             subscriber: subscriber.clone(),
             ping_limit: redis::unresponsive_after(settings) * 3 / 2,
             reconnect_limit: settings.connect_timeout * 2,
@@ -119,6 +123,22 @@ impl RedisBus {
             .await
             .map(drop)
             .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+    }
+
+    /// Appends a push to its user's history and publishes `before + id + after` to
+    /// every node, in one atomic step (see `scripts/push.lua`); answers the id.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when Redis does not take it.
+    pub(crate) async fn publish_push(
+        &self,
+        push: &super::AppendPush<'_>,
+        before: &str,
+        after: &str,
+    ) -> Result<String, StoreError> {
+        self.store
+            .append_push_announced(push, Some((HUB_CHANNEL, before, after)))
+            .await
     }
 
     /// Records that `node_id` is alive at `now_ms` and forgets nodes silent since

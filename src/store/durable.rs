@@ -58,9 +58,9 @@ use tokio::sync::{oneshot, Mutex};
 
 use super::memory::{Kept, MemoryStore, Rotation};
 use super::{
-    keys, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket, NewQr,
-    PollOutcome, PollQr, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh, ScanOutcome,
-    ScanQr, SessionRecord, Store, StoreError, UserSession,
+    keys, AdmitOutcome, AdmitTicket, AppendPush, ConfirmOutcome, ConfirmQr, MintOutcome,
+    MintTicket, NewQr, PollOutcome, PollQr, PushReplay, RenewAccess, RenewOutcome, RotateOutcome,
+    RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError, UserSession,
 };
 
 /// The file's name under the data dir.
@@ -676,6 +676,25 @@ impl Store for DurableStore {
 
     async fn poll_qr(&self, poll: &PollQr<'_>) -> Result<PollOutcome, StoreError> {
         self.inner.memory.poll_qr(poll).await
+    }
+
+    // The push history stays in memory: after a restart it is gone, its next append
+    // starts a new epoch, and every `since` of before answers `recovered: false`
+    // (PROTOCOL §10: the store lost it), never a recovery over a gap.
+    async fn append_push(&self, push: &AppendPush<'_>) -> Result<String, StoreError> {
+        self.inner.memory.append_push(push).await
+    }
+
+    async fn pushes_since(
+        &self,
+        user_id: &str,
+        since: &str,
+        session_id: &str,
+    ) -> Result<PushReplay, StoreError> {
+        self.inner
+            .memory
+            .pushes_since(user_id, since, session_id)
+            .await
     }
 
     async fn set_blocked(&self, user_id: &str, blocked: bool) -> Result<(), StoreError> {

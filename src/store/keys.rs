@@ -9,6 +9,7 @@
 //! tg:{u:<user>}:sessions       hash   sid → "ctp|created|expires" TTL = latest session expiry
 //! tg:{u:<user>}:blocked        string "1"                        no TTL
 //! tg:{qr:<family>}:qr          hash   one QR login (store/qr.rs)  TTL = the QR's life
+//! tg:{u:<user>}:pushes         stream the push history            TTL = history TTL after the last push
 //! tg:hub                       pub/sub channel of cross-node events
 //! tg:nodes                     zset   node id → last heartbeat (ms)
 //! tg:deployment                string fingerprint of the server secret, no TTL
@@ -66,3 +67,10 @@ pub(crate) const DEPLOYMENT: &str = "tg:deployment";
 
 /// The live nodes' heartbeats.
 pub(crate) const NODES: &str = "tg:nodes";
+
+/// A user's push history (PROTOCOL §10): a stream whose entry ids are `<seq>-0` and
+/// whose entries hold `e` (the epoch), `s` (the session, or empty), `t` (topic) and
+/// `d` (data, JSON text). TTL = the history TTL after the last push.
+pub(crate) fn push_history(user_id: &str) -> String {
+    format!("tg:{{u:{user_id}}}:pushes")
+}

@@ -45,9 +45,10 @@ use tokio::{task::JoinHandle, time::MissedTickBehavior};
 
 use super::qr::QrRecord;
 use super::{
-    keys, utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket,
-    NewQr, PollOutcome, PollQr, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh,
-    ScanOutcome, ScanQr, SessionRecord, Store, StoreError, TicketGrant, UserSession,
+    keys, utc_day, AdmitOutcome, AdmitTicket, AppendPush, ConfirmOutcome, ConfirmQr, MintOutcome,
+    MintTicket, NewQr, PollOutcome, PollQr, PushId, PushReplay, RenewAccess, RenewOutcome,
+    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
+    StoredPush, TicketGrant, UserSession,
 };
 
 /// Longest lifetime an entry is given, so deadline arithmetic can never overflow.
@@ -111,6 +112,17 @@ enum Value {
     Ticket(String),
     /// A QR login; its transitions are [`QrRecord`]'s methods.
     Qr(Box<QrRecord>),
+    /// A user's push history: the stream of Redis.
+    Pushes(PushLog),
+}
+
+/// A user's push history: its epoch, the last sequence number given, and the newest
+/// pushes, oldest first.
+#[derive(Debug)]
+struct PushLog {
+    epoch: String,
+    last_seq: u64,
+    pushes: std::collections::VecDeque<(u64, StoredPush)>,
 }
 
 impl Entry {
@@ -204,7 +216,7 @@ impl MemoryStore {
             Value::Session(record, rotation) => Kept::Session(record.clone(), rotation.clone()),
             Value::Flag => Kept::Flag,
             Value::UserIndex(index) => Kept::UserIndex(index.clone()),
-            Value::Nonce | Value::Ticket(_) | Value::Qr(_) => return None,
+            Value::Nonce | Value::Ticket(_) | Value::Qr(_) | Value::Pushes(_) => return None,
         };
         Some((kept, left))
     }
@@ -538,6 +550,99 @@ impl Store for MemoryStore {
 
     async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError> {
         Ok(self.read_live(&keys::blocked(user_id), |_| ()).is_some())
+    }
+
+    async fn append_push(&self, push: &AppendPush<'_>) -> Result<String, StoreError> {
+        let now = Instant::now();
+        let fresh = || {
+            Entry::new(
+                Value::Pushes(PushLog {
+                    epoch: PushId::new_epoch(),
+                    last_seq: 0,
+                    pushes: Default::default(),
+                }),
+                push.limits.ttl,
+            )
+        };
+        // One shard lock for the whole step: appends of one user are serial.
+        let mut entry = self
+            .inner
+            .entries
+            .entry(keys::push_history(push.user_id))
+            .or_insert_with(fresh);
+        if !entry.is_live(now) || !matches!(entry.value, Value::Pushes(_)) {
+            *entry = fresh();
+        }
+        entry.expires_at = deadline(push.limits.ttl);
+        let Value::Pushes(log) = &mut entry.value else {
+            return Err(StoreError::Corrupt("push history".into()));
+        };
+        log.last_seq += 1;
+        let id = PushId {
+            epoch: log.epoch.clone(),
+            seq: log.last_seq,
+        }
+        .to_string();
+        log.pushes.push_back((
+            log.last_seq,
+            StoredPush {
+                id: id.clone(),
+                session_id: push.session_id.map(str::to_owned),
+                topic: push.topic.to_owned(),
+                data: push.data.to_owned(),
+            },
+        ));
+        let max_len = usize::try_from(push.limits.max_len)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        while log.pushes.len() > max_len {
+            log.pushes.pop_front();
+        }
+        Ok(id)
+    }
+
+    async fn pushes_since(
+        &self,
+        user_id: &str,
+        since: &str,
+        session_id: &str,
+    ) -> Result<PushReplay, StoreError> {
+        let since = PushId::parse(since);
+        let replay = self.read_live(&keys::push_history(user_id), |value| {
+            let Value::Pushes(log) = value else {
+                return PushReplay::default();
+            };
+            let (Some(first), Some(last)) = (log.pushes.front(), log.pushes.back()) else {
+                return PushReplay::default();
+            };
+            let last_id = Some(last.1.id.clone());
+            // Everything after `since` is held when `since` is in this epoch, not
+            // newer than the newest, and not older than the push before the oldest.
+            let held = since
+                .as_ref()
+                .is_some_and(|s| s.epoch == log.epoch && s.seq <= last.0 && s.seq + 1 >= first.0);
+            let Some(since) = since.filter(|_| held) else {
+                return PushReplay {
+                    recovered: false,
+                    last_id,
+                    pushes: Vec::new(),
+                };
+            };
+            let pushes = log
+                .pushes
+                .iter()
+                .filter(|(seq, p)| {
+                    *seq > since.seq && p.session_id.as_deref().is_none_or(|s| s == session_id)
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            PushReplay {
+                recovered: true,
+                last_id,
+                pushes,
+            }
+        });
+        Ok(replay.unwrap_or_default())
     }
 
     async fn create_qr(&self, qr: &NewQr<'_>) -> Result<(), StoreError> {

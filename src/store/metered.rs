@@ -21,9 +21,9 @@ use async_trait::async_trait;
 use metrics::{Counter, Histogram};
 
 use super::{
-    AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket, NewQr,
-    PollOutcome, PollQr, RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh, ScanOutcome,
-    ScanQr, SessionRecord, Store, StoreError, UserSession,
+    AdmitOutcome, AdmitTicket, AppendPush, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket,
+    NewQr, PollOutcome, PollQr, PushReplay, RenewAccess, RenewOutcome, RotateOutcome,
+    RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError, UserSession,
 };
 
 const SECONDS: &str = "ticketgate_store_duration_seconds";
@@ -50,10 +50,12 @@ enum Op {
     ScanQr,
     ConfirmQr,
     PollQr,
+    AppendPush,
+    PushesSince,
 }
 
 impl Op {
-    const ALL: [Op; 18] = [
+    const ALL: [Op; 20] = [
         Op::CreateSession,
         Op::Session,
         Op::RevokeSession,
@@ -72,6 +74,8 @@ impl Op {
         Op::ScanQr,
         Op::ConfirmQr,
         Op::PollQr,
+        Op::AppendPush,
+        Op::PushesSince,
     ];
 
     fn as_str(self) -> &'static str {
@@ -94,6 +98,8 @@ impl Op {
             Op::ScanQr => "scan_qr",
             Op::ConfirmQr => "confirm_qr",
             Op::PollQr => "poll_qr",
+            Op::AppendPush => "append_push",
+            Op::PushesSince => "pushes_since",
         }
     }
 }
@@ -263,6 +269,21 @@ impl Store for Metered {
 
     async fn poll_qr(&self, poll: &PollQr<'_>) -> Result<PollOutcome, StoreError> {
         self.metered(Op::PollQr, self.inner.poll_qr(poll)).await
+    }
+
+    async fn append_push(&self, push: &AppendPush<'_>) -> Result<String, StoreError> {
+        self.metered(Op::AppendPush, self.inner.append_push(push))
+            .await
+    }
+
+    async fn pushes_since(
+        &self,
+        user_id: &str,
+        since: &str,
+        session_id: &str,
+    ) -> Result<PushReplay, StoreError> {
+        let read = self.inner.pushes_since(user_id, since, session_id);
+        self.metered(Op::PushesSince, read).await
     }
 
     // Not a round trip, but part of the store's contract: a decorator that dropped it

@@ -361,4 +361,188 @@ pub trait Store: Send + Sync + 'static {
     fn replay_floor(&self) -> Option<i64> {
         None
     }
+
+    /// Appends a push to its user's history (PROTOCOL §10) and answers its id, newer
+    /// than every id of that history. The history keeps the newest
+    /// `limits.max_len` pushes and expires `limits.ttl` after this push; a history
+    /// found missing starts a new epoch, so ids of the lost one are never matched.
+    async fn append_push(&self, push: &AppendPush<'_>) -> Result<String, StoreError>;
+
+    /// What a client that last saw push `since` missed: `recovered` when the user's
+    /// history still holds every push after `since` (same epoch, nothing trimmed in
+    /// between), and then those pushes of them that were published to the whole user
+    /// or to `session_id`, oldest first; always the history's newest id.
+    async fn pushes_since(
+        &self,
+        user_id: &str,
+        since: &str,
+        session_id: &str,
+    ) -> Result<PushReplay, StoreError>;
+}
+
+/// How long and how deep a user's push history is kept (PROTOCOL §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Pushes kept per user, newest last; older ones are trimmed. Zero keeps none.
+    pub max_len: u32,
+    /// The history expires this long after its last push.
+    pub ttl: Duration,
+}
+
+impl HistoryLimits {
+    /// Whether history is kept at all (`0` for either bound turns it off).
+    pub fn enabled(&self) -> bool {
+        self.max_len > 0 && !self.ttl.is_zero()
+    }
+}
+
+/// One push to append to its user's history.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendPush<'a> {
+    /// Whose history.
+    pub user_id: &'a str,
+    /// The session it is for, when it was published to one session only.
+    pub session_id: Option<&'a str>,
+    /// The push's topic.
+    pub topic: &'a str,
+    /// The push's payload, as JSON text.
+    pub data: &'a str,
+    /// The history's bounds (must be [`HistoryLimits::enabled`]).
+    pub limits: HistoryLimits,
+}
+
+/// A push as kept in a user's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPush {
+    /// Its id ([`PushId`]'s text form).
+    pub id: String,
+    /// The session it was published to, or `None` for every session of the user.
+    pub session_id: Option<String>,
+    /// Its topic.
+    pub topic: String,
+    /// Its payload, as JSON text.
+    pub data: String,
+}
+
+/// What [`Store::pushes_since`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushReplay {
+    /// Whether the history still holds every push after `since` (then `pushes` is
+    /// exactly those of them that are for this session, oldest first).
+    pub recovered: bool,
+    /// The newest id of the user's history, if it has any.
+    pub last_id: Option<String>,
+    /// The pushes to replay (empty unless `recovered`).
+    pub pushes: Vec<StoredPush>,
+}
+
+/// A push id: `<epoch>:<seq>`. Opaque to clients; here it tells the order of two
+/// pushes and whether pushes were lost in between.
+///
+/// The epoch is a random word stored with the history and made anew whenever the
+/// history is found missing (expired, never written, or lost by a store that restarted
+/// or failed over without it), so an id of a lost history never matches the current
+/// one, and a client is never told "recovered" over a gap. The sequence counts the
+/// user's pushes within an epoch from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushId {
+    /// The history's epoch.
+    pub epoch: String,
+    /// The push's place in it, from 1.
+    pub seq: u64,
+}
+
+/// The longest push id (PROTOCOL §10).
+pub const MAX_PUSH_ID: usize = 64;
+
+impl PushId {
+    /// Reads an id of this server's form; `None` for anything else (an id from
+    /// elsewhere simply does not match any history).
+    pub fn parse(id: &str) -> Option<PushId> {
+        let (epoch, seq) = id.split_once(':')?;
+        let plain = |c: char| c.is_ascii_alphanumeric();
+        if epoch.is_empty() || !epoch.chars().all(plain) || id.len() > MAX_PUSH_ID {
+            return None;
+        }
+        let seq: u64 = seq.parse().ok().filter(|s| *s > 0)?;
+        // Lua numbers are doubles: above 2^53 the Redis script could not count.
+        (seq < 1 << 53).then(|| PushId {
+            epoch: epoch.to_owned(),
+            seq,
+        })
+    }
+
+    /// Whether `text` is a well-formed push id as clients may present it: 1 to 64
+    /// characters of `[A-Za-z0-9_.:-]` (PROTOCOL §10). Any such text is accepted as
+    /// `since`; one this server did not make only means "not recovered".
+    pub fn is_well_formed(text: &str) -> bool {
+        !text.is_empty()
+            && text.len() <= MAX_PUSH_ID
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+    }
+
+    /// A fresh random epoch (10 alphanumeric characters).
+    pub(crate) fn new_epoch() -> String {
+        use rand::{distributions::Alphanumeric, Rng};
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(10)
+            .map(char::from)
+            .collect()
+    }
+
+    /// Whether this id is at or before `other` in the same history (a push that a
+    /// replay up to `self` already covered). Ids of another epoch are never covered.
+    pub fn covers(&self, other: &PushId) -> bool {
+        self.epoch == other.epoch && other.seq <= self.seq
+    }
+}
+
+impl std::fmt::Display for PushId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PushId;
+
+    #[test]
+    fn push_ids_are_read_only_in_this_servers_form() {
+        let id = PushId::parse("Ab3:17").expect("ours");
+        assert_eq!((id.epoch.as_str(), id.seq), ("Ab3", 17));
+        assert_eq!(id.to_string(), "Ab3:17");
+        for foreign in [
+            "",
+            "x",
+            ":1",
+            "a:",
+            "a:0",
+            "a:-1",
+            "a.b:1",
+            "a:1:2",
+            "a:9007199254740992",
+        ] {
+            assert_eq!(PushId::parse(foreign), None, "{foreign:?}");
+        }
+        let newer = PushId::parse("Ab3:18").expect("ours");
+        assert!(newer.covers(&id) && !id.covers(&newer));
+        assert!(
+            !PushId::parse("Zz9:99").expect("ours").covers(&id),
+            "another epoch"
+        );
+    }
+
+    #[test]
+    fn since_is_well_formed_by_the_protocols_alphabet() {
+        for ok in ["a", "Ab3:17", "x.y_z-1:2", &"x".repeat(64)] {
+            assert!(PushId::is_well_formed(ok), "{ok:?}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a%3A1", &"x".repeat(65)] {
+            assert!(!PushId::is_well_formed(bad), "{bad:?}");
+        }
+    }
 }

@@ -36,10 +36,10 @@ use ticketgate_sdk::ClientType;
 
 use super::qr::millis;
 use super::{
-    keys, utc_day, AdmitOutcome, AdmitTicket, ConfirmOutcome, ConfirmQr, MintOutcome, MintTicket,
-    NewQr, PollOutcome, PollQr, QrContext, QrMode, QrScanner, RenewAccess, RenewOutcome,
-    RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord, Store, StoreError,
-    TicketGrant, UserSession,
+    keys, utc_day, AdmitOutcome, AdmitTicket, AppendPush, ConfirmOutcome, ConfirmQr, MintOutcome,
+    MintTicket, NewQr, PollOutcome, PollQr, PushId, PushReplay, QrContext, QrMode, QrScanner,
+    RenewAccess, RenewOutcome, RotateOutcome, RotateRefresh, ScanOutcome, ScanQr, SessionRecord,
+    Store, StoreError, StoredPush, TicketGrant, UserSession,
 };
 
 const MINT_LUA: &str = include_str!("scripts/mint.lua");
@@ -52,6 +52,8 @@ const QR_CREATE_LUA: &str = include_str!("scripts/qr_create.lua");
 const QR_SCAN_LUA: &str = include_str!("scripts/qr_scan.lua");
 const QR_CONFIRM_LUA: &str = include_str!("scripts/qr_confirm.lua");
 const QR_POLL_LUA: &str = include_str!("scripts/qr_poll.lua");
+const PUSH_LUA: &str = include_str!("scripts/push.lua");
+const PUSH_SINCE_LUA: &str = include_str!("scripts/push_since.lua");
 
 /// Reconnect backoff: 100 ms doubling up to 2 s, retried forever.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
@@ -122,6 +124,8 @@ pub struct RedisStore {
     renew: Script,
     index_session: Script,
     qr: QrScripts,
+    push: Script,
+    push_since: Script,
     url: String,
     settings: RedisSettings,
 }
@@ -179,6 +183,8 @@ impl RedisStore {
                 confirm: Script::from_lua(QR_CONFIRM_LUA),
                 poll: Script::from_lua(QR_POLL_LUA),
             },
+            push: Script::from_lua(PUSH_LUA),
+            push_since: Script::from_lua(PUSH_SINCE_LUA),
             url: url.to_owned(),
             settings,
         };
@@ -280,10 +286,40 @@ impl RedisStore {
             &self.qr.scan,
             &self.qr.confirm,
             &self.qr.poll,
+            &self.push,
+            &self.push_since,
         ] {
             script.load(self.pool.next()).await.map_err(map_err)?;
         }
         Ok(())
+    }
+
+    /// Appends a push to its user's history (`scripts/push.lua`) and, with
+    /// `announce = Some((channel, before, after))`, publishes `before + id + after` on
+    /// `channel` in the same atomic step. Answers the push's id.
+    pub(crate) async fn append_push_announced(
+        &self,
+        push: &AppendPush<'_>,
+        announce: Option<(&str, &str, &str)>,
+    ) -> Result<String, StoreError> {
+        let (channel, before, after) = announce.unwrap_or(("", "", ""));
+        let args = vec![
+            push.limits.max_len.max(1).to_string(),
+            ttl_millis(push.limits.ttl).to_string(),
+            PushId::new_epoch(),
+            push.session_id.unwrap_or("").to_owned(),
+            push.topic.to_owned(),
+            push.data.to_owned(),
+            channel.to_owned(),
+            before.to_owned(),
+            after.to_owned(),
+        ];
+        let keys = vec![keys::push_history(push.user_id)];
+        let answer = self.run(&self.push, keys, args).await?;
+        answer
+            .as_string()
+            .filter(|id| PushId::parse(id).is_some())
+            .ok_or_else(|| unexpected("push", &answer))
     }
 
     /// `EVALSHA`, with one `SCRIPT LOAD` and retry on `NOSCRIPT`.
@@ -574,6 +610,57 @@ impl Store for RedisStore {
                 .map(drop)
                 .map_err(map_err)
         }
+    }
+
+    async fn append_push(&self, push: &AppendPush<'_>) -> Result<String, StoreError> {
+        self.append_push_announced(push, None).await
+    }
+
+    async fn pushes_since(
+        &self,
+        user_id: &str,
+        since: &str,
+        session_id: &str,
+    ) -> Result<PushReplay, StoreError> {
+        let (epoch, seq) = PushId::parse(since).map_or((String::new(), 0), |s| (s.epoch, s.seq));
+        let keys = vec![keys::push_history(user_id)];
+        let args = vec![epoch, seq.to_string(), session_id.to_owned()];
+        let answer = self.run(&self.push_since, keys, args).await?;
+        let corrupt = || unexpected("push_since", &answer);
+        let items = match &answer {
+            Value::Array(items) => items,
+            _ => return Err(corrupt()),
+        };
+        let Some((last, rest)) = items.split_first() else {
+            return Ok(PushReplay::default());
+        };
+        let last_id = last.as_string().ok_or_else(corrupt)?;
+        let last = PushId::parse(&last_id).ok_or_else(corrupt)?;
+        let recovered = rest.first().and_then(Value::as_i64).ok_or_else(corrupt)? == 1;
+        let mut pushes = Vec::new();
+        for entry in rest[1..].chunks(4) {
+            let [seq, session, topic, data] = entry else {
+                return Err(corrupt());
+            };
+            let text = |v: &Value| v.as_string().ok_or_else(corrupt);
+            let seq: u64 = text(seq)?.parse().map_err(|_| corrupt())?;
+            let session = text(session)?;
+            pushes.push(StoredPush {
+                id: PushId {
+                    epoch: last.epoch.clone(),
+                    seq,
+                }
+                .to_string(),
+                session_id: (!session.is_empty()).then_some(session),
+                topic: text(topic)?,
+                data: text(data)?,
+            });
+        }
+        Ok(PushReplay {
+            recovered,
+            last_id: Some(last_id),
+            pushes,
+        })
     }
 
     async fn is_blocked(&self, user_id: &str) -> Result<bool, StoreError> {

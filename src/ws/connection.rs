@@ -36,6 +36,7 @@ use crate::handler::{Context, Refused, SessionHandler};
 use crate::limits::frame_limiter;
 use crate::registry::inbox::{Inbox, Next};
 use crate::registry::{ConnHandle, Outbound, Registration, Registry};
+use crate::store::PushId;
 use crate::ws::frames::{FrameGuard, Violation};
 use crate::ws::Linger;
 
@@ -54,6 +55,40 @@ pub(crate) struct ConnectionInfo {
     pub client_type: ClientType,
     /// Unix seconds: the access token's `exp`; the connection closes with 4004 then.
     pub expires_at: i64,
+    /// What the client missed, when it connected with `since` (PROTOCOL §10). Boxed:
+    /// most connections have none, and every socket task holds its info.
+    pub recovery: Option<Box<Recovery>>,
+}
+
+/// A connect with `since`: what the welcome says, the pushes to replay after it, and
+/// the newest id the replay covers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recovery {
+    /// Whether every push after `since` follows.
+    pub recovered: bool,
+    /// The newest id of the user's history when it was read.
+    pub last_id: Option<String>,
+    /// Push frames (JSON text) to send right after the welcome, oldest first.
+    pub replay: Vec<String>,
+}
+
+/// Whether `text` is a push frame that a replay up to `covered` already sent: the
+/// socket was registered for live pushes before the history was read, so pushes
+/// published in between come both ways. Ids come in order, so the first live push
+/// that is not covered ends the check.
+fn replayed(covered: &PushId, text: &str) -> Option<bool> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        id: String,
+    }
+    let head: Head = serde_json::from_str(text).ok()?;
+    if head.kind != "push" {
+        return None;
+    }
+    Some(PushId::parse(&head.id).is_some_and(|id| covered.covers(&id)))
 }
 
 /// Capacity of a connection's inbox; a full inbox closes the socket with 4010.
@@ -353,6 +388,8 @@ pub(crate) fn welcome_text(info: &ConnectionInfo) -> String {
         user_id: info.user_id.clone(),
         device_id: info.device_id.clone(),
         expires_at: info.expires_at,
+        recovered: info.recovery.as_ref().map(|r| r.recovered),
+        last_id: info.recovery.as_ref().map(|r| r.last_id.clone()),
     };
     json(&welcome)
 }
@@ -410,7 +447,10 @@ async fn drive<S, V>(
                 let (cx, handler) = (calls.context(services, &info), handler.clone());
                 connected = Some(services.spawn_event(async move { handler.connect(&cx).await }));
             }
-            serve(&mut ws, &mut info, node, services, &inbox, &mut calls).await
+            match replay(&mut ws, &mut info, node, &inbox).await {
+                Ok(()) => serve(&mut ws, &mut info, node, services, &inbox, &mut calls).await,
+                Err(exit) => exit,
+            }
         }
         Err(_) => Exit::Gone,
     };
@@ -457,6 +497,26 @@ async fn drive<S, V>(
     }
 }
 
+/// Sends the pushes a `since` connect missed, right after the welcome and before any
+/// live one (those wait in the inbox meanwhile).
+async fn replay<S>(
+    ws: &mut S,
+    info: &mut ConnectionInfo,
+    node: &SocketNode,
+    inbox: &Inbox,
+) -> Result<(), Exit>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let Some(recovery) = info.recovery.as_mut() else {
+        return Ok(());
+    };
+    for frame in std::mem::take(&mut recovery.replay) {
+        send(ws, Message::text(frame), inbox, node.settings.send_timeout).await?;
+    }
+    Ok(())
+}
+
 async fn serve<S, V>(
     ws: &mut S,
     info: &mut ConnectionInfo,
@@ -483,6 +543,12 @@ where
     // when that changes, instead of registering four timers per frame.
     let timer = sleep_until(next_ping);
     tokio::pin!(timer);
+    // The newest push a replay covered: live pushes up to it are duplicates.
+    let mut covered = info
+        .recovery
+        .as_ref()
+        .and_then(|r| r.last_id.as_deref())
+        .and_then(PushId::parse);
 
     loop {
         let expiring_at = deadline.checked_sub(window).unwrap_or(deadline);
@@ -525,6 +591,13 @@ where
             }
             next = inbox.next() => match next {
                 Next::Message(Outbound::Text(t)) => {
+                    if let Some(last) = &covered {
+                        match replayed(last, &t) {
+                            Some(true) => continue,
+                            Some(false) => covered = None,
+                            None => {}
+                        }
+                    }
                     if let Err(exit) = send(ws, Message::text(t), inbox, cfg.send_timeout).await {
                         return exit;
                     }
@@ -669,7 +742,11 @@ fn handle_frame(raw: &str, info: &mut ConnectionInfo, services: &impl SocketServ
             }
         }
         ClientFrame::Ping => Reply::Send(text(&ServerFrame::Pong)),
-        ClientFrame::Ack { .. } => Reply::None,
+        ClientFrame::Ack { .. } => {
+            // Counted only: the client's `since` decides what is replayed (PROTOCOL §10).
+            crate::metrics::hot().push_acks.increment(1);
+            Reply::None
+        }
         ClientFrame::Refresh { access_token } => match services.verify_access(&access_token) {
             Ok(claims) if claims.sid == info.session_id && claims.sub == info.user_id => {
                 // The same token again, or an older one, renews nothing: saying
@@ -889,6 +966,7 @@ mod tests {
                 device_id: "d1".into(),
                 client_type: ClientType::Web,
                 expires_at: EXP,
+                recovery: None,
             };
             let (services, welcome) = (self.services, self.welcome);
             let task = tokio::spawn(async move {
@@ -959,6 +1037,8 @@ mod tests {
             user_id: "alice".into(),
             device_id: "d1".into(),
             expires_at: EXP,
+            recovered: None,
+            last_id: None,
         }
     }
 

@@ -303,6 +303,8 @@ async fn read_request(stream: &mut TcpStream) -> Option<Captured> {
 /// A socket the fake WebSocket server admitted, and the ticket it was offered.
 pub(crate) struct Admitted {
     pub(crate) ticket: String,
+    /// The `since` query parameter of the connect, if any.
+    pub(crate) since: Option<String>,
     pub(crate) socket: WebSocketStream<TcpStream>,
 }
 
@@ -380,6 +382,8 @@ impl FakeWs {
                 tokio::spawn(async move {
                     let ticket = Arc::new(Mutex::new(String::new()));
                     let ticket_seen = Arc::clone(&ticket);
+                    let since = Arc::new(Mutex::new(None::<String>));
+                    let since_seen = Arc::clone(&since);
                     // The callback's error type is tungstenite's, not ours to shrink.
                     #[allow(clippy::result_large_err)]
                     let callback = move |request: &Request, mut response: Response| {
@@ -400,6 +404,14 @@ impl FakeWs {
                             return Err(refusal);
                         }
                         *ticket_seen.lock().expect("lock") = offered_ticket;
+                        *since_seen.lock().expect("lock") = request
+                            .uri()
+                            .query()
+                            .unwrap_or_default()
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("since="))
+                            // Push ids hold no other character that is escaped.
+                            .map(|v| v.replace("%3A", ":"));
                         response.headers_mut().insert(
                             "sec-websocket-protocol",
                             HeaderValue::from_static("ticketgate.v1"),
@@ -411,7 +423,12 @@ impl FakeWs {
                         return;
                     };
                     let ticket = ticket.lock().expect("lock").clone();
-                    let _ = tx.send(Admitted { ticket, socket });
+                    let since = since.lock().expect("lock").clone();
+                    let _ = tx.send(Admitted {
+                        ticket,
+                        since,
+                        socket,
+                    });
                 });
             }
         });
