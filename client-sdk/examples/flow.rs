@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Event::Frame(ServerFrame::Refreshed { expires_at }) => {
                 println!("renewed until {expires_at}")
             }
-            Event::Frame(ServerFrame::Error { error, message }) => {
+            Event::Frame(ServerFrame::Error { error, message, .. }) => {
                 eprintln!("the server refused a frame: {error}: {message}")
             }
             Event::Frame(_) => {}

@@ -91,16 +91,24 @@ impl SendError {
     }
 }
 
-/// The answer a frame carries for the call `id`, if it is an answer.
-fn answer_of(frame: ServerFrame) -> Result<(String, Result<Value, SendError>), ServerFrame> {
+/// A server frame sorted: an answer to a call, or any other frame.
+enum Sorted {
+    /// The answer to the call with this id.
+    Answer(String, Result<Value, SendError>),
+    /// A frame that answers no call.
+    Other(ServerFrame),
+}
+
+/// Sorts a frame: the answer it carries for a call, if it is one.
+fn answer_of(frame: ServerFrame) -> Sorted {
     match frame {
-        ServerFrame::Reply { id, data } => Ok((id, Ok(data))),
+        ServerFrame::Reply { id, data } => Sorted::Answer(id, Ok(data)),
         ServerFrame::Error {
             id: Some(id),
             error,
             message,
-        } => Ok((id, Err(SendError::from_code(&error, &message)))),
-        other => Err(other),
+        } => Sorted::Answer(id, Err(SendError::from_code(&error, &message))),
+        other => Sorted::Other(other),
     }
 }
 
@@ -132,11 +140,11 @@ impl Pending {
             return Some(frame);
         };
         match answer_of(frame) {
-            Ok((_, answer)) => {
+            Sorted::Answer(_, answer) => {
                 let _ = tx.send(answer);
                 None
             }
-            Err(other) => Some(other),
+            Sorted::Other(other) => Some(other),
         }
     }
 
@@ -259,9 +267,9 @@ impl CallSocket {
                 _ => return Err(SendError::Disconnected),
             };
             match answer_of(frame) {
-                Ok((answered, answer)) if answered == id => return answer,
-                Ok(_) => {}
-                Err(other) => self.backlog.push_back(other),
+                Sorted::Answer(answered, answer) if answered == id => return answer,
+                Sorted::Answer(..) => {}
+                Sorted::Other(other) => self.backlog.push_back(other),
             }
         }
     }
@@ -278,8 +286,8 @@ impl CallSocket {
         loop {
             match self.read().await? {
                 Ok(frame) => match answer_of(frame) {
-                    Ok(_) => continue,
-                    Err(other) => return Some(Ok(other)),
+                    Sorted::Answer(..) => continue,
+                    Sorted::Other(other) => return Some(Ok(other)),
                 },
                 Err(e) => return Some(Err(e)),
             }

@@ -494,4 +494,27 @@ mod tests {
             "{err}"
         );
     }
+
+    /// The README's production config file uses only keys that exist, with values
+    /// that parse (the files it names do not exist here, so only those may fail).
+    #[test]
+    fn the_readmes_production_config_file_is_valid() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let marker = "# /etc/ticketgate/ticketgate.toml";
+        let text = readme
+            .split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the README's config file");
+        let (_dir, path) = write_config(text);
+        let problems = match Config::load_from(Some(&path), &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        };
+        let unexpected: Vec<_> = problems
+            .iter()
+            .filter(|p| !p.contains("cannot read `/etc/ticketgate/"))
+            .collect();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+    }
 }
