@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[path = "support/bin.rs"]
 mod bin;
 
-use bin::{add_user, free_port, ticketgate};
+use bin::{add_user, free_port, ticketgate, wait_until_up};
 
 #[test]
 fn every_config_error_is_reported_at_once_with_exit_code_78() {
@@ -105,14 +105,7 @@ async fn start_up_lines_say_what_the_node_is() {
         .stderr(log)
         .spawn()
         .expect("spawn server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_up(&format!("http://127.0.0.1:{port}"), Duration::from_secs(10)).await;
     let kill = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
@@ -236,11 +229,7 @@ async fn rust_log_cannot_lift_the_cap_on_dependencies() {
             .spawn()
             .expect("spawn server");
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(format!("{url}/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_up(&url, Duration::from_secs(10)).await;
         let client = ticketgate_sdk::Client::new(&url).expect("client");
         let session = client
             .login("alice", "pw-alice-1234", ticketgate_sdk::ClientType::Mobile)

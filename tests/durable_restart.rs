@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ticketgate_sdk::protocol::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use ticketgate_sdk::signing::{sign, SignedParts};
 use ticketgate_sdk::{Client, ClientError, ClientType, ErrorCode, Session};
 
-use support::bin::{add_user, free_port, ticketgate};
+use support::bin::{add_user, free_port, ticketgate, wait_until_up};
 
 const PASSWORD: &str = "pw-durable-1234";
 const ADMIN_KEY: &str = "durable-admin-key-0123456789";
@@ -64,14 +64,7 @@ impl Node {
             public,
             admin,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while reqwest::get(format!("{}/healthz", node.url()))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_up(&node.url(), Duration::from_secs(20)).await;
         node
     }
 

@@ -11,9 +11,9 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::bin::{add_user, free_port, ticketgate};
+use support::bin::{add_user, free_port, ticketgate, wait_until_up};
 use support::{close_code, TestServer};
 use ticketgate::config::Rate;
 use ticketgate_sdk::protocol::close;
@@ -122,14 +122,7 @@ async fn fresh_node() -> Node {
         admin,
         _dir: dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("http://{public}/healthz"))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_up(&format!("http://{public}"), Duration::from_secs(10)).await;
     node
 }
 

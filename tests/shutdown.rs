@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::bin::{add_user, free_port, ticketgate};
+use support::bin::{add_user, free_port, ticketgate, wait_until_up};
 use support::raw::{read_answer, read_more};
 
 const USER: &str = "alice";
@@ -50,14 +50,7 @@ impl Node {
             admin,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reqwest::get(format!("{}/healthz", node.url()))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_up(&node.url(), Duration::from_secs(10)).await;
         node
     }
 

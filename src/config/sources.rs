@@ -504,7 +504,8 @@ mod tests {
         let text = readme
             .split(marker)
             .nth(1)
-            .and_then(|rest| rest.split("```").next())
+            .and_then(|rest| rest.split_once('\n'))
+            .and_then(|(_, rest)| rest.split("```").next())
             .expect("the README's config file");
         let (_dir, path) = write_config(text);
         let problems = match Config::load_from(Some(&path), &|_| None) {

@@ -45,3 +45,16 @@ pub fn add_user(dir: &Path, name: &str, password: &str) {
         .expect("write");
     assert!(add.wait().expect("wait").success());
 }
+
+/// Waits until the node at `base` (`http://host:port`) answers `GET /healthz`; fails
+/// the test after `limit`.
+pub async fn wait_until_up(base: &str, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server at {base} did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
