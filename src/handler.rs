@@ -28,7 +28,8 @@ use serde::Serialize;
 use ticketgate_sdk::protocol::upstream_code_is_well_formed;
 use ticketgate_sdk::{ClientType, ErrorCode};
 
-use crate::hub::{Hub, Op, Target};
+use crate::hub::{Hub, Target};
+use crate::store::{AppendPush, HistoryLimits, Store, StoreError};
 
 /// Who is on the other end of a socket, as ticketgate verified it: from the consumed
 /// ticket and its session, never from anything the client sent.
@@ -232,17 +233,20 @@ pub enum PushError {
     Hub(String),
 }
 
-/// Sends `push` frames to users' and sessions' sockets on every node: the path the
-/// admin API's `publish` takes. Cheap to clone.
+/// Sends `push` frames to users' and sessions' sockets on every node, each kept in its
+/// user's history first (PROTOCOL §10): the one path of every push, the admin API's
+/// `publish` included. Cheap to clone.
 #[derive(Clone)]
 pub struct Pusher {
     hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    limits: HistoryLimits,
 }
 
 impl Pusher {
-    /// A pusher over `hub`.
-    pub(crate) fn new(hub: Arc<Hub>) -> Pusher {
-        Pusher { hub }
+    /// A pusher over `hub`, keeping histories in `store` within `limits`.
+    pub(crate) fn new(hub: Arc<Hub>, store: Arc<dyn Store>, limits: HistoryLimits) -> Pusher {
+        Pusher { hub, store, limits }
     }
 
     /// Pushes `{"type":"push","id","topic","data"}` to every live socket of `user_id`.
@@ -279,18 +283,51 @@ impl Pusher {
         topic: &str,
         data: serde_json::Value,
     ) -> Result<Pushed, PushError> {
-        let id = crate::auth::random_id(12);
-        let answers = self
-            .hub
-            .request(Op::Push {
-                target,
-                id: id.clone(),
-                topic: topic.to_owned(),
-                data,
-            })
+        self.push(target, topic, data)
             .await
-            .map_err(|e| PushError::Hub(e.to_string()))?;
-        let delivered = answers.iter().map(|a| a.count).sum();
+            .map_err(|e| PushError::Hub(e.to_string()))
+    }
+
+    /// Keeps the push in its user's history (when history is on), then sends it to
+    /// every live socket of `target` on every node; its id and the sockets reached.
+    ///
+    /// The history is the user's: a push to one session is kept in its user's, marked
+    /// with the session. A session that no longer exists has no socket to come back
+    /// with, so its push is not kept (its id is then not a history's).
+    pub(crate) async fn push(
+        &self,
+        target: Target,
+        topic: &str,
+        data: serde_json::Value,
+    ) -> Result<Pushed, StoreError> {
+        let user_id = match &target {
+            Target::User(u) => Some(u.clone()),
+            Target::Session(s) => self.store.session(s).await?.map(|r| r.user_id),
+        };
+        let data_text = data.to_string();
+        let history = match &user_id {
+            Some(user_id) if self.limits.enabled() => Some(AppendPush {
+                user_id,
+                session_id: match &target {
+                    Target::Session(s) => Some(s.as_str()),
+                    Target::User(_) => None,
+                },
+                topic,
+                data: &data_text,
+                limits: self.limits,
+            }),
+            _ => None,
+        };
+        let (id, delivered) = self
+            .hub
+            .push(
+                &*self.store,
+                history,
+                target.clone(),
+                topic.to_owned(),
+                data,
+            )
+            .await?;
         Ok(Pushed { id, delivered })
     }
 }

@@ -333,7 +333,11 @@ impl Server {
             limits.clock().clone(),
         );
         let state = AppState::new(Shared {
-            pusher: Pusher::new(hub.clone()),
+            pusher: Pusher::new(
+                hub.clone(),
+                store.clone(),
+                crate::hub::history_limits(&config),
+            ),
             handler,
             limits,
             sockets,

@@ -454,6 +454,9 @@ async fn an_in_process_handler_sees_the_identity_and_pushes() {
         (push["topic"].as_str(), &push["data"]),
         (Some("echo"), &json!({"user_id": "bob"}))
     );
+    // A handler's push takes the admin publish's path: kept in the user's history, so
+    // a socket that comes back with `since` learns it as the newest id (PROTOCOL §10).
+    let pushed_id = push["id"].as_str().expect("a push id").to_owned();
     assert_eq!(
         reply,
         json!({"type": "reply", "id": "x", "data": {"delivered": 1, "data": {"user_id": "bob"}}})
@@ -479,6 +482,15 @@ async fn an_in_process_handler_sees_the_identity_and_pushes() {
     let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["connect", "message x", "message y"]);
     assert!(seen.iter().all(|(_, who)| *who == expected), "{seen:?}");
+
+    let (client, session) = server.login_as("alice", ClientType::Mobile).await;
+    let ticket = client.mint_ticket(&session).await.expect("ticket");
+    let (_second, resumed) = client
+        .connect_since(&session, &ticket, Some(&pushed_id))
+        .await
+        .expect("connect with since");
+    assert_eq!(resumed.recovered, Some(true), "{resumed:?}");
+    assert_eq!(resumed.last_id.as_deref(), Some(pushed_id.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

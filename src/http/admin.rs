@@ -16,7 +16,6 @@ use ticketgate_sdk::ClientType;
 use super::body::{parse_json, read_limited};
 use crate::hub::{Op, Target};
 use crate::sessions::Ended;
-use crate::store::AppendPush;
 use axum::Router;
 
 use super::error::ApiError;
@@ -165,38 +164,8 @@ async fn publish(
             ))
         }
     };
-    // The history is the user's: a push to one session is kept in its user's, marked
-    // with the session. A session that no longer exists has no socket to come back
-    // with, so its push is not kept (its id is then not a history's).
-    let user_id = match &target {
-        Target::User(u) => Some(u.clone()),
-        Target::Session(s) => state.store.session(s).await?.map(|r| r.user_id),
-    };
-    let limits = crate::hub::history_limits(&state.config);
-    let data_text = req.data.to_string();
-    let history = match &user_id {
-        Some(user_id) if limits.enabled() => Some(AppendPush {
-            user_id,
-            session_id: match &target {
-                Target::Session(s) => Some(s.as_str()),
-                Target::User(_) => None,
-            },
-            topic: &req.topic,
-            data: &data_text,
-            limits,
-        }),
-        _ => None,
-    };
-    let (id, delivered) = state
-        .hub
-        .push(
-            &*state.store,
-            history,
-            target.clone(),
-            req.topic.clone(),
-            req.data,
-        )
-        .await?;
+    let pushed = state.pusher.push(target, &req.topic, req.data).await?;
+    let (id, delivered) = (pushed.id, pushed.delivered);
     Ok(Json(json!({ "id": id, "delivered": delivered })))
 }
 

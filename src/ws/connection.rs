@@ -845,7 +845,14 @@ mod tests {
                 tokens: Vec::new(),
                 resume: None,
                 handler: Arc::new(crate::handler::NoUpstream),
-                pusher: crate::handler::Pusher::new(hub),
+                pusher: crate::handler::Pusher::new(
+                    hub,
+                    Arc::new(crate::store::memory::MemoryStore::new()),
+                    crate::store::HistoryLimits {
+                        max_len: 0,
+                        ttl: Duration::ZERO,
+                    },
+                ),
             }
         }
     }
