@@ -58,9 +58,6 @@ const PASSWORD: &str = "flood chaos password";
 const TOPIC: &str = "chaos";
 /// The topic of the throughput phase (clients ignore it).
 const BENCH_TOPIC: &str = "chaos-bench";
-/// Publisher tasks; user `i` is published by task `i mod PUBLISHERS`, so each user's
-/// pushes are published one after the other and their order is known.
-const PUBLISHERS: usize = 4;
 /// Time for the last reconnects and deliveries after the last publish.
 const SETTLE: Duration = Duration::from_secs(4);
 /// Time allowed for every client's first welcome.
@@ -229,13 +226,15 @@ impl Publisher {
 /// One user's published pushes, in publish order: `(id, when the answer came)`.
 type Log = Vec<(String, Instant)>;
 
-/// Publishes to `users` (this task's share) at `rate` per second until `until`.
+/// Publishes to `users` (this task's share) at `rate` per second until `until`; the
+/// logs, the failed calls, and the calls' latencies added to `took`.
 async fn publish_share(
     publisher: Publisher,
     users: Vec<(usize, String)>,
     rate: f64,
     until: Instant,
-) -> (Vec<(usize, Log)>, u64) {
+    mut took: Histogram<u64>,
+) -> (Vec<(usize, Log)>, u64, Histogram<u64>) {
     let mut logs: Vec<(usize, Log)> = users.iter().map(|(i, _)| (*i, Vec::new())).collect();
     let mut errors = 0;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
@@ -245,13 +244,17 @@ async fn publish_share(
         tick.tick().await;
         let k = (n as usize) % users.len();
         let (i, user) = &users[k];
+        let sent = Instant::now();
         match publisher.publish(*i, user, TOPIC, n).await {
-            Ok(id) => logs[k].1.push((id, Instant::now())),
+            Ok(id) => {
+                let _ = took.record(sent.elapsed().as_micros() as u64);
+                logs[k].1.push((id, Instant::now()));
+            }
             Err(_) => errors += 1,
         }
         n += 1;
     }
-    (logs, errors)
+    (logs, errors, took)
 }
 
 /// The verdict of one client's record against its user's log.
@@ -510,14 +513,20 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let until = started + args.duration;
-    let share = f64::from(args.rate) / PUBLISHERS.min(args.users) as f64;
-    let publishers: Vec<_> = (0..PUBLISHERS.min(args.users))
-        .map(|p| {
-            let users: Vec<(usize, String)> = (p..args.users)
-                .step_by(PUBLISHERS)
-                .map(|i| (i, names[i].clone()))
-                .collect();
-            tokio::spawn(publish_share(publisher.clone(), users, share, until))
+    // One publisher task per user: a user's pushes are published one after the other,
+    // so their order is known, and a slow call holds up that user only.
+    let share = f64::from(args.rate) / args.users as f64;
+    let empty = Histogram::<u64>::new(3).context("histogram")?;
+    let publishers: Vec<_> = (0..args.users)
+        .map(|i| {
+            let users = vec![(i, names[i].clone())];
+            tokio::spawn(publish_share(
+                publisher.clone(),
+                users,
+                share,
+                until,
+                empty.clone(),
+            ))
         })
         .collect();
     let cuts: Vec<watch::Sender<u64>> = forwarders.iter().map(|f| f.cut.clone()).collect();
@@ -540,9 +549,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let _ = cutter.await;
     let mut logs: Vec<Log> = vec![Vec::new(); args.users];
     let mut publish_errors = 0;
+    let mut publish_took = Histogram::<u64>::new(3).context("histogram")?;
     for p in publishers {
-        let (share, errors) = p.await.context("publisher task")?;
+        let (share, errors, took) = p.await.context("publisher task")?;
         publish_errors += errors;
+        publish_took.add(&took).context("histogram")?;
         for (i, log) in share {
             logs[i] = log;
         }
@@ -616,6 +627,15 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 ),
             ],
             vec!["publish errors".into(), publish_errors.to_string()],
+            vec![
+                "publish call p50 / p99 / max".into(),
+                format!(
+                    "{} / {} / {}",
+                    fmt_us(publish_took.value_at_quantile(0.5)),
+                    fmt_us(publish_took.value_at_quantile(0.99)),
+                    fmt_us(publish_took.max())
+                ),
+            ],
             vec![
                 "drains + restarts (slowest exit)".into(),
                 format!("{} ({} ms)", drain_times.len(), drain_max.as_millis()),
