@@ -433,6 +433,24 @@ impl Cluster<'_> {
     }
 }
 
+/// Lines of the nodes' logs in `dir` that contain `needle`.
+fn lines_in_logs(dir: &Path, needle: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("log"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+        })
+        .sum()
+}
+
 /// `flood push-chaos`: see the module docs.
 ///
 /// # Errors
@@ -605,6 +623,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         total.add(&check(&logs[i], &seen, &mut replay));
     }
     let panics = spawn::panics_in_logs(dir);
+    let lagged = lines_in_logs(dir, "hub fell behind");
 
     let replay_cell = |q: f64| {
         if replay.is_empty() {
@@ -684,6 +703,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             ],
         ],
     );
+    if lagged > 0 {
+        println!(
+            "  node logs: \"hub fell behind\" {lagged}× (bus messages dropped: pushes to live \
+             sockets lost)"
+        );
+    }
     for (log, count, first) in &panics {
         println!("  panic in {log} ({count}×): {first}");
     }
