@@ -234,7 +234,11 @@ async fn publish_share(
     rate: f64,
     until: Instant,
     mut took: Histogram<u64>,
+    offset: Duration,
 ) -> (Vec<(usize, Log)>, u64, Histogram<u64>) {
+    // Each task starts at its own offset within the period, so the total rate is
+    // spread evenly instead of arriving in bursts of one call per user.
+    tokio::time::sleep(offset).await;
     let mut logs: Vec<(usize, Log)> = users.iter().map(|(i, _)| (*i, Vec::new())).collect();
     let mut errors = 0;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
@@ -544,6 +548,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 share,
                 until,
                 empty.clone(),
+                Duration::from_secs_f64(i as f64 / f64::from(args.rate)),
             ))
         })
         .collect();
