@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ticketgate_loadtest::scenarios::push_chaos;
 use ticketgate_loadtest::{baseline, bench, standalone};
 
 /// The same allocator as the ticketgate binary, for both jobs of this one: the baseline
@@ -61,6 +62,9 @@ enum Command {
     Kick(standalone::TargetArgs),
     /// Push fan-out latency and throughput (over the target and --peer nodes).
     Push(standalone::TargetArgs),
+    /// Nothing lost across a reconnect: three nodes it starts on one Redis, pushes at a
+    /// fixed rate, drains, restarts and cut sockets; every push id checked.
+    PushChaos(push_chaos::ChaosArgs),
     /// Business calls (send → reply) through a ticketgate node it starts, against the
     /// same upstream called directly, same concurrency, one run: ratio and added
     /// latency.
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             Command::Idle(args) => until_interrupted(standalone::idle(args)).await,
             Command::Kick(args) => until_interrupted(standalone::kick(args)).await,
             Command::Push(args) => until_interrupted(standalone::push(args)).await,
+            Command::PushChaos(args) => until_interrupted(push_chaos::run(args)).await,
             Command::Upstream(args) => until_interrupted(standalone::upstream(args)).await,
         }
     });

@@ -112,6 +112,18 @@ impl RedisStats {
         })
     }
 
+    /// `used_memory` of `INFO memory`, in bytes.
+    ///
+    /// # Errors
+    /// When Redis does not answer or the field is missing.
+    pub fn used_memory(&self) -> anyhow::Result<u64> {
+        let info = self.command(&["INFO", "memory"])?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("INFO memory has no used_memory"))
+    }
+
     fn open(&self) -> anyhow::Result<TcpStream> {
         let stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)
             .with_context(|| format!("connect to redis at {}", self.addr))?;

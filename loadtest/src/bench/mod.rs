@@ -31,7 +31,7 @@
 
 mod bar;
 mod interleave;
-mod nodes;
+pub(crate) mod nodes;
 mod phases;
 mod sizes;
 

@@ -17,7 +17,7 @@ const SHORT_TICKET_TTL: &str = "1s";
 const UNCAPPED: &str = "1000000";
 
 /// `(variable, value)` pairs for a node, `TICKETGATE_RATE_*` and the caps raised.
-pub(super) fn main_env(redis_url: &str, dir: &Path, admin_key: &str) -> Vec<(String, String)> {
+pub(crate) fn main_env(redis_url: &str, dir: &Path, admin_key: &str) -> Vec<(String, String)> {
     let path = |p: &str| dir.join(p).to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = vec![
         ("TICKETGATE_REDIS_URL".into(), redis_url.into()),

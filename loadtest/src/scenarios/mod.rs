@@ -13,6 +13,7 @@ pub mod idle;
 pub mod kick;
 pub mod mint_flood;
 pub mod push;
+pub mod push_chaos;
 pub mod replay;
 pub mod upstream;
 
