@@ -377,3 +377,42 @@ async fn pushes_from_two_nodes_come_in_one_order_to_every_socket() {
         "in id order: {seqs:?}"
     );
 }
+
+/// A burst of pushes published through one node reaches the sockets on another node,
+/// every one of them: the hub's subscriber must not drop messages under a burst (a
+/// dropped hub message is a push that is in the history but never reaches a socket
+/// that stays open, so its client never asks for it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pushes_through_another_node_reaches_every_socket() {
+    // Per user and round: fewer than a socket's inbox holds, so none is a slow consumer.
+    const PER_USER: u64 = 24;
+    const ROUNDS: u64 = 4;
+    let (a, b) = two_nodes().await;
+    let users = ["alice", "bob", "carol"];
+    let mut sockets = Vec::new();
+    for user in users {
+        let (client, session) = a.login_as(user, ClientType::Mobile).await;
+        sockets.push(connect(&client, &session, None).await.0);
+    }
+    for round in 0..ROUNDS {
+        let publishes = users.iter().flat_map(|user| {
+            let b = &b;
+            (0..PER_USER).map(move |i| async move {
+                let n = round * PER_USER + i;
+                publish(b, json!({"user_id": user, "topic": "t", "data": {"n": n}})).await
+            })
+        });
+        futures_util::future::join_all(publishes).await;
+        // Each socket drains this round before the next one is published.
+        for ws in &mut sockets {
+            for _ in 0..PER_USER {
+                tokio::time::timeout(Duration::from_secs(10), next_push(ws))
+                    .await
+                    .expect("every push of the burst arrives");
+            }
+        }
+    }
+    for ws in &mut sockets {
+        nothing_queued(ws).await;
+    }
+}

@@ -83,6 +83,7 @@ impl RedisBus {
             .with_connection_config(|c| redis::configure_connection(c, settings))
             .with_performance_config(|p| {
                 p.default_command_timeout = redis::command_timeout(settings);
+                p.broadcast_channel_capacity = HUB_BACKLOG;
             })
             .set_policy(redis::reconnect_policy())
             .build_subscriber_client()
@@ -221,6 +222,12 @@ async fn ping<C: ClientLike>(client: &C, limit: Duration) -> Result<(), fred::er
         .await
         .map(drop)
 }
+
+/// Hub messages the subscriber holds for the hub's loop. fred's default (32) is
+/// overrun by a burst of pushes (each is a request plus one answer per node): an
+/// overrun drops messages, and a dropped push never reaches a socket that stays open.
+/// A message is a few hundred bytes, so this is at most a few MiB per node.
+const HUB_BACKLOG: usize = 16_384;
 
 /// Closes `client`'s connection and opens a new one (fred keeps trying after `limit`).
 async fn reconnect<C: ClientLike>(client: &C, limit: Duration) {
