@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{close_code, RedisServer, StoreKind, TestServer};
+use support::{close_code, two_nodes, StoreKind, TestServer};
 use ticketgate_sdk::protocol::{close, ClientFrame};
 use ticketgate_sdk::{Client, ClientType, Session, Ticket, Welcome, WsStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -250,22 +250,6 @@ both_stores!(
 );
 
 /// Two nodes of one deployment: one Redis, one data dir.
-async fn two_nodes() -> (TestServer, TestServer) {
-    let redis = Arc::new(Mutex::new(RedisServer::start()));
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let a = TestServer::builder()
-        .redis(redis.clone())
-        .data_dir(dir.clone())
-        .start()
-        .await;
-    let b = TestServer::builder()
-        .redis(redis)
-        .data_dir(dir)
-        .start()
-        .await;
-    (a, b)
-}
-
 /// A publisher through node b, and a client on node a that is drained mid-stream and
 /// resumes on b with the resume ticket and its last id: every push arrives once, in
 /// order.

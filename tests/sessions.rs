@@ -4,13 +4,13 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::{
-    close_code, close_frame, error_of, RedisServer, Signed, StoreKind, TestServer, PASSWORD,
+    close_code, close_frame, error_of, two_nodes, Signed, StoreKind, TestServer, PASSWORD,
 };
 use ticketgate_sdk::protocol::{close, LoginResponse};
 use ticketgate_sdk::{ClientType, Session};
@@ -19,22 +19,6 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws = ticketgate_sdk::WsStream;
 
 /// Two nodes of one deployment: one Redis, one data dir.
-async fn two_nodes() -> (TestServer, TestServer) {
-    let redis = Arc::new(Mutex::new(RedisServer::start()));
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let a = TestServer::builder()
-        .redis(redis.clone())
-        .data_dir(dir.clone())
-        .start()
-        .await;
-    let b = TestServer::builder()
-        .redis(redis)
-        .data_dir(dir)
-        .start()
-        .await;
-    (a, b)
-}
-
 async fn refresh(server: &TestServer, session: &Session, token: &str) -> reqwest::Response {
     Signed {
         server,

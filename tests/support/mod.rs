@@ -146,6 +146,23 @@ impl Builder {
     }
 }
 
+/// Two nodes of one deployment: one Redis, one data dir (the same secrets).
+pub async fn two_nodes() -> (TestServer, TestServer) {
+    let redis = Arc::new(Mutex::new(RedisServer::start()));
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let a = TestServer::builder()
+        .redis(redis.clone())
+        .data_dir(dir.clone())
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .redis(redis)
+        .data_dir(dir)
+        .start()
+        .await;
+    (a, b)
+}
+
 /// A running ticketgate node.
 pub struct TestServer {
     /// Public listener.
