@@ -534,6 +534,75 @@ both_stores!(
     }
 );
 
+both_stores!(
+    a_web_device_polls_in_cookie_mode_and_gets_the_refresh_token_as_a_cookie,
+    |kind| async move {
+        let server = server(kind).await;
+        let (phone, phone_session) = server.login().await;
+        let pc = server.client();
+        let qr = pc
+            .qr_create_login_this(ClientType::Web)
+            .await
+            .expect("create");
+        phone
+            .qr_scan(Some(&phone_session), &qr.qr_id)
+            .await
+            .expect("scan");
+        phone
+            .qr_confirm(&phone_session, &qr.qr_id)
+            .await
+            .expect("confirm");
+
+        let mut body = poll_body(&qr, pc.device_id(), "web");
+        body["refresh_in_cookie"] = json!(true);
+        let response = raw_poll(&server, &qr.qr_id, body).await;
+        assert_eq!(response.status(), 200);
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .expect("the refresh token comes as the cookie");
+        assert!(cookie.starts_with("tg_refresh="), "{cookie}");
+        assert!(cookie.contains("HttpOnly; Secure; SameSite=Strict; Path=/v1/token"));
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["state"], "confirmed");
+        assert!(answer["access_token"].is_string() && answer["signing_key"].is_string());
+        assert!(
+            answer.get("refresh_token").is_none(),
+            "cookie mode keeps the refresh token out of the body: {answer}"
+        );
+    }
+);
+
+both_stores!(
+    cookie_mode_on_a_qr_poll_is_for_web_devices_only,
+    |kind| async move {
+        let server = server(kind).await;
+        let (phone, phone_session) = server.login().await;
+        let pc = server.client();
+        let qr = pc
+            .qr_create_login_this(ClientType::Mobile)
+            .await
+            .expect("create");
+        phone
+            .qr_scan(Some(&phone_session), &qr.qr_id)
+            .await
+            .expect("scan");
+        phone
+            .qr_confirm(&phone_session, &qr.qr_id)
+            .await
+            .expect("confirm");
+        let mut body = poll_body(&qr, pc.device_id(), "mobile");
+        body["refresh_in_cookie"] = json!(true);
+        let response = raw_poll(&server, &qr.qr_id, body).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("set-cookie").is_none());
+        let answer: Value = response.json().await.expect("json");
+        assert!(answer["refresh_token"].is_string(), "{answer}");
+    }
+);
+
 /// On Redis a QR login is one key with the QR's life as its TTL, holding hashes of the
 /// poll secrets but never the secrets, and every transition is one script call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

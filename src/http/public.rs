@@ -56,20 +56,31 @@ pub(crate) async fn login(
 /// Answers a login-shaped body, never cached; in cookie mode (web only) the refresh
 /// token moves from the body into the refresh cookie ([`cookie::set`]).
 fn login_answer(mut answer: LoginResponse, client_type: ClientType, cookie_mode: bool) -> Response {
-    let cookie = (cookie_mode && client_type == ClientType::Web).then(|| {
-        let token = answer.refresh_token.take().unwrap_or_default();
-        cookie::set(&token, answer.refresh_expires_in)
-    });
+    let cookie = refresh_into_cookie(&mut answer, client_type, cookie_mode);
     let mut response = no_store(Json(answer).into_response());
-    if let Some(Some(value)) = cookie {
+    if let Some(value) = cookie {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
 }
 
+/// In cookie mode, and for `web` clients only, takes the refresh token out of a login
+/// answer and returns the `Set-Cookie` value that carries it instead (PROTOCOL §3).
+pub(super) fn refresh_into_cookie(
+    answer: &mut LoginResponse,
+    client_type: ClientType,
+    cookie_mode: bool,
+) -> Option<HeaderValue> {
+    if !cookie_mode || client_type != ClientType::Web {
+        return None;
+    }
+    let token = answer.refresh_token.take().unwrap_or_default();
+    cookie::set(&token, answer.refresh_expires_in)
+}
+
 /// Marks an answer that carries a token, a ticket or a key as never to be cached
 /// (RFC 6749 §5.1; PROTOCOL §8 "Caps").
-fn no_store(mut response: Response) -> Response {
+pub(super) fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

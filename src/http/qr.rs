@@ -23,6 +23,8 @@ use ticketgate_sdk::ClientType;
 use super::body::{parse_json, read_limited};
 use super::error::ApiError;
 use super::extract::{charge_failure, Authenticated, ClientIp};
+// QR answers carry secrets, sessions and short-lived ids: never cached.
+use super::public::{no_store, refresh_into_cookie};
 use crate::auth::signing::is_device_id;
 use crate::auth::tokens::Claims;
 use crate::limits::Limit;
@@ -51,6 +53,9 @@ struct PollRequest {
     poll_secret: String,
     device_id: String,
     client_type: ClientType,
+    /// As at login: a `web` device takes its refresh token as the refresh cookie.
+    #[serde(default)]
+    refresh_in_cookie: bool,
 }
 
 /// The `qr_id` of a QR route; a malformed one names nothing: 404.
@@ -215,7 +220,8 @@ pub(crate) async fn poll(
         .poll_qr(&id, &body.poll_secret, &body.device_id, body.client_type)
         .await
         .map_err(|e| charge(e.into()))?;
-    let body = match polled {
+    let mut cookie = None;
+    let answer = match polled {
         Polled::Pending => json!({"state": "pending"}),
         Polled::Scanned(None) => json!({"state": "scanned"}),
         Polled::Scanned(Some(by)) => json!({
@@ -223,13 +229,18 @@ pub(crate) async fn poll(
             "scanner": {"ip": by.ip, "scanned_at": by.scanned_at},
         }),
         Polled::Confirmed => json!({"state": "confirmed"}),
-        Polled::LoggedIn(answer) => {
-            let mut body = serde_json::to_value(*answer).map_err(|_| ApiError::Internal)?;
-            body["state"] = json!("confirmed");
-            body
+        Polled::LoggedIn(mut login) => {
+            cookie = refresh_into_cookie(&mut login, body.client_type, body.refresh_in_cookie);
+            let mut answer = serde_json::to_value(*login).map_err(|_| ApiError::Internal)?;
+            answer["state"] = json!("confirmed");
+            answer
         }
     };
-    Ok(no_store(Json(body).into_response()))
+    let mut response = no_store(Json(answer).into_response());
+    if let Some(value) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
 }
 
 /// `GET /v1/qr/{qr_id}/qr.svg`: the QR code of `ticketgate://qr/<qr_id>`. The image is
@@ -252,14 +263,6 @@ pub(crate) async fn image(path: Result<Path<String>, PathRejection>) -> Result<R
         HeaderValue::from_static("image/svg+xml"),
     );
     Ok(no_store(response))
-}
-
-/// Never cached: QR answers carry secrets, sessions and short-lived ids.
-fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Adds `X-New-Token` to a Bearer call's answer when the access token is inside its
