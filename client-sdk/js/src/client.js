@@ -879,8 +879,11 @@ export class Client {
    * @param {number} socketExp
    */
   _tokenOutlives(socketExp) {
-    const exp = this._session ? jwtClaims(this._session.accessToken)?.exp : undefined;
-    return typeof exp === "number" && exp > socketExp;
+    const s = this._session;
+    const exp = s ? jwtClaims(s.accessToken)?.exp : undefined;
+    if (typeof exp !== "number") return false;
+    // A token of the same second that the socket has not seen yet is newer too.
+    return exp > socketExp || (exp === socketExp && s?.accessToken !== this._tokenSentToSocket);
   }
 
   /**

@@ -165,7 +165,7 @@ export class FakeServer {
   }
 
   access() {
-    const iat = this.nowSec() + this.seq; // distinct tokens even within one second
+    const iat = this.nowSec(); // tokens of one second differ by their jti
     return jwt({ sub: "alice", sid: this.session.id, iat, exp: iat + this.accessTtl, jti: `j${++this.seq}` });
   }
 
