@@ -15,8 +15,10 @@ export class TicketgateError extends Error {
    * The protocol's error code (`bad_credentials`, `token_revoked`, `slow_down`, `busy`,
    * `upstream_unavailable`, an upstream's own code, ...) or one of this client's:
    * `timeout` (no reply in time), `disconnected` (the socket closed before the reply),
-   * `not_logged_in`, `session_ended`, `network` (fetch failed), `bad_answer`
-   * (the server's answer could not be read), `cancelled`, `not_connected`.
+   * `not_connected`, `not_logged_in`, `session_ended`, `network` (fetch failed),
+   * `bad_answer` (the server's answer could not be read), `cancelled`, `kicked` /
+   * `replaced` (a `connect()` ended by 4503 / 4509 before its welcome), `storage`
+   * (IndexedDB refused a write), `client_error` (anything else).
    */
   readonly code: string;
   /** The HTTP status, or 0 when the error did not come from an HTTP answer. */
@@ -250,10 +252,10 @@ export interface QrApi {
     onCode?: (code: QrCode) => void;
     onState?: (state: { state: "pending" | "scanned" }) => void;
   }): Promise<PendingQr>;
-  /** A logged-in phone scans a `login_this` QR (Bearer + signed): where the login goes. */
-  scan(qrId: string): Promise<QrScanInfo>;
+  /** A logged-in phone scans a `login_this` QR (Bearer + signed): where the login goes. Takes a qr_id or the QR's text. */
+  scan(qrIdOrPayload: string): Promise<QrScanInfo>;
   /** Approves a scanned QR (Bearer + signed): the phone in login_this, the showing PC in login_other. */
-  confirm(qrId: string): Promise<void>;
+  confirm(qrIdOrPayload: string): Promise<void>;
   /** login_other: this logged-in device shows a QR for a new phone; `onScanned` tells who scanned (then confirm). `done` resolves when confirmed. */
   showLoginOther(options?: {
     onCode?: (code: QrCode) => void;
