@@ -188,13 +188,23 @@ export class Client {
     if (this._deviceIdValue) return this._deviceIdValue;
     // Under a lock, so that two tabs opened together agree on one id.
     return this._locks.request("ticketgate-device", async () => {
-      let id = await this._store.get(DEVICE_KEY);
-      if (typeof id !== "string" || !UUID.test(id)) {
-        id = crypto.randomUUID();
-        await this._store.set(DEVICE_KEY, id);
+      if (this._deviceIdValue) return this._deviceIdValue;
+      /** @type {unknown} */
+      let id;
+      try {
+        id = await this._store.get(DEVICE_KEY);
+        if (typeof id !== "string" || !UUID.test(id)) {
+          id = crypto.randomUUID();
+          await this._store.set(DEVICE_KEY, id);
+        }
+      } catch (err) {
+        // A store that refuses (a private window's IndexedDB): this page's id lasts as
+        // long as the page.
+        this._events.emit("error", new TicketgateError("storage", "the device id could not be stored", { cause: err }));
+        if (typeof id !== "string" || !UUID.test(id)) id = crypto.randomUUID();
       }
       this._deviceIdValue = /** @type {string} */ (id);
-      return /** @type {string} */ (id);
+      return this._deviceIdValue;
     });
   }
 

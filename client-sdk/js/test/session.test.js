@@ -252,3 +252,28 @@ test("a mobile client keeps its refresh token in its own store and sends it in t
   assert.equal(server.requests.at(-1).body.refresh_token, server.issued[0]);
   assert.equal((await storage.get("session")).refreshToken, server.issued[1]);
 });
+
+test("a store that refuses every call still lets the page log in and refresh", async () => {
+  const timers = new FakeTimers();
+  const server = new FakeServer(timers);
+  const refusing = {
+    get: async () => {
+      throw new Error("IndexedDB refused");
+    },
+    set: async () => {
+      throw new Error("IndexedDB refused");
+    },
+    delete: async () => {
+      throw new Error("IndexedDB refused");
+    },
+  };
+  const client = makeClient(server, timers, { storage: refusing });
+  const errors = [];
+  client.on("error", (e) => errors.push(e.code));
+  const info = await client.login("alice", "pw");
+  assert.match(info.deviceId, /^[0-9a-f-]{36}$/);
+  await client.refresh();
+  assert.equal(server.count("/v1/token/refresh"), 1);
+  assert.equal(server.session.revoked, false);
+  assert.ok(errors.includes("storage"));
+});
