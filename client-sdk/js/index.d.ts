@@ -25,7 +25,18 @@ export class TicketgateError extends Error {
   readonly status: number;
   /** Seconds from a `Retry-After` header, or null. */
   readonly retryAfter: number | null;
+  /** The error answer's whole JSON body when there was one (e.g. a rotated QR's `next_qr_id`). */
+  readonly body?: unknown;
 }
+
+/** The first line of the canonical string: `TG1-HMAC-SHA256`. */
+export const SCHEME: string;
+/** The Web Lock every tab of an origin takes around a refresh: `ticketgate-refresh`. */
+export const REFRESH_LOCK: string;
+/** The BroadcastChannel on which tabs announce renewals, logins and logouts: `ticketgate`. */
+export const CHANNEL_NAME: string;
+/** The prefix of a ticketgate QR code's text: `ticketgate://qr/`. */
+export const QR_PAYLOAD_PREFIX: string;
 
 /** The signed parts of a request (PROTOCOL §2). */
 export interface SignedParts {
