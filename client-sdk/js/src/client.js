@@ -333,6 +333,7 @@ export class Client {
         // Closing a socket that is closing already is no error.
       }
     }
+    this._welcomed = false;
     this._failPending("disconnected", "the client disconnected before the reply");
     this._rejectWaiter(new TicketgateError("cancelled", "disconnected before the welcome"));
     this._setState("closed");
@@ -608,6 +609,8 @@ export class Client {
   /** @param {Session} stored */
   _adoptStored(stored) {
     const before = this._session;
+    // A body refresh token held in memory belongs to the session it came with.
+    if (before && before.sessionId !== stored.sessionId) this._memRefresh = null;
     this._session = stored;
     this._deviceIdValue = stored.deviceId;
     if (!before || before.accessToken !== stored.accessToken) {

@@ -322,3 +322,22 @@ test("ack and ping frames", async () => {
   client.ping();
   assert.deepEqual(sock.sent, [{ type: "ack", id: "p1" }, { type: "ping" }]);
 });
+
+test("a socket that stayed up 30 s resets the backoff; a short one does not", async () => {
+  const { timers, ws, sock, server, events } = await connected({ random: () => 0.999999 });
+  sock.serverClose(1006);
+  timers.fireNext();
+  await until(() => ws.sockets.length === 2);
+  accept(ws.sockets[1], server, timers);
+  ws.sockets[1].serverClose(1006); // up for no time: the failures are in a row
+  timers.fireNext();
+  await until(() => ws.sockets.length === 3);
+  accept(ws.sockets[2], server, timers);
+  timers.nowMs += 30_000;
+  ws.sockets[2].serverClose(1006);
+  assert.deepEqual(named(events, "reconnecting").map((e) => [e.attempt, e.delayMs]), [
+    [1, 499],
+    [2, 999],
+    [1, 499],
+  ]);
+});

@@ -277,3 +277,17 @@ test("a store that refuses every call still lets the page log in and refresh", a
   assert.equal(server.session.revoked, false);
   assert.ok(errors.includes("storage"));
 });
+
+test("a login in one tab gives the other tabs that session", async () => {
+  const timers = new FakeTimers();
+  const server = new FakeServer(timers);
+  const shared = { storage: memoryStore(), locks: memoryLocks(), hub: new ChannelHub() };
+  const a = makeClient(server, timers, shared);
+  const b = makeClient(server, timers, shared);
+  assert.equal(await b.restore(), false);
+  await a.login("alice", "pw");
+  await until(() => b.session !== null, "b adopts the session");
+  assert.equal(b.session.sessionId, a.session.sessionId);
+  await b.mintTicket();
+  assert.equal(server.count("/v1/login"), 1);
+});
