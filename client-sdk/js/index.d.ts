@@ -187,8 +187,13 @@ export interface ClientEvents {
   state: { state: ConnectionState };
   welcome: WelcomeFrame;
   push: PushFrame;
-  /** After a welcome that answered `since`: `recovered` false means pushes were lost. `count`: pushes replayed so far (0 at the welcome). */
-  recovered: { recovered: boolean; lastId: string | null; count: number };
+  /**
+   * Right after a welcome that answered `since` (PROTOCOL §10). `recovered` false: some
+   * pushes after `since` were lost (resynchronise from your own service); the client then
+   * continues from `lastId`. `since`: what this socket asked from; `lastId`: the newest
+   * id of the user's history. The replayed pushes follow as `push` events.
+   */
+  recovered: { recovered: boolean; since: string | null; lastId: string | null };
   /** A new access token: from a refresh, an `X-New-Token` header, or another tab. */
   renewed: { accessExpiresAt: number; via: "refresh" | "x-new-token" | "other-tab" };
   /** Closed with 4503: kicked, logged out, blocked or revoked. Terminal. */
