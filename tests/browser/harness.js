@@ -145,12 +145,17 @@ export function watchProblems(page, name) {
   return problems;
 }
 
-/** Saves a screenshot of `page` as `<ARTIFACTS>/<name>.png` (and to `copyTo` if given). */
-export async function screenshot(page, name, copyTo) {
+/**
+ * Saves a screenshot of `page` as `<ARTIFACTS>/<name>.png`; with `UPDATE_SCREENSHOTS=1`
+ * also to `docsPath` in the repository (the README's pictures).
+ */
+export async function screenshot(page, name, docsPath) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const path = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path, fullPage: true });
-  if (copyTo) await page.screenshot({ path: join(ROOT, copyTo), fullPage: true });
+  if (docsPath && process.env.UPDATE_SCREENSHOTS === "1") {
+    await page.screenshot({ path: join(ROOT, docsPath), fullPage: true });
+  }
   return path;
 }
 
