@@ -73,6 +73,7 @@ async fn the_demo_page_and_its_assets_are_served_under_the_policy() {
     }
     for (path, kind) in [
         ("/demo/app.js", "text/javascript; charset=utf-8"),
+        ("/demo/live.js", "text/javascript; charset=utf-8"),
         ("/demo/app.css", "text/css; charset=utf-8"),
         ("/demo/client/index.js", "text/javascript; charset=utf-8"),
     ] {
@@ -82,8 +83,8 @@ async fn the_demo_page_and_its_assets_are_served_under_the_policy() {
         assert_guarded(&asset, path);
     }
     // The demo imports the client from where the server serves it.
-    let app = get(format!("{}/demo/app.js", server.url())).await.text();
-    assert!(app.contains("\"/demo/client/index.js\""), "{app}");
+    let live = get(format!("{}/demo/live.js", server.url())).await.text();
+    assert!(live.contains("\"/demo/client/index.js\""), "{live}");
 }
 
 #[tokio::test]

@@ -112,7 +112,7 @@ export async function startNode({ users = ["alice", "bob"], env = {} } = {}) {
 }
 
 /** Debian's Chromium, headless, kept off the network but for the node under test. */
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -124,6 +124,7 @@ export async function launchBrowser() {
       "--disable-sync",
       "--disable-quic",
       "--no-first-run",
+      ...extraArgs,
     ],
   });
 }

@@ -118,3 +118,22 @@ test("a wrong password is shown on /demo and nothing is stored", async () => {
     await context.close();
   }
 });
+
+test("over plain http on a host that is not local, /demo says WebCrypto is missing", async () => {
+  // A name that is not localhost, resolved to the node: not a secure context.
+  const port = new URL(node.url).port;
+  const insecure = await launchBrowser(["--host-resolver-rules=MAP tg-demo.test 127.0.0.1"]);
+  try {
+    const page = await insecure.newPage();
+    const problems = watchProblems(page, "insecure demo");
+    await page.goto(`http://tg-demo.test:${port}/demo`);
+    await page.waitForSelector("body[data-ready=true]");
+    assert.equal(await page.evaluate(() => isSecureContext), false);
+    assert.equal(await page.isVisible("#no-crypto"), true);
+    assert.match(await page.textContent("#no-crypto"), /HTTPS/);
+    assert.equal(await page.isDisabled("#login"), true);
+    assert.deepEqual(problems, []);
+  } finally {
+    await insecure.close();
+  }
+});
