@@ -4,7 +4,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 
-import { ADMIN_KEY, demoLogin, launchBrowser, openDemo, screenshot, startNode, watchProblems } from "./harness.js";
+import { ADMIN_KEY, PASSWORD, demoLogin, launchBrowser, openDemo, screenshot, startNode, watchProblems } from "./harness.js";
 
 let node;
 let browser;
@@ -61,6 +61,11 @@ test("a push from the admin page arrives on /demo, and a kick from it shows ther
     assert.match(await demo.textContent("#pushes li.push"), /news.*hello from the admin page/);
     await screenshot(admin, "admin", "docs/img/admin.png");
 
+    // No upstream is configured: a send is answered, with upstream_unavailable.
+    await demo.fill("#send-data", '{"ask": "anything"}');
+    await demo.click("#send");
+    await demo.waitForFunction(() => /upstream_unavailable/.test(document.querySelector("#reply").textContent));
+
     await admin.fill("#action-user", "alice");
     await admin.fill("#action-reason", "maintenance window");
     await admin.click("#kick");
@@ -99,6 +104,32 @@ test("the admin page asks for the key again after a 401 and keeps nothing", asyn
     assert.equal(await page.isVisible("#key-form"), true);
   } finally {
     await context.close();
+  }
+});
+
+test("block from the admin page stops a login on /demo until unblocked", async () => {
+  const adminContext = await browser.newContext();
+  const demoContext = await browser.newContext();
+  try {
+    const { page: admin, problems } = await openAdmin(adminContext, ADMIN_KEY);
+    await admin.waitForSelector("#dashboard:not([hidden])");
+    await admin.fill("#action-user", "bob");
+    await admin.click("#block");
+    await admin.waitForFunction(() => /"blocked":true/.test(document.querySelector("#action-result").textContent));
+    const demo = await demoContext.newPage();
+    await openDemo(demo, node);
+    await demo.fill("#username", "bob");
+    await demo.fill("#password", PASSWORD);
+    await demo.click("#login");
+    await demo.waitForSelector("#login-error:not([hidden])");
+    assert.match(await demo.textContent("#login-error"), /bad_credentials/);
+    await admin.click("#unblock");
+    await admin.waitForFunction(() => /"blocked":false/.test(document.querySelector("#action-result").textContent));
+    await demoLogin(demo, "bob");
+    assert.deepEqual(problems, []);
+  } finally {
+    await adminContext.close();
+    await demoContext.close();
   }
 });
 

@@ -65,3 +65,40 @@ test("login_this: a phone's browser approves the code another browser shows", as
     await phoneContext.close();
   }
 });
+
+test("login_other: a logged-in browser shows a code, a new browser logs in with it once approved", async () => {
+  const pcContext = await browser.newContext();
+  const phoneContext = await browser.newContext();
+  const pc = await pcContext.newPage();
+  const phone = await phoneContext.newPage();
+  const pcProblems = watchProblems(pc, "pc");
+  const phoneProblems = watchProblems(phone, "phone");
+  try {
+    await openDemo(pc, node);
+    await demoLogin(pc, "alice");
+    await pc.click("#other-start");
+    await pc.waitForFunction(() => document.querySelector("#other-id").textContent.length > 0);
+    const qrId = await pc.textContent("#other-id");
+    await pc.waitForFunction(() => {
+      const img = document.querySelector("#other-img");
+      return img.complete && img.naturalWidth > 0;
+    });
+
+    await openDemo(phone, node);
+    await phone.fill("#qr-with-id", qrId);
+    await phone.click("#qr-with");
+    // The PC learns of the scan and approves it; only then is the phone let in.
+    await pc.waitForSelector("#other-confirm:not([disabled])");
+    assert.match(await pc.textContent("#other-state"), /scanned from 127\.0\.0\.1/);
+    assert.equal(await phone.textContent("#session-user"), "not logged in");
+    await pc.click("#other-confirm");
+    await phone.waitForSelector("#socket-state[data-state=open]");
+    assert.match(await phone.textContent("#session-user"), /^alice \(web\)/);
+    assert.notEqual(await phone.textContent("#session-id"), await pc.textContent("#session-id"));
+    await screenshot(phone, "qr-other-phone");
+    assert.deepEqual([...pcProblems, ...phoneProblems], []);
+  } finally {
+    await pcContext.close();
+    await phoneContext.close();
+  }
+});
