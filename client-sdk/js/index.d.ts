@@ -15,15 +15,28 @@ export class TicketgateError extends Error {
    * The protocol's error code (`bad_credentials`, `token_revoked`, `slow_down`, `busy`,
    * `upstream_unavailable`, an upstream's own code, ...) or one of this client's:
    * `timeout` (no reply in time), `disconnected` (the socket closed before the reply),
-   * `not_logged_in`, `session_ended`, `network` (fetch failed), `bad_answer`
-   * (the server's answer could not be read), `cancelled`, `not_connected`.
+   * `not_connected`, `not_logged_in`, `session_ended`, `network` (fetch failed),
+   * `bad_answer` (the server's answer could not be read), `cancelled`, `kicked` /
+   * `replaced` (a `connect()` ended by 4503 / 4509 before its welcome), `storage`
+   * (IndexedDB refused a write), `client_error` (anything else).
    */
   readonly code: string;
   /** The HTTP status, or 0 when the error did not come from an HTTP answer. */
   readonly status: number;
   /** Seconds from a `Retry-After` header, or null. */
   readonly retryAfter: number | null;
+  /** The error answer's whole JSON body when there was one (e.g. a rotated QR's `next_qr_id`). */
+  readonly body?: unknown;
 }
+
+/** The first line of the canonical string: `TG1-HMAC-SHA256`. */
+export const SCHEME: string;
+/** The Web Lock every tab of an origin takes around a refresh: `ticketgate-refresh`. */
+export const REFRESH_LOCK: string;
+/** The BroadcastChannel on which tabs announce renewals, logins and logouts: `ticketgate`. */
+export const CHANNEL_NAME: string;
+/** The prefix of a ticketgate QR code's text: `ticketgate://qr/`. */
+export const QR_PAYLOAD_PREFIX: string;
 
 /** The signed parts of a request (PROTOCOL §2). */
 export interface SignedParts {
@@ -250,10 +263,10 @@ export interface QrApi {
     onCode?: (code: QrCode) => void;
     onState?: (state: { state: "pending" | "scanned" }) => void;
   }): Promise<PendingQr>;
-  /** A logged-in phone scans a `login_this` QR (Bearer + signed): where the login goes. */
-  scan(qrId: string): Promise<QrScanInfo>;
+  /** A logged-in phone scans a `login_this` QR (Bearer + signed): where the login goes. Takes a qr_id or the QR's text. */
+  scan(qrIdOrPayload: string): Promise<QrScanInfo>;
   /** Approves a scanned QR (Bearer + signed): the phone in login_this, the showing PC in login_other. */
-  confirm(qrId: string): Promise<void>;
+  confirm(qrIdOrPayload: string): Promise<void>;
   /** login_other: this logged-in device shows a QR for a new phone; `onScanned` tells who scanned (then confirm). `done` resolves when confirmed. */
   showLoginOther(options?: {
     onCode?: (code: QrCode) => void;

@@ -188,13 +188,23 @@ export class Client {
     if (this._deviceIdValue) return this._deviceIdValue;
     // Under a lock, so that two tabs opened together agree on one id.
     return this._locks.request("ticketgate-device", async () => {
-      let id = await this._store.get(DEVICE_KEY);
-      if (typeof id !== "string" || !UUID.test(id)) {
-        id = crypto.randomUUID();
-        await this._store.set(DEVICE_KEY, id);
+      if (this._deviceIdValue) return this._deviceIdValue;
+      /** @type {unknown} */
+      let id;
+      try {
+        id = await this._store.get(DEVICE_KEY);
+        if (typeof id !== "string" || !UUID.test(id)) {
+          id = crypto.randomUUID();
+          await this._store.set(DEVICE_KEY, id);
+        }
+      } catch (err) {
+        // A store that refuses (a private window's IndexedDB): this page's id lasts as
+        // long as the page.
+        this._events.emit("error", new TicketgateError("storage", "the device id could not be stored", { cause: err }));
+        if (typeof id !== "string" || !UUID.test(id)) id = crypto.randomUUID();
       }
       this._deviceIdValue = /** @type {string} */ (id);
-      return /** @type {string} */ (id);
+      return this._deviceIdValue;
     });
   }
 
@@ -323,6 +333,7 @@ export class Client {
         // Closing a socket that is closing already is no error.
       }
     }
+    this._welcomed = false;
     this._failPending("disconnected", "the client disconnected before the reply");
     this._rejectWaiter(new TicketgateError("cancelled", "disconnected before the welcome"));
     this._setState("closed");
@@ -598,6 +609,8 @@ export class Client {
   /** @param {Session} stored */
   _adoptStored(stored) {
     const before = this._session;
+    // A body refresh token held in memory belongs to the session it came with.
+    if (before && before.sessionId !== stored.sessionId) this._memRefresh = null;
     this._session = stored;
     this._deviceIdValue = stored.deviceId;
     if (!before || before.accessToken !== stored.accessToken) {
@@ -879,8 +892,11 @@ export class Client {
    * @param {number} socketExp
    */
   _tokenOutlives(socketExp) {
-    const exp = this._session ? jwtClaims(this._session.accessToken)?.exp : undefined;
-    return typeof exp === "number" && exp > socketExp;
+    const s = this._session;
+    const exp = s ? jwtClaims(s.accessToken)?.exp : undefined;
+    if (typeof exp !== "number") return false;
+    // A token of the same second that the socket has not seen yet is newer too.
+    return exp > socketExp || (exp === socketExp && s?.accessToken !== this._tokenSentToSocket);
   }
 
   /**

@@ -149,6 +149,8 @@ export class FakeServer {
     this.seq = 0;
     this.session = null;
     this.handlers = {};
+    /** Every refresh token ever issued, to look for in the client's storage. */
+    this.issued = [];
     this.tickets = 0;
     this.accessTtl = 900;
     this.fetch = (url, init) => this.handle(url, init);
@@ -163,12 +165,13 @@ export class FakeServer {
   }
 
   access() {
-    const iat = this.nowSec() + this.seq; // distinct tokens even within one second
+    const iat = this.nowSec(); // tokens of one second differ by their jti
     return jwt({ sub: "alice", sid: this.session.id, iat, exp: iat + this.accessTtl, jti: `j${++this.seq}` });
   }
 
   newRefresh() {
     this.session.refresh = `${this.session.id}.r${++this.seq}`;
+    this.issued.push(this.session.refresh);
     return this.session.refresh;
   }
 
@@ -216,7 +219,7 @@ export class FakeServer {
     this.requests.push(req);
     // A turn of the event loop between reading the cookie and answering, as on a network.
     await new Promise((r) => setImmediate(r));
-    const custom = this.handlers[req.path];
+    const custom = this.handlers[req.path] ?? this.handlers["*"];
     let out = custom ? await custom(req, this) : undefined;
     if (out === undefined) out = await this.route(req);
     const h = new Headers(out.headers ?? { "Content-Type": "application/json" });
