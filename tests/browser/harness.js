@@ -131,12 +131,19 @@ export async function launchBrowser(extraArgs = []) {
 
 /**
  * Watches a page for console errors, uncaught exceptions and CSP violations.
+ * `allowed`: answers (`{url, status}`) that the test expects to fail; Chromium logs
+ * every HTTP error answer of a fetch as a console error, these are not counted.
  * @returns {string[]} the problems seen so far (a live array)
  */
-export function watchProblems(page, name) {
+export function watchProblems(page, name, allowed = () => false) {
   const problems = [];
   page.on("console", (msg) => {
-    if (msg.type() === "error") problems.push(`${name} console: ${msg.text()}`);
+    if (msg.type() !== "error") return;
+    // "Failed to load resource: the server responded with a status of 410 (Gone)", at the URL.
+    const failed = /^Failed to load resource: the server responded with a status of (\d+)/.exec(msg.text());
+    const at = msg.location()?.url;
+    if (failed && at && allowed({ url: new URL(at), status: Number(failed[1]) })) return;
+    problems.push(`${name} console: ${msg.text()}${failed ? ` (${at})` : ""}`);
   });
   page.on("pageerror", (err) => problems.push(`${name} exception: ${err.message}`));
   page.on("requestfailed", (req) => {
