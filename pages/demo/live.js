@@ -9,8 +9,8 @@ const $ = (id) => document.getElementById(id);
 
 /** Close codes a person may see, in words. */
 const CLOSE_WORDS = {
-  4503: "Kicked: an operator ended this session (or it was logged out, blocked or revoked).",
-  4509: "Replaced: a newer login of this user in another browser took over.",
+  4503: "An operator ended this session (or it was logged out, blocked or revoked).",
+  4509: "A newer login of this user in another browser took over.",
 };
 
 function log(text, kind = "info") {

@@ -168,3 +168,28 @@ test("over plain http on a host that is not local, /demo says WebCrypto is missi
     await insecure.close();
   }
 });
+
+test("Chromium enforces the pages' policy: an inline script is refused, and reported", async () => {
+  const context = await browser.newContext();
+  try {
+    for (const [name, url] of [["demo", `${node.url}/demo`], ["admin", `${node.adminUrl}/admin/`]]) {
+      const page = await context.newPage();
+      const problems = watchProblems(page, name);
+      await page.goto(url);
+      // What an injected <script> would do: the policy must stop it from running.
+      const ran = await page.evaluate(async () => {
+        const violation = new Promise((ok) => document.addEventListener("securitypolicyviolation", (e) => ok(e.violatedDirective), { once: true }));
+        const script = document.createElement("script");
+        script.textContent = "window.__injected = true";
+        document.body.append(script);
+        return { injected: window.__injected === true, directive: await violation };
+      });
+      assert.equal(ran.injected, false, `${name}: an inline script ran`);
+      assert.match(ran.directive, /^script-src/, name);
+      // The same violation is what the other tests' console watch would report.
+      assert.ok(problems.some((p) => /Content Security Policy/.test(p)), `${name}: ${problems}`);
+    }
+  } finally {
+    await context.close();
+  }
+});
