@@ -22,3 +22,31 @@ echo "==> cargo clippy"
 cargo clippy -j "$jobs" --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test -j "$jobs" --workspace
+
+# The browser client's unit tests and the pages' browser tests (tests/browser): Node,
+# and Debian's Chromium driven by playwright-core. No browser is ever downloaded.
+install_debian() {
+    echo "==> $1 not found: installing $2 from Debian's packages"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+command -v node >/dev/null 2>&1 || install_debian node "nodejs npm"
+command -v npm >/dev/null 2>&1 || install_debian npm npm
+command -v chromium >/dev/null 2>&1 || install_debian chromium chromium
+command -v chromium >/dev/null 2>&1 || { echo "chromium is still missing: apt-get install -y chromium" >&2; exit 1; }
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+    echo "Node $node_major is too old for the browser tests: Node 20 or newer is needed" >&2
+    exit 1
+fi
+echo "==> node $(node --version), $(chromium --version 2>/dev/null | head -n 1)"
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+if [ -f client-sdk/js/package.json ]; then
+    echo "==> client-sdk/js: npm ci && npm test"
+    (cd client-sdk/js && npm ci --no-audit --no-fund --loglevel=error && npm test)
+fi
+echo "==> tests/browser: npm ci && npm test"
+cargo build -j "$jobs" --bin ticketgate
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && npm test)

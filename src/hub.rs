@@ -109,6 +109,21 @@ pub(crate) enum Op {
         /// The user.
         user_id: String,
     },
+    /// Count this node's sockets, in all and per user (the admin page's overview).
+    Overview,
+}
+
+/// Most users one node lists in its [`Op::Overview`] answer (those with the most
+/// sockets); its total counts every socket all the same.
+pub(crate) const OVERVIEW_USERS: usize = 1000;
+
+/// A user's sockets on one node, as counted for [`Op::Overview`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct UserCount {
+    /// The user.
+    pub user_id: String,
+    /// Live sockets of the user on the answering node.
+    pub connections: u64,
 }
 
 /// A socket as listed by the admin API.
@@ -138,6 +153,9 @@ pub(crate) struct Answer {
     /// For [`Op::Connections`].
     #[serde(default)]
     pub connections: Vec<ConnectionView>,
+    /// For [`Op::Overview`]: sockets per user, most first, at most [`OVERVIEW_USERS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserCount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -287,6 +305,7 @@ impl Hub {
                 node_id: self.node_id.clone(),
                 count: 0,
                 connections: Vec::new(),
+                users: Vec::new(),
             },
         };
         let text =
@@ -452,6 +471,7 @@ impl Hub {
             node_id: self.node_id.clone(),
             count: 0,
             connections: Vec::new(),
+            users: Vec::new(),
         };
         match op {
             Op::Revoke {
@@ -510,6 +530,21 @@ impl Hub {
                     })
                     .collect();
                 answer.count = answer.connections.len() as u64;
+            }
+            Op::Overview => {
+                answer.count = self.registry.len() as u64;
+                let mut users: Vec<UserCount> = self
+                    .registry
+                    .users()
+                    .into_iter()
+                    .map(|(user_id, connections)| UserCount {
+                        user_id,
+                        connections: connections as u64,
+                    })
+                    .collect();
+                users.sort_by(|a, b| (b.connections, &a.user_id).cmp(&(a.connections, &b.user_id)));
+                users.truncate(OVERVIEW_USERS);
+                answer.users = users;
             }
         }
         answer

@@ -173,6 +173,15 @@ impl KeyRing {
         &self.signer.kid
     }
 
+    /// Every `kid` that verifies, oldest first, with its creation time (unix seconds;
+    /// `None` for a name not of the form `k<secs>-<random>`; 0 for the first key).
+    pub fn verifying_kids(&self) -> Vec<(String, Option<i64>)> {
+        self.verifiers
+            .keys()
+            .map(|kid| (kid.clone(), kid_created(kid)))
+            .collect()
+    }
+
     /// Signs `claims`.
     pub fn issue(&self, claims: &Claims) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);

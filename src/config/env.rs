@@ -128,3 +128,5 @@ pub const UPSTREAM_NODE_INFLIGHT: &str = "TICKETGATE_UPSTREAM_NODE_INFLIGHT";
 pub const PUSH_HISTORY: &str = "TICKETGATE_PUSH_HISTORY";
 /// How long a user's push history lives after its last push (`0`: no history).
 pub const PUSH_HISTORY_TTL: &str = "TICKETGATE_PUSH_HISTORY_TTL";
+/// The demo page at `/demo` on the public listener: `on` (the default) or `off`.
+pub const DEMO: &str = "TICKETGATE_DEMO";

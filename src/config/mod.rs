@@ -238,6 +238,8 @@ pub struct Config {
     /// A user's push history expires this long after its last push; zero turns
     /// history off.
     pub push_history_ttl: Duration,
+    /// Serve the demo page at `/demo` on the public listener (PROTOCOL §11).
+    pub demo: bool,
 }
 
 impl fmt::Debug for Config {
@@ -270,6 +272,7 @@ impl fmt::Debug for Config {
             .field("upstream", &self.upstream)
             .field("push_history", &self.push_history)
             .field("push_history_ttl", &self.push_history_ttl)
+            .field("demo", &self.demo)
             .finish()
     }
 }
@@ -371,6 +374,7 @@ impl Config {
             },
             push_history: 100,
             push_history_ttl: Duration::from_secs(24 * 3600),
+            demo: true,
         }
     }
 

@@ -108,6 +108,15 @@ pub(super) fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     }
 }
 
+/// Parses a switch: `on` or `off`.
+pub(super) fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        o => Err(format!("`{o}` is not `on` or `off`")),
+    }
+}
+
 /// Parses the embedded store's kind: `durable` or `memory`.
 pub(super) fn parse_embedded_store(s: &str) -> Result<EmbeddedStore, String> {
     match s.trim() {

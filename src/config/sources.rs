@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::parse::{
     parse_addr, parse_byte_count, parse_cidrs, parse_duration, parse_duration_or_off,
-    parse_embedded_store, parse_list, parse_log_format, parse_path, parse_u32, parse_usize, Rate,
+    parse_embedded_store, parse_list, parse_log_format, parse_on_off, parse_path, parse_u32,
+    parse_usize, Rate,
 };
 use super::{env, Config, HttpConfig, QrConfig, RateConfig, TtlConfig, UpstreamConfig, WsConfig};
 
@@ -137,6 +138,7 @@ pub(super) fn read(
             d.push_history_ttl,
             parse_duration_or_off,
         ),
+        demo: src.get(env::DEMO, d.demo, parse_on_off),
     };
     src.refuse_unknown_keys(file);
     let origins = Origins(src.origins);
@@ -491,6 +493,18 @@ mod tests {
         let err = load(&[(env::TICKET_TTL, "0s")]).expect_err("zero");
         assert!(
             err.to_string().contains("TICKETGATE_TICKET_TTL must be"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_demo_page_is_on_unless_switched_off() {
+        assert!(load(&[]).expect("defaults").demo);
+        assert!(!load(&[(env::DEMO, "off")]).expect("off").demo);
+        let err = load(&[(env::DEMO, "yes")]).expect_err("not a switch");
+        assert!(
+            err.to_string()
+                .contains("TICKETGATE_DEMO: `yes` is not `on` or `off`"),
             "{err}"
         );
     }

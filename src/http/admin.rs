@@ -30,6 +30,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/admin/v1/users/{user_id}/block", post(block))
         .route("/admin/v1/users/{user_id}/unblock", post(unblock))
         .route("/admin/v1/users/{user_id}/connections", get(connections))
+        .route("/admin/v1/connections", get(overview))
+        .route("/admin/v1/keys", get(keys))
         .route("/admin/v1/publish", post(publish))
         .route("/admin/v1/introspect", post(introspect))
         .fallback(super::public::not_found)
@@ -37,6 +39,8 @@ pub(crate) fn router(state: AppState) -> Router {
             state.clone(),
             require_admin_key,
         ))
+        // After the key guard: the page asks for the key itself.
+        .merge(super::pages::admin())
         .with_state(state)
 }
 
@@ -134,6 +138,77 @@ async fn connections(
     let mut list: Vec<_> = answers.into_iter().flat_map(|a| a.connections).collect();
     list.sort_by(|a, b| (a.connected_at, &a.conn_id).cmp(&(b.connected_at, &b.conn_id)));
     Ok(Json(json!({ "user_id": user_id, "connections": list })))
+}
+
+/// `GET /admin/v1/connections`: live sockets on every node, per node and per user.
+///
+/// ```text
+/// {"total": 3,
+///  "nodes": [{"node_id": "node-a", "connections": 2}, {"node_id": "node-b", "connections": 1}],
+///  "users": [{"user_id": "alice", "connections": 2, "nodes": {"node-a": 1, "node-b": 1}}, ...],
+///  "users_truncated": false}
+/// ```
+///
+/// Each node lists at most [`crate::hub::OVERVIEW_USERS`] users (those with the most
+/// sockets there); `users_truncated` says that some node left users out. Nodes that
+/// do not answer in time are missing from `nodes`.
+async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    use std::collections::BTreeMap;
+    let mut answers = state.hub.request(Op::Overview).await?;
+    answers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let total: u64 = answers.iter().map(|a| a.count).sum();
+    let truncated = answers
+        .iter()
+        .any(|a| a.users.len() >= crate::hub::OVERVIEW_USERS);
+    let mut users: BTreeMap<String, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
+    for answer in &answers {
+        for user in &answer.users {
+            let entry = users.entry(user.user_id.clone()).or_default();
+            entry.0 += user.connections;
+            entry.1.insert(answer.node_id.clone(), user.connections);
+        }
+    }
+    let mut users: Vec<_> = users.into_iter().collect();
+    users.sort_by(|(a, (na, _)), (b, (nb, _))| (nb, a).cmp(&(na, b)));
+    let nodes: Vec<Value> = answers
+        .iter()
+        .map(|a| json!({ "node_id": a.node_id, "connections": a.count }))
+        .collect();
+    let users: Vec<Value> = users
+        .into_iter()
+        .map(|(user_id, (connections, nodes))| {
+            json!({ "user_id": user_id, "connections": connections, "nodes": nodes })
+        })
+        .collect();
+    Ok(Json(json!({
+        "total": total, "nodes": nodes, "users": users, "users_truncated": truncated,
+    })))
+}
+
+/// `GET /admin/v1/keys`: the access-token keys of this node's ring, oldest first.
+/// `signing` names the key that signs new tokens; every listed key verifies. A key
+/// newer than the signer is `activating`: it verifies already and signs once it is
+/// old enough for every node to have loaded it.
+async fn keys(State(state): State<AppState>) -> Json<Value> {
+    let ring = state.keys.current();
+    let signing = ring.current_kid().to_owned();
+    let mut past_signer = false;
+    let keys: Vec<Value> = ring
+        .verifying_kids()
+        .into_iter()
+        .map(|(kid, created_at)| {
+            let status = if kid == signing {
+                past_signer = true;
+                "signing"
+            } else if past_signer {
+                "activating"
+            } else {
+                "verifying"
+            };
+            json!({ "kid": kid, "created_at": created_at, "status": status, "verifies": true })
+        })
+        .collect();
+    Json(json!({ "signing": signing, "keys": keys }))
 }
 
 /// `publish` body: exactly one of `user_id` and `session_id`.

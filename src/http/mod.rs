@@ -32,6 +32,7 @@ pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod first;
 pub(crate) mod headers;
+pub(crate) mod pages;
 pub(crate) mod public;
 pub(crate) mod qr;
 
@@ -133,6 +134,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(public::jwks))
         .route("/healthz", get(public::healthz))
         .route("/readyz", get(public::readyz))
+        .merge(pages::demo(state.config.demo))
         .fallback(public::not_found)
         .method_not_allowed_fallback(public::not_found)
         .with_state(state);

@@ -412,6 +412,15 @@ impl Registry {
         self.handles(self.0.by_user.get(user_id).map(|v| v.clone()))
     }
 
+    /// Every user with a live connection here, with how many it holds.
+    pub fn users(&self) -> Vec<(String, usize)> {
+        self.0
+            .by_user
+            .iter()
+            .map(|e| (e.key().clone(), e.value().len()))
+            .collect()
+    }
+
     /// Sends `msg` to every connection of a session; returns how many got it.
     pub fn send_to_session(&self, session_id: &str, msg: Outbound) -> usize {
         self.of_session(session_id)
