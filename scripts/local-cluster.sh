@@ -160,9 +160,12 @@ done
 
 # 3. HAProxy: round robin, no stickiness, /readyz as the health check; WebSockets pass
 #    through (tunnel timeout), X-Forwarded-For added (the nodes trust 127.0.0.1).
+# Each proxied connection holds two descriptors: stay within this shell's limit.
+maxconn=$(( ($(ulimit -n) - 100) / 2 ))
+if [ "$maxconn" -gt 20000 ]; then maxconn=20000; fi
 cat >"$dir/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    maxconn $maxconn
 defaults
     mode http
     timeout connect 5s
