@@ -743,7 +743,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             ],
             vec![
                 "mint calls (harness / ticketgate_mints_total)".into(),
-                format!("{harness_mints} / {server_mints}"),
+                format!("{harness_mints} / {server_mints} (the counter stood at {mints_before})"),
             ],
             vec![
                 "reconnects failed".into(),
