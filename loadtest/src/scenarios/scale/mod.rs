@@ -407,9 +407,13 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     }
     let binary = spawn::ticketgate_binary()?;
     let temp = tempfile::tempdir().context("temporary directory")?;
-    let dir = temp.path().to_path_buf();
-    let kept = args.keep.then(|| temp.keep());
-    let dir = kept.clone().unwrap_or(dir);
+    // Without --keep, `_temp` removes the directory when the run ends (and not before).
+    let (dir, kept, _temp) = if args.keep {
+        let dir = temp.keep();
+        (dir.clone(), Some(dir), None)
+    } else {
+        (temp.path().to_path_buf(), None, Some(temp))
+    };
 
     let (redis, redis_url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
