@@ -324,6 +324,7 @@ impl Server {
             apps: apps.clone(),
             policy: Policy::from_config(&config),
             app_logins: tokio::sync::Mutex::new(()),
+            resume_gate: tokio::sync::Semaphore::new(sessions::RESUME_IN_FLIGHT),
         });
         let limits = Limits::new(&config.rates);
         let sockets = SocketNode::new(

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ticketgate_loadtest::scenarios::push_chaos;
+use ticketgate_loadtest::scenarios::{push_chaos, scale};
 use ticketgate_loadtest::{baseline, bench, standalone};
 
 /// The same allocator as the ticketgate binary, for both jobs of this one: the baseline
@@ -65,6 +65,12 @@ enum Command {
     /// Nothing lost across a reconnect: three nodes it starts on one Redis, pushes at a
     /// fixed rate, drains, restarts and cut sockets; every push id checked.
     PushChaos(push_chaos::ChaosArgs),
+    /// About 100,000 admitted sockets over several nodes and harness processes it
+    /// starts: memory per socket, a push to every user, a kick across nodes, a drain.
+    Scale(scale::ScaleArgs),
+    /// One harness process of `scale` (started by it; reads its plan on stdin).
+    #[command(hide = true)]
+    ScaleWorker,
     /// Business calls (send → reply) through a ticketgate node it starts, against the
     /// same upstream called directly, same concurrency, one run: ratio and added
     /// latency.
@@ -110,6 +116,8 @@ fn main() -> ExitCode {
             Command::Kick(args) => until_interrupted(standalone::kick(args)).await,
             Command::Push(args) => until_interrupted(standalone::push(args)).await,
             Command::PushChaos(args) => until_interrupted(push_chaos::run(args)).await,
+            Command::Scale(args) => until_interrupted(scale::run(args)).await,
+            Command::ScaleWorker => until_interrupted(scale::worker::run()).await,
             Command::Upstream(args) => until_interrupted(standalone::upstream(args)).await,
         }
     });

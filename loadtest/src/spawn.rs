@@ -118,7 +118,7 @@ pub const REMOVED_VARS: [&str; 3] = ["RUST_LOG", "RUST_BACKTRACE", "RUST_LIB_BAC
 
 /// A command with every `TICKETGATE_*` variable and [`REMOVED_VARS`] of this process
 /// removed, so that only what the bench sets reaches the child.
-fn clean_command(program: &Path) -> Command {
+pub(crate) fn clean_command(program: &Path) -> Command {
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();

@@ -15,6 +15,7 @@ pub mod mint_flood;
 pub mod push;
 pub mod push_chaos;
 pub mod replay;
+pub mod scale;
 pub mod upstream;
 
 use std::future::Future;
