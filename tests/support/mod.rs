@@ -220,6 +220,23 @@ pub async fn two_nodes() -> (TestServer, TestServer) {
     (a, b)
 }
 
+/// Two nodes of one deployment on the Redis (Cluster, Sentinel) at `url`: one data
+/// dir (the same secrets).
+pub async fn two_nodes_at(url: &str) -> (TestServer, TestServer) {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let a = TestServer::builder()
+        .redis_url(url.to_owned())
+        .data_dir(dir.clone())
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .redis_url(url.to_owned())
+        .data_dir(dir)
+        .start()
+        .await;
+    (a, b)
+}
+
 /// A running ticketgate node.
 pub struct TestServer {
     /// Public listener.
