@@ -175,3 +175,62 @@ async fn fan_out_per_kick_and_push_as_nodes_grow() {
         }
     }
 }
+
+/// The primary that holds `user`'s push history: the one serving the slot of the user's
+/// hub partition (the history shares it).
+fn primary_of_history(cluster: &RedisCluster, user: &str) -> u16 {
+    let pattern = format!("*:pushes:{user}");
+    cluster
+        .primaries()
+        .into_iter()
+        .find(|p| {
+            matches!(
+                p.command(&["KEYS", &pattern]),
+                support::redis::Reply::Array(Some(keys)) if !keys.is_empty()
+            )
+        })
+        .map(|p| p.port())
+        .expect("a primary holds the history")
+}
+
+/// The primary of a partition's slot dies (SIGKILL) and its replica takes over: the
+/// hub subscribes to the partition again on the new primary, and a later push through
+/// another node still reaches the socket, which stayed open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_arrives_after_its_partitions_primary_failed_over() {
+    let cluster = RedisCluster::start();
+    let (a, b) = two_nodes_at(&cluster.url()).await;
+    let mut ws = socket(&b, "bob").await;
+    let first = push(&a, "bob", 1).await.expect("published");
+    assert_eq!(first["delivered"], 1, "{first}");
+    assert_eq!(next_push(&mut ws).await.1, 1);
+
+    let killed = cluster.node(primary_of_history(&cluster, "bob"));
+    killed.kill();
+    cluster.wait_for_failover(Duration::from_secs(20));
+
+    // Until the nodes have found the new primary, a push may be refused (503) or reach
+    // nobody yet; one must get through within seconds, and reach the socket on b.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 1;
+    let delivered = loop {
+        n += 1;
+        match push(&a, "bob", n).await {
+            Ok(answer) if answer["delivered"] == 1 => break n,
+            Ok(_) | Err(503) => {}
+            Err(status) => panic!("publish answered {status}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no push delivered after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    loop {
+        let (_, got) = next_push(&mut ws).await;
+        if got == delivered {
+            break;
+        }
+        assert!(got < delivered, "pushes in order");
+    }
+}

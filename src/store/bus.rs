@@ -75,6 +75,7 @@ pub(crate) enum BusEvent {
 /// The receiving side of the bus: one subscriber connection.
 pub(crate) struct BusEvents {
     subscriber: SubscriberClient,
+    topology: Topology,
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::prelude::Server>,
 }
@@ -105,23 +106,9 @@ impl RedisBus {
             .map_err(|_| StoreError::Unavailable("hub subscriber timed out".into()))?
             .map_err(unavailable)?;
         let topology = redis.topology();
-        match topology {
-            Topology::Single => subscriber.subscribe(HUB_CHANNEL).await,
-            // One at a time: channels of different slots cannot share an SSUBSCRIBE.
-            Topology::Cluster => {
-                let mut subscribed = Ok(());
-                for partition in 0..HUB_PARTITIONS {
-                    subscribed = subscriber
-                        .ssubscribe(hub_partition_channel(partition))
-                        .await;
-                    if subscribed.is_err() {
-                        break;
-                    }
-                }
-                subscribed
-            }
-        }
-        .map_err(unavailable)?;
+        subscribe(&subscriber, topology)
+            .await
+            .map_err(unavailable)?;
         let bus = RedisBus {
             pool: redis.pool().clone(),
             store: std::sync::Arc::new(redis.clone()),
@@ -132,6 +119,7 @@ impl RedisBus {
         };
         let events = BusEvents {
             subscriber,
+            topology,
             messages,
             reconnects,
         };
@@ -280,6 +268,29 @@ impl RedisBus {
     }
 }
 
+/// Subscribes to the hub's channel, or on a Cluster to each partition (one at a time:
+/// channels of different slots cannot share an `SSUBSCRIBE`; fred sends each to the
+/// primary that owns its slot now). Not fred's `resubscribe_all`: it sends a
+/// `SUBSCRIBE` even when it tracks no classic channel, which Redis refuses ("wrong
+/// number of arguments"), so on a Cluster it never succeeded and the hub stopped
+/// hearing messages at the first reconnect.
+async fn subscribe(
+    subscriber: &SubscriberClient,
+    topology: Topology,
+) -> Result<(), fred::error::Error> {
+    match topology {
+        Topology::Single => subscriber.subscribe(HUB_CHANNEL).await,
+        Topology::Cluster => {
+            for partition in 0..HUB_PARTITIONS {
+                subscriber
+                    .ssubscribe(hub_partition_channel(partition))
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `PING` on `client`'s connection, answered within `limit` (else an
 /// [`ErrorKind::Timeout`] error).
 async fn ping<C: ClientLike>(client: &C, limit: Duration) -> Result<(), fred::error::Error> {
@@ -340,7 +351,7 @@ impl BusEvents {
     async fn resubscribe(&self) {
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
-        while let Err(e) = self.subscriber.resubscribe_all().await {
+        while let Err(e) = subscribe(&self.subscriber, self.topology).await {
             if !warned {
                 tracing::warn!(cause = %e, "hub resubscribe failed; retrying until it works");
                 warned = true;
