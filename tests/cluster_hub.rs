@@ -69,7 +69,7 @@ async fn next_push(ws: &mut WsStream) -> (String, u64) {
     .expect("a push in time")
 }
 
-/// Calls of `names` summed over the cluster, since `before`.
+/// Calls of `name` summed over the cluster, since `before`.
 fn calls(cluster: &RedisCluster, before: &HashMap<String, u64>, name: &str) -> u64 {
     let now = cluster.command_stats();
     now.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0)
@@ -87,7 +87,7 @@ async fn kicks_and_pushes_cross_nodes_over_sharded_channels_only() {
     assert_eq!(answer["delivered"], 1, "{answer}");
     assert_eq!(
         next_push(&mut ws).await,
-        (answer["id"].as_str().unwrap().to_owned(), 1)
+        (answer["id"].as_str().expect("an id").to_owned(), 1)
     );
 
     let kicked = admin(&a, "/admin/v1/users/bob/kick", json!({})).await;
@@ -149,7 +149,6 @@ async fn fan_out_per_kick_and_push_as_nodes_grow() {
                 bus_messages(cluster, "publish"),
                 bus_messages(cluster, "publishshard"),
             );
-            let started = Instant::now();
             if op == "push" {
                 let answer = push(&nodes[0], "carol", 1).await.expect("published");
                 assert_eq!(answer["delivered"], 1, "{answer}");
@@ -159,7 +158,6 @@ async fn fan_out_per_kick_and_push_as_nodes_grow() {
                 assert_eq!(kicked.status(), 200);
                 assert_eq!(close_code(&mut ws).await, Some(close::REVOKED));
             }
-            let _ = started;
             let row = (
                 calls(cluster, &stats, "publish"),
                 calls(cluster, &stats, "spublish"),
