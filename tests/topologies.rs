@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{RedisCluster, RedisSentinel};
+use support::{RedisCluster, RedisSentinel, TestServer};
 use ticketgate::store::redis::{RedisSettings, RedisStore};
 use ticketgate::store::Store;
 
@@ -43,6 +43,12 @@ async fn a_sentinel_set_fails_over() {
         .await
         .expect("connect through the sentinels");
     store.ping().await.expect("ping");
+    // A node on the set: a ticket minted through it opens a socket.
+    let node = TestServer::builder().redis_url(set.url()).start().await;
+    let (client, session) = node.login().await;
+    let ticket = client.mint_ticket(&session).await.expect("mint");
+    client.connect(&session, &ticket).await.expect("connect");
+    node.stop().await;
 
     let old = set.kill_primary().port();
     let (new, _took) = set.wait_for_failover(Duration::from_secs(20));
