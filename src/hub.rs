@@ -24,7 +24,9 @@
 //!   them (a kick's answer, a session re-check);
 //! - when it has heard no hub message for [`QUIET_LIMIT`], it also sends one to itself
 //!   through Redis and expects it back within [`ECHO_TIMEOUT`]: the whole round trip,
-//!   publish to delivery.
+//!   publish to delivery. On a Redis Cluster this is per partition (sharded channel):
+//!   Redis unsubscribes a node from a partition whose slot moved to another primary,
+//!   without a reconnect, and the partition falls quiet; its echo does not come back.
 //!
 //! A failed check forces the subscriber to reconnect; it subscribes again and the
 //! node re-checks its live sessions. The re-check also runs every
@@ -126,6 +128,21 @@ pub(crate) struct UserCount {
     pub connections: u64,
 }
 
+impl Op {
+    /// Whom the request is about: on a Redis Cluster it travels on this target's
+    /// partition, so one user's (or session's) requests keep their order.
+    fn target(&self) -> &str {
+        match self {
+            Op::Revoke { session_ids, .. } => session_ids.first().map_or("", String::as_str),
+            Op::Push {
+                target: Target::User(id) | Target::Session(id),
+                ..
+            } => id,
+            Op::Connections { user_id } => user_id,
+        }
+    }
+}
+
 /// A socket as listed by the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct ConnectionView {
@@ -198,6 +215,10 @@ pub(crate) struct Hub {
     born: Instant,
     /// Milliseconds after `born` when the last hub message was heard.
     last_heard_ms: AtomicU64,
+    /// The same per partition of the bus (one off a Cluster): a partition whose
+    /// subscription was dropped without a reconnect (Redis unsubscribes a sharded
+    /// channel whose slot moved, and fred does not say so) falls quiet on its own.
+    partition_heard_ms: Vec<AtomicU64>,
     /// Wakes the re-check task (shared with it, so that it does not keep the hub alive).
     recheck_now: Arc<Notify>,
     /// On the in-process hub, held from a push's append to its delivery, so that
@@ -212,6 +233,10 @@ impl Hub {
     }
 
     fn new(node_id: String, registry: Registry, transport: Transport) -> Hub {
+        let partitions = match &transport {
+            Transport::Local => 1,
+            Transport::Redis(bus) => bus.partitions(),
+        };
         Hub {
             node_id,
             registry,
@@ -219,6 +244,7 @@ impl Hub {
             pending: DashMap::new(),
             born: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            partition_heard_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             recheck_now: Arc::new(Notify::new()),
             push_order: tokio::sync::Mutex::new(()),
         }
@@ -272,31 +298,49 @@ impl Hub {
         }
     }
 
-    fn heard(&self) {
+    fn heard(&self, partition: usize) {
         let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_heard_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Checks this node's hub link: a ping on the subscriber's connection and, after a
-    /// quiet spell, a message to this node through Redis.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the subscriber does not answer or the message
-    /// does not come back.
-    async fn check_link(&self, bus: &RedisBus) -> Result<(), StoreError> {
-        bus.ping_subscriber().await?;
-        match self.last_message_age() {
-            Some(age) if age >= QUIET_LIMIT => self.echo(bus).await,
-            _ => Ok(()),
+        if let Some(heard) = self.partition_heard_ms.get(partition) {
+            heard.store(ms, Ordering::Relaxed);
         }
     }
 
-    /// Sends a message to this node alone and waits to hear it: an answer with no
-    /// request behind it, which every node understands and only this one takes.
+    /// The partitions this node has heard nothing on for [`QUIET_LIMIT`].
+    fn quiet_partitions(&self) -> Vec<usize> {
+        let now = self.born.elapsed();
+        self.partition_heard_ms
+            .iter()
+            .enumerate()
+            .filter(|(_, heard)| {
+                let heard = Duration::from_millis(heard.load(Ordering::Relaxed));
+                now.saturating_sub(heard) >= QUIET_LIMIT
+            })
+            .map(|(partition, _)| partition)
+            .collect()
+    }
+
+    /// Checks this node's hub link: a ping on the subscriber's connection and, on each
+    /// partition quiet for a while, a message to this node through Redis.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the subscriber does not answer or a message
+    /// does not come back.
+    async fn check_link(&self, bus: &RedisBus) -> Result<(), StoreError> {
+        bus.ping_subscriber().await?;
+        match self.quiet_partitions() {
+            quiet if quiet.is_empty() => Ok(()),
+            quiet => self.echo(bus, &quiet).await,
+        }
+    }
+
+    /// Sends a message to this node alone on each of `partitions` and waits to hear
+    /// them all: an answer with no request behind it, which every node understands and
+    /// only this one takes.
     ///
     /// When it cannot even be published, Redis is out of reach of the pool, whose own
     /// checks deal with that: the subscriber is not blamed.
-    async fn echo(&self, bus: &RedisBus) -> Result<(), StoreError> {
+    async fn echo(&self, bus: &RedisBus, partitions: &[usize]) -> Result<(), StoreError> {
         let (id, mut rx, _cleanup) = self.await_answers();
         let message = Message::Answer {
             id,
@@ -310,12 +354,21 @@ impl Hub {
         };
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if let Err(e) = bus.publish(text).await {
+        let sends = partitions
+            .iter()
+            .map(|&partition| bus.publish_on_partition(partition, text.clone()));
+        if let Err(e) = futures_util::future::try_join_all(sends).await {
             tracing::debug!(cause = %e, "hub echo not published");
             return Ok(());
         }
-        match tokio::time::timeout(ECHO_TIMEOUT, rx.recv()).await {
-            Ok(Some(_)) => Ok(()),
+        let heard_back = tokio::time::timeout(ECHO_TIMEOUT, async {
+            for _ in partitions {
+                rx.recv().await?;
+            }
+            Some(())
+        });
+        match heard_back.await {
+            Ok(Some(())) => Ok(()),
             _ => Err(StoreError::Unavailable(
                 "hub message to this node not heard back".into(),
             )),
@@ -349,6 +402,7 @@ impl Hub {
         };
         let (id, mut rx, _cleanup) = self.await_answers();
         let expected = self.live_nodes().await;
+        let target = op.target().to_owned();
         let message = Message::Request {
             id,
             from: self.node_id.clone(),
@@ -356,7 +410,7 @@ impl Hub {
         };
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        bus.publish(text).await?;
+        bus.publish(&target, text).await?;
         Ok(gather(&mut rx, expected).await)
     }
 
@@ -443,6 +497,8 @@ impl Hub {
         match message {
             Message::Request { id, from, op } => {
                 let answer = self.apply(&op);
+                // On the requester's partition.
+                let requester = from.clone();
                 let reply = Message::Answer {
                     id,
                     to: from,
@@ -451,7 +507,7 @@ impl Hub {
                 if let (Transport::Redis(bus), Ok(text)) =
                     (&self.transport, serde_json::to_string(&reply))
                 {
-                    if let Err(e) = bus.publish(text).await {
+                    if let Err(e) = bus.publish(&requester, text).await {
                         tracing::warn!(cause = %e, "hub answer not sent");
                     }
                 }
@@ -614,8 +670,8 @@ async fn listen(hub: Weak<Hub>, mut events: BusEvents) {
     while let Some(event) = events.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         match event {
-            BusEvent::Message(text) => {
-                hub.heard();
+            BusEvent::Message(partition, text) => {
+                hub.heard(partition);
                 hub.receive(&text).await;
             }
             BusEvent::Lagged(missed) => {
@@ -666,7 +722,10 @@ async fn watch_link(hub: Weak<Hub>) {
                     );
                     failing = true;
                 }
-                bus.reconnect_subscriber().await;
+                if bus.reconnect_subscriber().await {
+                    tracing::info!("hub subscribed again; re-checking live sessions");
+                    hub.recheck_now.notify_one();
+                }
             }
         }
     }

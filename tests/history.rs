@@ -317,8 +317,21 @@ async fn continuous_publishing_across_a_drain_is_received_once_in_order() {
 /// sockets get the same pushes in the same order, the order of their ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_from_two_nodes_come_in_one_order_to_every_socket() {
-    const EACH: u64 = 60;
     let (a, b) = two_nodes().await;
+    one_order_for_every_socket(a, b).await;
+}
+
+/// The same on a Redis Cluster, whose hub is sharded: a user's pushes all travel on the
+/// user's partition, whose slot the history shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_from_two_nodes_come_in_one_order_to_every_socket_on_a_cluster() {
+    let _turn = StoreKind::Cluster.take_turn().await;
+    let (a, b) = support::two_nodes_at(&support::RedisCluster::shared().url()).await;
+    one_order_for_every_socket(a, b).await;
+}
+
+async fn one_order_for_every_socket(a: TestServer, b: TestServer) {
+    const EACH: u64 = 60;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let (client, session) = a.login().await;
     let (mut on_a, _) = connect(&client, &session, None).await;

@@ -2,7 +2,13 @@
 //! nodes, kept here so that only `store/` talks to Redis.
 //!
 //! - one pub/sub channel (`tg:hub`) on a subscriber connection of its own, resubscribed
-//!   after every reconnect;
+//!   after every reconnect; on a Redis Cluster, sharded pub/sub instead: every node
+//!   subscribes (`SSUBSCRIBE`) to the [`HUB_PARTITIONS`] partition channels, and a
+//!   message is published (`SPUBLISH`) on the partition of its target only. A classic
+//!   `PUBLISH` on a Cluster is copied to every Redis node over the cluster bus; a
+//!   sharded one stays with the shard that owns its slot (the primary and its
+//!   replicas). After a reconnect, a failover or a `MOVED`, fred's subscriber
+//!   resubscribes each partition on the node that owns its slot now;
 //! - a heartbeat sorted set (`tg:nodes`, node id → last beat in unix ms) that tells a
 //!   requester how many answers to wait for.
 //!
@@ -27,7 +33,10 @@ use fred::types::config::Options;
 use fred::types::{Message, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::keys::{HUB_CHANNEL, NODES};
+use super::keys::{
+    hub_partition, hub_partition_channel, hub_partition_of_channel, Topology, HUB_CHANNEL,
+    HUB_PARTITIONS, NODES,
+};
 use super::redis::{self, RedisStore};
 use super::StoreError;
 
@@ -48,13 +57,16 @@ pub(crate) struct RedisBus {
     ping_limit: Duration,
     /// How long a forced reconnection is waited for.
     reconnect_limit: Duration,
+    /// Classic or sharded pub/sub.
+    topology: Topology,
 }
 
 /// What the receiving side of the bus hears.
 #[derive(Debug)]
 pub(crate) enum BusEvent {
-    /// A message published by some node (this one included).
-    Message(String),
+    /// A message published by some node (this one included), and the partition it came
+    /// on (always 0 off a Cluster).
+    Message(usize, String),
     /// This node fell behind and missed `n` messages.
     Lagged(u64),
     /// The subscriber reconnected and subscribed again: messages published meanwhile
@@ -65,6 +77,7 @@ pub(crate) enum BusEvent {
 /// The receiving side of the bus: one subscriber connection.
 pub(crate) struct BusEvents {
     subscriber: SubscriberClient,
+    topology: Topology,
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::prelude::Server>,
 }
@@ -94,8 +107,8 @@ impl RedisBus {
             .await
             .map_err(|_| StoreError::Unavailable("hub subscriber timed out".into()))?
             .map_err(unavailable)?;
-        subscriber
-            .subscribe(HUB_CHANNEL)
+        let topology = redis.topology();
+        subscribe(&subscriber, topology)
             .await
             .map_err(unavailable)?;
         let bus = RedisBus {
@@ -104,30 +117,67 @@ impl RedisBus {
             subscriber: subscriber.clone(),
             ping_limit: redis::unresponsive_after(settings) * 3 / 2,
             reconnect_limit: settings.connect_timeout * 2,
+            topology,
         };
         let events = BusEvents {
             subscriber,
+            topology,
             messages,
             reconnects,
         };
         Ok((bus, events))
     }
 
-    /// Publishes `text` to every node.
+    /// Publishes `text` to every node; on a Cluster on the partition of `target` (the
+    /// user, session or node the message is about), so that the messages of one target
+    /// keep their order.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not take it.
-    pub(crate) async fn publish(&self, text: String) -> Result<(), StoreError> {
-        self.pool
-            .next()
-            .publish::<i64, _, _>(HUB_CHANNEL, text)
-            .await
-            .map(drop)
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+    pub(crate) async fn publish(&self, target: &str, text: String) -> Result<(), StoreError> {
+        let partition = match self.topology {
+            Topology::Single => 0,
+            Topology::Cluster => hub_partition(target),
+        };
+        self.publish_on_partition(partition, text).await
+    }
+
+    /// How many channels the hub listens on: 1, or the partitions on a Cluster.
+    pub(crate) fn partitions(&self) -> usize {
+        match self.topology {
+            Topology::Single => 1,
+            Topology::Cluster => HUB_PARTITIONS,
+        }
+    }
+
+    /// Publishes `text` on hub partition `partition` (the one channel off a Cluster).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when Redis does not take it.
+    pub(crate) async fn publish_on_partition(
+        &self,
+        partition: usize,
+        text: String,
+    ) -> Result<(), StoreError> {
+        match self.topology {
+            Topology::Single => {
+                self.pool
+                    .next()
+                    .publish::<i64, _, _>(HUB_CHANNEL, text)
+                    .await
+            }
+            Topology::Cluster => {
+                let channel = hub_partition_channel(partition);
+                self.pool.next().spublish::<i64, _, _>(channel, text).await
+            }
+        }
+        .map(drop)
+        .map_err(|e| StoreError::Unavailable(e.details().to_string()))
     }
 
     /// Appends a push to its user's history and publishes `before + id + after` to
-    /// every node, in one atomic step (see `scripts/push.lua`); answers the id.
+    /// every node, in one atomic step (see `scripts/push.lua`; on a Cluster on the
+    /// user's partition, whose slot the history shares); answers the id.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not take it.
@@ -137,8 +187,12 @@ impl RedisBus {
         before: &str,
         after: &str,
     ) -> Result<String, StoreError> {
+        let channel = match self.topology {
+            Topology::Single => HUB_CHANNEL.to_owned(),
+            Topology::Cluster => hub_partition_channel(hub_partition(push.user_id)),
+        };
         self.store
-            .append_push_announced(push, Some((HUB_CHANNEL, before, after)))
+            .append_push_announced(push, Some((&channel, before, after)))
             .await
     }
 
@@ -202,9 +256,49 @@ impl RedisBus {
     /// Closes the subscriber's connection and opens a new one; the receiving side then
     /// subscribes again and reports [`BusEvent::Resubscribed`]. Does nothing while the
     /// subscriber is already reconnecting.
-    pub(crate) async fn reconnect_subscriber(&self) {
+    ///
+    /// On a Cluster it then subscribes to every partition itself and answers whether
+    /// that worked: a forced reconnection of fred's clustered subscriber reports no
+    /// reconnect, and a partition Redis unsubscribed the node from (its slot moved)
+    /// needs a new `SSUBSCRIBE` on the slot's new owner, connection or not. Off a
+    /// Cluster `false` (the receiving side's reconnect event does it).
+    pub(crate) async fn reconnect_subscriber(&self) -> bool {
         if self.subscriber.is_connected() {
             reconnect(&self.subscriber, self.reconnect_limit).await;
+        }
+        match self.topology {
+            Topology::Single => false,
+            Topology::Cluster => matches!(
+                tokio::time::timeout(
+                    self.reconnect_limit,
+                    subscribe(&self.subscriber, self.topology)
+                )
+                .await,
+                Ok(Ok(()))
+            ),
+        }
+    }
+}
+
+/// Subscribes to the hub's channel, or on a Cluster to each partition (one at a time:
+/// channels of different slots cannot share an `SSUBSCRIBE`; fred sends each to the
+/// primary that owns its slot now). Not fred's `resubscribe_all`: it sends a
+/// `SUBSCRIBE` even when it tracks no classic channel, which Redis refuses ("wrong
+/// number of arguments"), so on a Cluster it never succeeded and the hub stopped
+/// hearing messages at the first reconnect.
+async fn subscribe(
+    subscriber: &SubscriberClient,
+    topology: Topology,
+) -> Result<(), fred::error::Error> {
+    match topology {
+        Topology::Single => subscriber.subscribe(HUB_CHANNEL).await,
+        Topology::Cluster => {
+            for partition in 0..HUB_PARTITIONS {
+                subscriber
+                    .ssubscribe(hub_partition_channel(partition))
+                    .await?;
+            }
+            Ok(())
         }
     }
 }
@@ -247,7 +341,13 @@ impl BusEvents {
             tokio::select! {
                 message = self.messages.recv() => match message {
                     Ok(message) => match message.value.as_string() {
-                        Some(text) => return Some(BusEvent::Message(text)),
+                        Some(text) => {
+                            let partition = match self.topology {
+                                Topology::Single => 0,
+                                Topology::Cluster => hub_partition_of_channel(&message.channel),
+                            };
+                            return Some(BusEvent::Message(partition, text));
+                        }
                         // Not ours: every hub message is text.
                         None => continue,
                     },
@@ -269,7 +369,7 @@ impl BusEvents {
     async fn resubscribe(&self) {
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
-        while let Err(e) = self.subscriber.resubscribe_all().await {
+        while let Err(e) = subscribe(&self.subscriber, self.topology).await {
             if !warned {
                 tracing::warn!(cause = %e, "hub resubscribe failed; retrying until it works");
                 warned = true;

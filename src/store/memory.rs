@@ -568,7 +568,7 @@ impl Store for MemoryStore {
         let mut entry = self
             .inner
             .entries
-            .entry(keys::push_history(push.user_id))
+            .entry(keys::push_history(push.user_id, keys::Topology::Single))
             .or_insert_with(fresh);
         if !entry.is_live(now) || !matches!(entry.value, Value::Pushes(_)) {
             *entry = fresh();
@@ -608,7 +608,8 @@ impl Store for MemoryStore {
         session_id: &str,
     ) -> Result<PushReplay, StoreError> {
         let since = PushId::parse(since);
-        let replay = self.read_live(&keys::push_history(user_id), |value| {
+        let key = keys::push_history(user_id, keys::Topology::Single);
+        let replay = self.read_live(&key, |value| {
             let Value::Pushes(log) = value else {
                 return PushReplay::default();
             };
