@@ -237,3 +237,249 @@ async fn with_the_wait_on_a_replica_that_does_not_acknowledge_refuses_admission(
         .await
         .expect("without the wait, admitted");
 }
+
+// ---------------------------------------------------------------------------------
+// A node killed with SIGKILL.
+// ---------------------------------------------------------------------------------
+
+/// A `ticketgate serve` process; killed on drop.
+struct NodeProcess {
+    child: std::process::Child,
+    public: SocketAddr,
+    admin: SocketAddr,
+}
+
+const ADMIN_KEY: &str = "failover-admin-key-0123456789";
+
+impl NodeProcess {
+    /// Starts a node of the deployment in `dir` (users file and data dir) on `redis`.
+    async fn start(dir: &std::path::Path, redis_url: &str) -> NodeProcess {
+        let public: SocketAddr = ([127, 0, 0, 1], support::bin::free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], support::bin::free_port()).into();
+        let child = support::bin::ticketgate(dir)
+            .arg("serve")
+            .env("TICKETGATE_REDIS_URL", redis_url)
+            .env("TICKETGATE_LISTEN", public.to_string())
+            .env("TICKETGATE_ADMIN_LISTEN", admin.to_string())
+            .env("TICKETGATE_ADMIN_KEY", ADMIN_KEY)
+            // Several clients of one user at once.
+            .env("TICKETGATE_SESSIONS_PER_TYPE", "64")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ticketgate");
+        let node = NodeProcess {
+            child,
+            public,
+            admin,
+        };
+        support::bin::wait_until_up(&format!("http://{public}"), Duration::from_secs(15)).await;
+        node
+    }
+
+    fn kill(&mut self) {
+        signal(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A load balancer without sticky sessions, as far as a test needs one: each new TCP
+/// connection goes to the first backend that accepts it. Its tasks end when it is
+/// dropped.
+struct Front {
+    addr: SocketAddr,
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Front {
+    async fn start(backends: Vec<SocketAddr>) -> Front {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the front");
+        let addr = listener.local_addr().expect("front address");
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let pumps = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let backends = backends.clone();
+                let pump = tokio::spawn(async move {
+                    for backend in backends {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+                pumps.lock().unwrap().push(pump.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Front { addr, tasks }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Publishes `n` to alice through the admin API at `admin`; answers the push's id.
+async fn publish(admin: SocketAddr, n: u64) -> String {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{admin}/admin/v1/publish"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&serde_json::json!({"user_id": "alice", "topic": "t", "data": {"n": n}}))
+        .send()
+        .await
+        .expect("publish sent")
+        .json()
+        .await
+        .expect("publish answer");
+    answer["id"].as_str().expect("an id").to_owned()
+}
+
+/// The next event of a managed connection that is not a frame (pong etc.); fails the
+/// test after 20 s.
+async fn next_event(conn: &mut ticketgate_sdk::ManagedConnection) -> ticketgate_sdk::Event {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("an event within 20 s")
+            .expect("the connection goes on");
+        if !matches!(event, ticketgate_sdk::Event::Frame(_)) {
+            return event;
+        }
+    }
+}
+
+/// Kill the node that holds the SDK clients' sockets with SIGKILL (no drain, no
+/// resume ticket): every client reconnects through the other node with a fresh
+/// ticket, and gets the pushes published meanwhile, each once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_its_clients_reconnect_elsewhere_and_recover_pushes() {
+    use ticketgate_sdk::{ConnectOptions, Event, SessionHandle};
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::bin::add_user(dir.path(), "alice", support::PASSWORD);
+    let mut a = NodeProcess::start(dir.path(), &redis.url()).await;
+    let b = NodeProcess::start(dir.path(), &redis.url()).await;
+    // Every connection goes to `a` while it lives.
+    let front = Front::start(vec![a.public, b.public]).await;
+
+    const CLIENTS: usize = 3;
+    let options = ConnectOptions {
+        backoff_base: Duration::from_millis(100),
+        backoff_cap: Duration::from_secs(1),
+    };
+    let mut connections = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = Client::new(&front.url()).expect("client");
+        let session = login(&client).await;
+        let mut conn = SessionHandle::new(client, session).connect_with_reconnect(options.clone());
+        assert!(matches!(next_event(&mut conn).await, Event::Welcome(_)));
+        connections.push(conn);
+    }
+    let first = publish(b.admin, 0).await;
+    for conn in &mut connections {
+        match next_event(conn).await {
+            Event::Push { id, .. } => assert_eq!(id, first),
+            other => panic!("expected the first push, got {other:?}"),
+        }
+    }
+    let before = Counts::of(b.admin).await;
+
+    a.kill();
+    let mut published = Vec::new();
+    for n in 1..=5 {
+        published.push(publish(b.admin, n).await);
+    }
+
+    for conn in &mut connections {
+        let mut received = Vec::new();
+        let mut welcomed = false;
+        while received.len() < published.len() {
+            match next_event(conn).await {
+                Event::Closed { will_reconnect, .. } => {
+                    assert!(will_reconnect, "a killed node's socket is reconnected")
+                }
+                Event::Reconnecting { .. } | Event::ConnectFailed { .. } => {}
+                Event::Welcome(_) => welcomed = true,
+                Event::Push { id, .. } => {
+                    assert!(welcomed, "a push came before the reconnect");
+                    received.push(id);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(received, published, "every push once, in order");
+    }
+    // Each client came back through `b`, with a ticket minted there and then, and
+    // recovered its pushes there.
+    let after = Counts::of(b.admin).await;
+    let n = CLIENTS as u64;
+    assert!(after.mints >= before.mints + n, "{before:?} → {after:?}");
+    assert!(
+        after.admissions >= before.admissions + n,
+        "{before:?} → {after:?}"
+    );
+    assert!(
+        after.recovered >= before.recovered + n,
+        "{before:?} → {after:?}"
+    );
+}
+
+/// A node's counters, from its `/metrics`.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    mints: u64,
+    admissions: u64,
+    recovered: u64,
+}
+
+impl Counts {
+    async fn of(admin: SocketAddr) -> Counts {
+        Counts {
+            mints: metric(admin, "ticketgate_mints_total{outcome=\"ok\"}").await,
+            admissions: metric(admin, "ticketgate_admissions_total{outcome=\"ok\"}").await,
+            recovered: metric(
+                admin,
+                "ticketgate_push_recoveries_total{recovered=\"true\"}",
+            )
+            .await,
+        }
+    }
+}
+
+/// The sum of the series of a node's `/metrics` that start with `series`.
+async fn metric(admin: SocketAddr, series: &str) -> u64 {
+    let text = reqwest::Client::new()
+        .get(format!("http://{admin}/metrics"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
