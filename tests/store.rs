@@ -1,6 +1,7 @@
 //! The store contract, written once in [`cases`] and run against every store by
 //! [`store_suite!`]: the memory store (with and without its sweeper), the durable store
-//! (on a temporary file) and Redis (a real `redis-server` per test). Then what only one
+//! (on a temporary file), Redis (a real `redis-server` per test), and a Redis Cluster
+//! and a Sentinel set (one each per run of this binary, shared by the cases). Then what only one
 //! store has: Redis's round trips and outage behaviour, the memory store's sweeper, the
 //! durable store's file across a reopen.
 
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use support::redis::RedisServer;
+use support::{redis::RedisServer, RedisCluster, RedisSentinel};
 use ticketgate::store::{
     durable::{DurableError, DurableStore, FILE_NAME as STORE_FILE},
     memory::MemoryStore,
@@ -55,6 +56,27 @@ async fn redis_store() -> Fixture {
     Fixture {
         store: Arc::new(store),
         _redis: Some(redis),
+        _dir: None,
+    }
+}
+
+/// The test binary's shared Redis Cluster; each case uses keys of its own.
+async fn cluster_store() -> Fixture {
+    shared_redis_store(&RedisCluster::shared().url()).await
+}
+
+/// The test binary's shared primary/replica/Sentinel set.
+async fn sentinel_store() -> Fixture {
+    shared_redis_store(&RedisSentinel::shared().url()).await
+}
+
+async fn shared_redis_store(url: &str) -> Fixture {
+    let store = RedisStore::connect(url, RedisSettings::default())
+        .await
+        .expect("connect to the shared test Redis");
+    Fixture {
+        store: Arc::new(store),
+        _redis: None,
         _dir: None,
     }
 }
@@ -150,6 +172,8 @@ store_suite!(memory, crate::memory_store);
 store_suite!(memory_swept, crate::memory_store_with_sweeper);
 store_suite!(redis, crate::redis_store);
 store_suite!(durable, crate::durable_store);
+store_suite!(cluster, crate::cluster_store);
+store_suite!(sentinel, crate::sentinel_store);
 
 /// The contract every store keeps.
 mod cases {

@@ -4,9 +4,12 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod bin;
+pub mod cluster;
+pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod sentinel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -19,7 +22,9 @@ use ticketgate::Server;
 use ticketgate_sdk::{Client, ClientType, Session};
 use tokio::sync::oneshot;
 
+pub use self::cluster::RedisCluster;
 pub use self::redis::RedisServer;
+pub use self::sentinel::RedisSentinel;
 
 /// The password of every test user.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -33,6 +38,21 @@ pub enum StoreKind {
     Memory,
     /// A `redis-server` started for the test.
     Redis,
+    /// The test binary's shared Redis Cluster ([`RedisCluster::shared`]).
+    Cluster,
+    /// The test binary's shared primary/replica/Sentinel set ([`RedisSentinel::shared`]).
+    Sentinel,
+}
+
+impl StoreKind {
+    /// The Redis URL of a shared Cluster or Sentinel fixture (started on first use).
+    pub fn shared_url(self) -> Option<String> {
+        match self {
+            StoreKind::Cluster => Some(RedisCluster::shared().url()),
+            StoreKind::Sentinel => Some(RedisSentinel::shared().url()),
+            StoreKind::Memory | StoreKind::Redis => None,
+        }
+    }
 }
 
 /// A change to the config before a node starts.
@@ -45,9 +65,17 @@ pub struct Builder {
     data_dir: Option<Arc<tempfile::TempDir>>,
     tweak: Vec<ConfigTweak>,
     handler: Option<Arc<dyn ticketgate::SessionHandler>>,
+    redis_url: Option<String>,
 }
 
 impl Builder {
+    /// Use the Redis (Cluster, Sentinel) at this URL, started by the test
+    /// (e.g. `RedisCluster::start().url()`); [`TestServer::redis`] is then `None`.
+    pub fn redis_url(mut self, url: String) -> Self {
+        self.redis_url = Some(url);
+        self
+    }
+
     /// The store to use.
     pub fn store(mut self, store: StoreKind) -> Self {
         self.store = store;
@@ -89,10 +117,12 @@ impl Builder {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("tempdir")));
+        let redis_url = self.redis_url.or_else(|| self.store.shared_url());
         let redis = match (self.store, self.redis) {
+            _ if redis_url.is_some() => None,
             (StoreKind::Memory, _) => None,
-            (StoreKind::Redis, Some(r)) => Some(r),
-            (StoreKind::Redis, None) => Some(Arc::new(Mutex::new(RedisServer::start()))),
+            (_, Some(r)) => Some(r),
+            (_, None) => Some(Arc::new(Mutex::new(RedisServer::start()))),
         };
         let users_file = data_dir.path().join("users.toml");
         if !users_file.exists() {
@@ -105,7 +135,7 @@ impl Builder {
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
         config.data_dir = data_dir.path().join("data");
         config.users_file = users_file;
-        config.redis_url = redis.as_ref().map(|r| r.lock().unwrap().url());
+        config.redis_url = redis_url.or_else(|| redis.as_ref().map(|r| r.lock().unwrap().url()));
         // The durable embedded store has suites of its own (`store`, `durable_restart`).
         config.store = EmbeddedStore::Memory;
         config.admin_key = Some("test-admin-key-0123456789".into());
@@ -190,6 +220,7 @@ impl TestServer {
             data_dir: None,
             tweak: Vec::new(),
             handler: None,
+            redis_url: None,
         }
     }
 
@@ -261,6 +292,29 @@ macro_rules! both_stores {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 ($body)(StoreKind::Redis).await
+            }
+        }
+    };
+}
+
+/// [`both_stores!`] plus the shared Redis Cluster: `every_store!(name, |kind| ...)`
+/// expands into `mod name { memory, redis, cluster }`.
+#[macro_export]
+macro_rules! every_store {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                ($body)(StoreKind::Memory).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                ($body)(StoreKind::Redis).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                ($body)(StoreKind::Cluster).await
             }
         }
     };

@@ -90,43 +90,18 @@ impl RedisServer {
     ///
     /// On any I/O or protocol error (this is a test harness).
     pub fn command(&self, args: &[&str]) -> Reply {
-        let stream = self.open().expect("connect to redis-server");
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        (&stream)
-            .write_all(&request)
-            .expect("write to redis-server");
-        read_reply(&mut BufReader::new(&stream)).expect("read from redis-server")
+        command_at(self.port, args)
     }
 
     /// `INFO commandstats` as calls per command: `"evalsha" → 3`, `"script|load" → 1`.
     ///
     /// Counts include commands run from inside scripts.
     pub fn command_stats(&self) -> HashMap<String, u64> {
-        let Reply::Bulk(Some(info)) = self.command(&["INFO", "commandstats"]) else {
-            panic!("INFO commandstats: unexpected reply");
-        };
-        String::from_utf8_lossy(&info)
-            .lines()
-            .filter_map(|line| {
-                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = stats
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))?
-                    .parse()
-                    .ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .collect()
+        command_stats_at(self.port)
     }
 
     fn open(&self) -> std::io::Result<TcpStream> {
-        let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(stream)
+        open(self.port)
     }
 
     /// Polls with `PING` until the server answers; `false` if the process exited
@@ -183,9 +158,67 @@ fn spawn(port: u16) -> Child {
     }
 }
 
+/// Sends one command to the Redis (or Sentinel) on `127.0.0.1:<port>` and reads its
+/// reply.
+///
+/// # Panics
+///
+/// On any I/O or protocol error (this is a test harness).
+pub fn command_at(port: u16, args: &[&str]) -> Reply {
+    try_command_at(port, args).unwrap_or_else(|e| panic!("redis on port {port}, {args:?}: {e}"))
+}
+
+/// [`command_at`] that says what went wrong instead of panicking (a node that is down).
+pub fn try_command_at(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+    let stream = open(port)?;
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    (&stream).write_all(&request)?;
+    read_reply(&mut BufReader::new(&stream))
+}
+
+/// `INFO commandstats` of the Redis on `port` as calls per command.
+pub fn command_stats_at(port: u16) -> HashMap<String, u64> {
+    let Reply::Bulk(Some(info)) = command_at(port, &["INFO", "commandstats"]) else {
+        panic!("INFO commandstats: unexpected reply");
+    };
+    String::from_utf8_lossy(&info)
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn open(port: u16) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+impl Reply {
+    /// The text of a simple or bulk string reply (`None` for any other kind).
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Reply::Simple(s) => Some(s.clone()),
+            Reply::Bulk(Some(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
 /// A port that was free a moment ago. Another process may take it before redis binds
 /// it; [`RedisServer::start`] then retries with a new one.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
