@@ -254,6 +254,15 @@ const ADMIN_KEY: &str = "failover-admin-key-0123456789";
 impl NodeProcess {
     /// Starts a node of the deployment in `dir` (users file and data dir) on `redis`.
     async fn start(dir: &std::path::Path, redis_url: &str) -> NodeProcess {
+        NodeProcess::start_with(dir, redis_url, &[]).await
+    }
+
+    /// [`start`](Self::start) with more settings.
+    async fn start_with(
+        dir: &std::path::Path,
+        redis_url: &str,
+        settings: &[(&str, &str)],
+    ) -> NodeProcess {
         let public: SocketAddr = ([127, 0, 0, 1], support::bin::free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], support::bin::free_port()).into();
         let child = support::bin::ticketgate(dir)
@@ -265,6 +274,7 @@ impl NodeProcess {
             // Several clients of one user at once.
             .env("TICKETGATE_SESSIONS_PER_TYPE", "64")
             .env("RUST_LOG", "warn")
+            .envs(settings.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -482,4 +492,249 @@ async fn metric(admin: SocketAddr, series: &str) -> u64 {
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+// ---------------------------------------------------------------------------------
+// Handshake load: outcomes.
+// ---------------------------------------------------------------------------------
+
+/// How one call of a handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Outcome {
+    /// Answered with success.
+    Ok,
+    /// 503 `store_unavailable`: the store did not answer (expected during a fault).
+    Unavailable,
+    /// Another 4xx (a ticket already spent, for the second of two racers).
+    Refused,
+    /// Any other 5xx: a bug.
+    ServerError,
+    /// No answer at all (transport failure, timeout): a bug here.
+    Transport,
+}
+
+impl Outcome {
+    fn of<T>(result: &Result<T, ClientError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(ClientError::Api {
+                status, raw_code, ..
+            }) => match (*status, raw_code.as_str()) {
+                (503, "store_unavailable") => Outcome::Unavailable,
+                (400..=499, _) => Outcome::Refused,
+                _ => Outcome::ServerError,
+            },
+            Err(_) => Outcome::Transport,
+        }
+    }
+}
+
+/// Counts of outcomes, and when the first and last `Unavailable` came.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: std::collections::HashMap<Outcome, u64>,
+    first_unavailable: Option<Instant>,
+    last_unavailable: Option<Instant>,
+    /// Admissions after the first `Unavailable`, with when they happened.
+    first_ok_after_unavailable: Option<Instant>,
+}
+
+impl Tally {
+    fn record(&mut self, outcome: Outcome, at: Instant) {
+        *self.counts.entry(outcome).or_default() += 1;
+        match outcome {
+            Outcome::Unavailable => {
+                self.first_unavailable.get_or_insert(at);
+                self.last_unavailable = Some(at);
+                self.first_ok_after_unavailable = None;
+            }
+            Outcome::Ok if self.first_unavailable.is_some() => {
+                self.first_ok_after_unavailable.get_or_insert(at);
+            }
+            _ => {}
+        }
+    }
+
+    fn count(&self, outcome: Outcome) -> u64 {
+        self.counts.get(&outcome).copied().unwrap_or(0)
+    }
+
+    /// From the first `Unavailable` to the first success after the last one.
+    fn unavailable_for(&self) -> Option<Duration> {
+        Some(self.first_ok_after_unavailable? - self.first_unavailable?)
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read /proc/<pid>/status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Open file descriptors of a process (its sockets included).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/<pid>/fd")
+        .count()
+}
+
+/// Redis paused with SIGSTOP for 5 s under an open-loop handshake load (100 a second,
+/// whether or not earlier ones were answered): every handshake is answered, with
+/// 503 `store_unavailable` while Redis is stopped, never a 500, within the store's
+/// command timeout, so the requests in flight, the node's open descriptors and its
+/// memory stay bounded; after SIGCONT admission resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_answers_bounded_503s_without_pile_up_and_resumes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const RATE: u64 = 100;
+    const PAUSE: Duration = Duration::from_secs(5);
+    const SESSIONS: usize = 8;
+
+    let redis = RedisServer::start();
+    let redis_pid = redis_pid(&redis);
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::bin::add_user(dir.path(), "alice", support::PASSWORD);
+    let node = NodeProcess::start_with(
+        dir.path(),
+        &redis.url(),
+        &[
+            ("TICKETGATE_RATE_MINT_DEVICE", "100000/s"),
+            ("TICKETGATE_RATE_CONNECT_DEVICE", "100000/s"),
+            ("TICKETGATE_RATE_CONNECT_IP", "100000/s"),
+        ],
+    )
+    .await;
+    let node_pid = node.child.id();
+    let base = format!("http://{}", node.public);
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        let client = Client::new(&base).expect("client");
+        let session = login(&client).await;
+        sessions.push((client, session));
+    }
+    let sessions = Arc::new(sessions);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let load = {
+        let (sessions, tally) = (sessions.clone(), tally.clone());
+        let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0.. {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop_rx.changed() => break,
+                }
+                let (sessions, tally) = (sessions.clone(), tally.clone());
+                let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
+                tasks.spawn(async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    let (client, session) = &sessions[i % SESSIONS];
+                    let minted = client.mint_ticket(session).await;
+                    let outcome = match &minted {
+                        Ok(ticket) => Outcome::of(&client.connect(session, ticket).await),
+                        Err(_) => Outcome::of(&minted),
+                    };
+                    tally.lock().unwrap().record(outcome, Instant::now());
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    };
+
+    let sample = |peak: &mut (u64, usize)| {
+        peak.0 = peak.0.max(rss_kib(node_pid));
+        peak.1 = peak.1.max(open_fds(node_pid));
+    };
+    // A second of normal load: the baseline.
+    let mut baseline = (0, 0);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sample(&mut baseline);
+    }
+    assert!(
+        tally.lock().unwrap().count(Outcome::Ok) > 0,
+        "admissions before the pause"
+    );
+
+    let mut paused = Paused::new(redis_pid);
+    let paused_at = Instant::now();
+    let mut peak = baseline;
+    while paused_at.elapsed() < PAUSE {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sample(&mut peak);
+    }
+    paused.resume();
+    let resumed_at = Instant::now();
+    let resumed = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sample(&mut peak);
+        let t = tally.lock().unwrap();
+        if let (Some(ok), Some(last)) = (t.first_ok_after_unavailable, t.last_unavailable) {
+            if ok > last && ok > resumed_at {
+                break true;
+            }
+        }
+        if resumed_at.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+    };
+    stop_tx.send(true).expect("stop the load");
+    load.await.expect("the load ends");
+
+    let t = tally.lock().unwrap();
+    let max_in_flight = max_in_flight.load(Ordering::SeqCst);
+    println!(
+        "redis paused {PAUSE:?}: {:?}; unavailable for {:?}; in flight at most {max_in_flight}; \
+         node RSS {} → {} KiB, fds {} → {}",
+        t.counts,
+        t.unavailable_for(),
+        baseline.0,
+        peak.0,
+        baseline.1,
+        peak.1
+    );
+    assert!(resumed, "admission resumed within 20 s of SIGCONT: {t:?}");
+    assert_eq!(t.count(Outcome::ServerError), 0, "no 500: {t:?}");
+    assert_eq!(
+        t.count(Outcome::Transport),
+        0,
+        "every handshake answered: {t:?}"
+    );
+    assert_eq!(t.count(Outcome::Refused), 0, "nothing refused: {t:?}");
+    assert!(
+        t.count(Outcome::Unavailable) > 0,
+        "the pause was noticed: {t:?}"
+    );
+    // Each handshake is answered within about the command timeout (1 s per store
+    // call, two calls): at 100 a second, a few hundred at most are ever open. Requests
+    // that waited for Redis to come back would reach 500 within the pause.
+    assert!(
+        max_in_flight < 3 * RATE as usize,
+        "requests piled up: {max_in_flight} in flight"
+    );
+    assert!(
+        peak.1 < baseline.1 + 3 * RATE as usize,
+        "descriptors piled up: {} → {}",
+        baseline.1,
+        peak.1
+    );
+    assert!(
+        peak.0 < baseline.0 + 64 * 1024,
+        "memory piled up: {} → {} KiB",
+        baseline.0,
+        peak.0
+    );
 }
