@@ -738,3 +738,331 @@ async fn redis_paused_answers_bounded_503s_without_pile_up_and_resumes() {
         peak.0
     );
 }
+
+// ---------------------------------------------------------------------------------
+// The Redis primary killed under load, on Sentinel and on Cluster.
+// ---------------------------------------------------------------------------------
+
+/// A replicated Redis whose primary a test kills.
+enum Topology {
+    Sentinel(support::RedisSentinel),
+    Cluster(support::RedisCluster),
+}
+
+impl Topology {
+    fn url(&self) -> String {
+        match self {
+            Topology::Sentinel(s) => s.url(),
+            Topology::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The port of the primary that serves `key`.
+    fn primary_of(&self, key: &str) -> u16 {
+        match self {
+            Topology::Sentinel(s) => s.primary().port(),
+            Topology::Cluster(c) => c.primary_of_key(key).port(),
+        }
+    }
+
+    fn process(&self, port: u16) -> &support::process::RedisProcess {
+        match self {
+            Topology::Sentinel(s) => s
+                .servers()
+                .iter()
+                .find(|p| p.port() == port)
+                .expect("a server on that port"),
+            Topology::Cluster(c) => c.node(port),
+        }
+    }
+
+    /// Kills the primary on `port` with SIGKILL, waits for the failover, then starts
+    /// the killed server again (it comes back as a replica): blocking.
+    fn fail_over(&self, port: u16) {
+        let limit = Duration::from_secs(30);
+        self.process(port).kill();
+        match self {
+            Topology::Sentinel(s) => {
+                s.wait_for_failover(limit);
+            }
+            Topology::Cluster(c) => {
+                c.wait_for_failover(limit);
+            }
+        }
+        self.process(port).restart();
+    }
+}
+
+/// Sends a ping frame on a live socket and waits for its pong.
+async fn pings(ws: &mut ticketgate_sdk::WsStream) -> bool {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ping = serde_json::to_string(&ticketgate_sdk::protocol::ClientFrame::Ping).expect("json");
+    if ws.send(Message::text(ping)).await.is_err() {
+        return false;
+    }
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = message {
+                let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("json");
+                if frame["type"] == "pong" {
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    pong.await.unwrap_or(false)
+}
+
+/// What one run of [`primary_killed_under_load`] saw.
+#[derive(Debug)]
+struct FailoverReport {
+    tally: Tally,
+    /// From the kill to the first admission after the last 503.
+    kill_to_admission: Duration,
+    tickets: usize,
+    most_admissions_of_one_ticket: u32,
+}
+
+/// Two nodes on `topology`, a closed-loop handshake load in which every ticket is
+/// presented by two clients at once, one per node; the primary serving the load's
+/// sessions is killed, the topology fails over, the killed server comes back as a
+/// replica. Then every ticket minted is presented again to both nodes, and the live
+/// sockets opened before the kill are pinged.
+async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> FailoverReport {
+    const WORKERS: usize = 6;
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let node = |dir: &Arc<tempfile::TempDir>| {
+        TestServer::builder()
+            .redis_url(topology.url())
+            .data_dir(dir.clone())
+            .config(move |c| {
+                c.sessions_per_type = 256;
+                c.redis_wait_replicas = wait_replicas;
+                c.redis_wait_timeout = Duration::from_millis(200);
+            })
+            .start()
+    };
+    let a = node(&dir).await;
+    let b = node(&dir).await;
+
+    // Sessions whose keys live on one primary: the one the test kills.
+    let mut sessions = Vec::new();
+    let mut target = None;
+    for _ in 0..200 {
+        let client = a.client();
+        let session = login(&client).await;
+        let port = topology.primary_of(&format!("tg:{{{}}}:session", session.session_id));
+        if *target.get_or_insert(port) == port {
+            let via_b = Client::new(&b.url())
+                .expect("client")
+                .with_device_id(client.device_id());
+            sessions.push((client, via_b, session));
+        }
+        if sessions.len() == WORKERS {
+            break;
+        }
+    }
+    assert_eq!(sessions.len(), WORKERS, "sessions on one primary");
+    let target = target.expect("a primary");
+
+    // Live sockets, one per node, that must outlive the failover.
+    let mut live = Vec::new();
+    for (via_a, via_b, session) in &sessions[..2] {
+        for client in [via_a, via_b] {
+            let mut ticket = client.mint_ticket(session).await.expect("mint");
+            ticket.ws_url.clear();
+            live.push(client.connect(session, &ticket).await.expect("connect").0);
+        }
+    }
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tickets = Arc::new(Mutex::new(Vec::new()));
+    let admissions = Arc::new(Mutex::new(std::collections::HashMap::<String, u32>::new()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sessions = Arc::new(sessions);
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..WORKERS {
+        let (sessions, tally, tickets, admissions) = (
+            sessions.clone(),
+            tally.clone(),
+            tickets.clone(),
+            admissions.clone(),
+        );
+        let stop_rx = stop_rx.clone();
+        workers.spawn(async move {
+            let (via_a, via_b, session) = &sessions[w];
+            for i in 0usize.. {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                let minter = if i % 2 == 0 { via_a } else { via_b };
+                let minted = minter.mint_ticket(session).await;
+                let mut ticket = match minted {
+                    Ok(ticket) => ticket,
+                    Err(_) => {
+                        tally
+                            .lock()
+                            .unwrap()
+                            .record(Outcome::of(&minted), Instant::now());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                ticket.ws_url.clear();
+                tickets.lock().unwrap().push((w, ticket.clone()));
+                let (on_a, on_b) = tokio::join!(
+                    via_a.connect(session, &ticket),
+                    via_b.connect(session, &ticket)
+                );
+                let now = Instant::now();
+                let mut t = tally.lock().unwrap();
+                for result in [&on_a, &on_b] {
+                    let outcome = Outcome::of(result);
+                    if outcome == Outcome::Ok {
+                        *admissions
+                            .lock()
+                            .unwrap()
+                            .entry(ticket.ticket.clone())
+                            .or_default() += 1;
+                    }
+                    t.record(outcome, now);
+                }
+            }
+        });
+    }
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tally.lock().unwrap().count(Outcome::Ok) > 0,
+        "admissions before the kill"
+    );
+    let killed_at = Instant::now();
+    tokio::task::block_in_place(|| topology.fail_over(target));
+    // Resumed: an admission after the last 503, and 2 s without a 503 since.
+    let resumed = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = tally.lock().unwrap();
+        let quiet = t
+            .last_unavailable
+            .is_none_or(|last| last.elapsed() > Duration::from_secs(2));
+        if quiet && t.first_ok_after_unavailable.is_some() {
+            break true;
+        }
+        if t.first_unavailable.is_none() && killed_at.elapsed() > Duration::from_secs(5) {
+            // No 503 at all: the failover was invisible to the load.
+            break t.count(Outcome::Ok) > 0;
+        }
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+    };
+    stop_tx.send(true).expect("stop");
+    while workers.join_next().await.is_some() {}
+    assert!(
+        resumed,
+        "admission resumed within 60 s of the kill: {:?}",
+        tally.lock().unwrap()
+    );
+
+    // Every ticket again, on both nodes at once: none opens a second socket.
+    let all: Vec<(usize, ticketgate_sdk::Ticket)> = tickets.lock().unwrap().clone();
+    for (w, ticket) in &all {
+        let (via_a, via_b, session) = &sessions[*w];
+        let (on_a, on_b) = tokio::join!(
+            via_a.connect(session, ticket),
+            via_b.connect(session, ticket)
+        );
+        for result in [&on_a, &on_b] {
+            let outcome = Outcome::of(result);
+            if outcome == Outcome::Ok {
+                *admissions
+                    .lock()
+                    .unwrap()
+                    .entry(ticket.ticket.clone())
+                    .or_default() += 1;
+            }
+            assert!(
+                matches!(outcome, Outcome::Ok | Outcome::Refused),
+                "a replayed ticket after the failover: {result:?}",
+                result = result.as_ref().err()
+            );
+        }
+    }
+    for ws in &mut live {
+        assert!(
+            pings(ws).await,
+            "a live socket did not survive the failover"
+        );
+    }
+
+    let tally = Arc::try_unwrap(tally)
+        .map_err(|_| "the tally is still shared")
+        .expect("workers ended")
+        .into_inner()
+        .unwrap();
+    let kill_to_admission = tally
+        .first_ok_after_unavailable
+        .map_or(Duration::ZERO, |ok| ok - killed_at);
+    let most = admissions
+        .lock()
+        .unwrap()
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    FailoverReport {
+        tally,
+        kill_to_admission,
+        tickets: all.len(),
+        most_admissions_of_one_ticket: most,
+    }
+}
+
+fn check_and_print(name: &str, report: &FailoverReport) {
+    let t = &report.tally;
+    println!(
+        "{name}: unavailable {:.2} s (first 503 → first admission after the last 503), \
+         kill → admission {:.2} s; outcomes {:?}; {} tickets, at most {} admission(s) each",
+        t.unavailable_for().unwrap_or_default().as_secs_f64(),
+        report.kill_to_admission.as_secs_f64(),
+        t.counts,
+        report.tickets,
+        report.most_admissions_of_one_ticket
+    );
+    assert_eq!(t.count(Outcome::ServerError), 0, "no 500: {t:?}");
+    assert_eq!(t.count(Outcome::Transport), 0, "every call answered: {t:?}");
+    assert_eq!(
+        report.most_admissions_of_one_ticket, 1,
+        "no ticket admitted twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_primary_killed_under_load_without_wait() {
+    let report =
+        primary_killed_under_load(Topology::Sentinel(support::RedisSentinel::start()), 0).await;
+    check_and_print("sentinel, WAIT off", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_primary_killed_under_load_with_wait() {
+    let report =
+        primary_killed_under_load(Topology::Sentinel(support::RedisSentinel::start()), 1).await;
+    check_and_print("sentinel, WAIT 1", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_primary_killed_under_load_without_wait() {
+    let report =
+        primary_killed_under_load(Topology::Cluster(support::RedisCluster::start()), 0).await;
+    check_and_print("cluster, WAIT off", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_primary_killed_under_load_with_wait() {
+    let report =
+        primary_killed_under_load(Topology::Cluster(support::RedisCluster::start()), 1).await;
+    check_and_print("cluster, WAIT 1", &report);
+}
