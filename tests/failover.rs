@@ -143,7 +143,7 @@ async fn node_waiting_for(
         .data_dir(dir.clone())
         .config(move |c| {
             c.redis_wait_replicas = replicas;
-            c.redis_wait_timeout = Duration::from_millis(200);
+            c.redis_wait_timeout = Duration::from_millis(500);
         })
         .start()
         .await
@@ -170,8 +170,29 @@ async fn login(client: &Client) -> Session {
 // The replication wait.
 // ---------------------------------------------------------------------------------
 
-/// With the wait on and a healthy replica, sockets are admitted, and by then the
-/// replica no longer holds the ticket: a failover to it could not admit it again.
+/// The replication offset the primary last heard its replica acknowledge
+/// (`slave0:...,offset=N` of `INFO replication`), and the primary's own.
+fn offsets(primary: &RedisServer) -> (u64, u64) {
+    let text = info(primary, "replication");
+    let acked = info_field(&text, "slave0")
+        .and_then(|s| {
+            s.split(',')
+                .find_map(|kv| kv.strip_prefix("offset="))
+                .and_then(|n| n.parse().ok())
+        })
+        .expect("a replica's acknowledged offset");
+    let own = info_field(&text, "master_repl_offset")
+        .and_then(|n| n.parse().ok())
+        .expect("master_repl_offset");
+    (acked, own)
+}
+
+/// With the wait on, a socket is admitted only once the replica acknowledged its
+/// ticket's consumption: the replica is paused for 300 ms (SIGSTOP) while the ticket
+/// is presented; the admission waits for it, and when the socket is open the primary
+/// has heard the replica acknowledge past the consumption, and the replica holds no
+/// ticket. (Without the wait the socket opens while the replica is still paused and
+/// its acknowledged offset is behind: this test fails.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_wait_on_a_ticket_is_admitted_once_its_consumption_reached_the_replica() {
     let set = Replicated::start().await;
@@ -179,9 +200,24 @@ async fn with_the_wait_on_a_ticket_is_admitted_once_its_consumption_reached_the_
     let node = node_waiting_for(set.primary.clone(), &dir, 1).await;
     let client = node.client();
     let session = login(&client).await;
-    for _ in 0..5 {
+    let replica_pid = redis_pid(&set.replica);
+    for _ in 0..3 {
         let ticket = client.mint_ticket(&session).await.expect("mint");
+        let mut paused = Paused::new(replica_pid);
+        // Anything written from here on (the consumption) is past this offset.
+        let (_, before) = offsets(&set.primary.lock().unwrap());
+        let resume = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            paused.resume();
+        });
         let (ws, _welcome) = client.connect(&session, &ticket).await.expect("admitted");
+        let (acked, _) = offsets(&set.primary.lock().unwrap());
+        assert!(
+            acked > before,
+            "a socket opened before the replica acknowledged its ticket's consumption \
+             (acknowledged {acked}, consumption after {before})"
+        );
+        resume.join().expect("resume the replica");
         assert!(
             set.replica_tickets().is_empty(),
             "the replica still holds a ticket that opened a socket"
