@@ -110,7 +110,7 @@ impl Replicated {
             let up = info_field(&info(&self.replica, "replication"), "master_link_status")
                 .is_some_and(|s| s == "up");
             let counted = info_field(
-                &info(&self.primary.lock().unwrap(), "replication"),
+                &info(&self.primary.lock().expect("not poisoned"), "replication"),
                 "connected_slaves",
             )
             .is_some_and(|n| n == "1");
@@ -205,13 +205,13 @@ async fn with_the_wait_on_a_ticket_is_admitted_once_its_consumption_reached_the_
         let ticket = client.mint_ticket(&session).await.expect("mint");
         let mut paused = Paused::new(replica_pid);
         // Anything written from here on (the consumption) is past this offset.
-        let (_, before) = offsets(&set.primary.lock().unwrap());
+        let (_, before) = offsets(&set.primary.lock().expect("not poisoned"));
         let resume = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             paused.resume();
         });
         let (ws, _welcome) = client.connect(&session, &ticket).await.expect("admitted");
-        let (acked, _) = offsets(&set.primary.lock().unwrap());
+        let (acked, _) = offsets(&set.primary.lock().expect("not poisoned"));
         assert!(
             acked > before,
             "a socket opened before the replica acknowledged its ticket's consumption \
@@ -272,6 +272,60 @@ async fn with_the_wait_on_a_replica_that_does_not_acknowledge_refuses_admission(
         .connect(&session, &spare)
         .await
         .expect("without the wait, admitted");
+}
+
+/// On Cluster the `WAIT` goes to the primary that ran the consumption: with the
+/// replica of one session's shard paused, that session's ticket is refused (503),
+/// while a session on another shard is admitted. (A `WAIT` sent to another node would
+/// have nothing to wait for there and answer at once: the paused shard would admit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cluster_the_wait_asks_the_shard_that_consumed_the_ticket() {
+    let cluster = support::RedisCluster::start_with_node_timeout(Duration::from_secs(10));
+    let node = TestServer::builder()
+        .redis_url(cluster.url())
+        .config(|c| {
+            c.sessions_per_type = 256;
+            c.redis_wait_replicas = 1;
+            c.redis_wait_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await;
+    let primary_of = |session: &Session| {
+        cluster
+            .primary_of_key(&format!("tg:{{{}}}:session", session.session_id))
+            .port()
+    };
+    let client = node.client();
+    let paused_shard = login(&client).await;
+    let target = primary_of(&paused_shard);
+    let mut other_shard = None;
+    for _ in 0..100 {
+        let session = login(&client).await;
+        if primary_of(&session) != target {
+            other_shard = Some(session);
+            break;
+        }
+    }
+    let other_shard = other_shard.expect("a session on another shard");
+    let replica_port = support::process::info_field(cluster.node(target), "replication", "slave0")
+        .and_then(|s| {
+            s.split(',')
+                .find_map(|kv| kv.strip_prefix("port="))
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .expect("the shard's replica");
+    let ticket = client.mint_ticket(&paused_shard).await.expect("mint");
+    let other_ticket = client.mint_ticket(&other_shard).await.expect("mint");
+
+    let mut paused = Paused::new(cluster.node(replica_port).pid());
+    let refused = client.connect(&paused_shard, &ticket).await;
+    let admitted = client.connect(&other_shard, &other_ticket).await;
+    paused.resume();
+    let err = refused
+        .err()
+        .expect("the paused shard's ticket is not admitted");
+    assert_eq!(refusal(&err), (503, "store_unavailable".into()));
+    admitted.expect("the other shard's ticket is admitted");
 }
 
 // ---------------------------------------------------------------------------------
@@ -365,10 +419,16 @@ impl Front {
                         }
                     }
                 });
-                pumps.lock().unwrap().push(pump.abort_handle());
+                pumps
+                    .lock()
+                    .expect("not poisoned")
+                    .push(pump.abort_handle());
             }
         });
-        tasks.lock().unwrap().push(accept.abort_handle());
+        tasks
+            .lock()
+            .expect("not poisoned")
+            .push(accept.abort_handle());
         Front { addr, tasks }
     }
 
@@ -379,7 +439,7 @@ impl Front {
 
 impl Drop for Front {
     fn drop(&mut self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
+        for task in self.tasks.lock().expect("not poisoned").drain(..) {
             task.abort();
         }
     }
@@ -681,7 +741,10 @@ async fn redis_paused_answers_bounded_503s_without_pile_up_and_resumes() {
                         Ok(ticket) => Outcome::of(&client.connect(session, ticket).await),
                         Err(_) => Outcome::of(&minted),
                     };
-                    tally.lock().unwrap().record(outcome, Instant::now());
+                    tally
+                        .lock()
+                        .expect("not poisoned")
+                        .record(outcome, Instant::now());
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                 });
                 while tasks.try_join_next().is_some() {}
@@ -701,7 +764,7 @@ async fn redis_paused_answers_bounded_503s_without_pile_up_and_resumes() {
         sample(&mut baseline);
     }
     assert!(
-        tally.lock().unwrap().count(Outcome::Ok) > 0,
+        tally.lock().expect("not poisoned").count(Outcome::Ok) > 0,
         "admissions before the pause"
     );
 
@@ -717,7 +780,7 @@ async fn redis_paused_answers_bounded_503s_without_pile_up_and_resumes() {
     let resumed = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         sample(&mut peak);
-        let t = tally.lock().unwrap();
+        let t = tally.lock().expect("not poisoned");
         if let (Some(ok), Some(last)) = (t.first_ok_after_unavailable, t.last_unavailable) {
             if ok > last && ok > resumed_at {
                 break true;
@@ -730,7 +793,7 @@ async fn redis_paused_answers_bounded_503s_without_pile_up_and_resumes() {
     stop_tx.send(true).expect("stop the load");
     load.await.expect("the load ends");
 
-    let t = tally.lock().unwrap();
+    let t = tally.lock().expect("not poisoned");
     let max_in_flight = max_in_flight.load(Ordering::SeqCst);
     println!(
         "redis paused {PAUSE:?}: {:?}; unavailable for {:?}; in flight at most {max_in_flight}; \
@@ -940,26 +1003,29 @@ async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> Fa
                     Err(_) => {
                         tally
                             .lock()
-                            .unwrap()
+                            .expect("not poisoned")
                             .record(Outcome::of(&minted), Instant::now());
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 };
                 ticket.ws_url.clear();
-                tickets.lock().unwrap().push((w, ticket.clone()));
+                tickets
+                    .lock()
+                    .expect("not poisoned")
+                    .push((w, ticket.clone()));
                 let (on_a, on_b) = tokio::join!(
                     via_a.connect(session, &ticket),
                     via_b.connect(session, &ticket)
                 );
                 let now = Instant::now();
-                let mut t = tally.lock().unwrap();
+                let mut t = tally.lock().expect("not poisoned");
                 for result in [&on_a, &on_b] {
                     let outcome = Outcome::of(result);
                     if outcome == Outcome::Ok {
                         *admissions
                             .lock()
-                            .unwrap()
+                            .expect("not poisoned")
                             .entry(ticket.ticket.clone())
                             .or_default() += 1;
                     }
@@ -971,7 +1037,7 @@ async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> Fa
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        tally.lock().unwrap().count(Outcome::Ok) > 0,
+        tally.lock().expect("not poisoned").count(Outcome::Ok) > 0,
         "admissions before the kill"
     );
     let killed_at = Instant::now();
@@ -979,7 +1045,7 @@ async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> Fa
     // Resumed: an admission after the last 503, and 2 s without a 503 since.
     let resumed = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let t = tally.lock().unwrap();
+        let t = tally.lock().expect("not poisoned");
         let quiet = t
             .last_unavailable
             .is_none_or(|last| last.elapsed() > Duration::from_secs(2));
@@ -999,11 +1065,11 @@ async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> Fa
     assert!(
         resumed,
         "admission resumed within 60 s of the kill: {:?}",
-        tally.lock().unwrap()
+        tally.lock().expect("not poisoned")
     );
 
     // Every ticket again, on both nodes at once: none opens a second socket.
-    let all: Vec<(usize, ticketgate_sdk::Ticket)> = tickets.lock().unwrap().clone();
+    let all: Vec<(usize, ticketgate_sdk::Ticket)> = tickets.lock().expect("not poisoned").clone();
     for (w, ticket) in &all {
         let (via_a, via_b, session) = &sessions[*w];
         let (on_a, on_b) = tokio::join!(
@@ -1015,7 +1081,7 @@ async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> Fa
             if outcome == Outcome::Ok {
                 *admissions
                     .lock()
-                    .unwrap()
+                    .expect("not poisoned")
                     .entry(ticket.ticket.clone())
                     .or_default() += 1;
             }
@@ -1037,13 +1103,13 @@ async fn primary_killed_under_load(topology: Topology, wait_replicas: u32) -> Fa
         .map_err(|_| "the tally is still shared")
         .expect("workers ended")
         .into_inner()
-        .unwrap();
+        .expect("not poisoned");
     let kill_to_admission = tally
         .first_ok_after_unavailable
         .map_or(Duration::ZERO, |ok| ok - killed_at);
     let most = admissions
         .lock()
-        .unwrap()
+        .expect("not poisoned")
         .values()
         .copied()
         .max()
