@@ -321,9 +321,7 @@ async fn on_cluster_the_wait_asks_the_shard_that_consumed_the_ticket() {
     let refused = client.connect(&paused_shard, &ticket).await;
     let admitted = client.connect(&other_shard, &other_ticket).await;
     paused.resume();
-    let err = refused
-        .err()
-        .expect("the paused shard's ticket is not admitted");
+    let err = refused.expect_err("the paused shard's ticket is not admitted");
     assert_eq!(refusal(&err), (503, "store_unavailable".into()));
     admitted.expect("the other shard's ticket is admitted");
 }
