@@ -111,6 +111,21 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// Whom the request is about: on a Redis Cluster it travels on this target's
+    /// partition, so one user's (or session's) requests keep their order.
+    fn target(&self) -> &str {
+        match self {
+            Op::Revoke { session_ids, .. } => session_ids.first().map_or("", String::as_str),
+            Op::Push {
+                target: Target::User(id) | Target::Session(id),
+                ..
+            } => id,
+            Op::Connections { user_id } => user_id,
+        }
+    }
+}
+
 /// A socket as listed by the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct ConnectionView {
@@ -291,12 +306,19 @@ impl Hub {
         };
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if let Err(e) = bus.publish(text).await {
+        // On a Cluster, through every partition: each may be served by another primary.
+        if let Err(e) = bus.publish_on_every_partition(text).await {
             tracing::debug!(cause = %e, "hub echo not published");
             return Ok(());
         }
-        match tokio::time::timeout(ECHO_TIMEOUT, rx.recv()).await {
-            Ok(Some(_)) => Ok(()),
+        let heard_back = tokio::time::timeout(ECHO_TIMEOUT, async {
+            for _ in 0..bus.partitions() {
+                rx.recv().await?;
+            }
+            Some(())
+        });
+        match heard_back.await {
+            Ok(Some(())) => Ok(()),
             _ => Err(StoreError::Unavailable(
                 "hub message to this node not heard back".into(),
             )),
@@ -330,6 +352,7 @@ impl Hub {
         };
         let (id, mut rx, _cleanup) = self.await_answers();
         let expected = self.live_nodes().await;
+        let target = op.target().to_owned();
         let message = Message::Request {
             id,
             from: self.node_id.clone(),
@@ -337,7 +360,7 @@ impl Hub {
         };
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        bus.publish(text).await?;
+        bus.publish(&target, text).await?;
         Ok(gather(&mut rx, expected).await)
     }
 
@@ -424,6 +447,8 @@ impl Hub {
         match message {
             Message::Request { id, from, op } => {
                 let answer = self.apply(&op);
+                // On the requester's partition.
+                let requester = from.clone();
                 let reply = Message::Answer {
                     id,
                     to: from,
@@ -432,7 +457,7 @@ impl Hub {
                 if let (Transport::Redis(bus), Ok(text)) =
                     (&self.transport, serde_json::to_string(&reply))
                 {
-                    if let Err(e) = bus.publish(text).await {
+                    if let Err(e) = bus.publish(&requester, text).await {
                         tracing::warn!(cause = %e, "hub answer not sent");
                     }
                 }

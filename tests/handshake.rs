@@ -1,5 +1,6 @@
-//! The one-time-ticket handshake end to end, on the embedded store and on real Redis:
-//! login → mint → connect → welcome, and every way a ticket must fail.
+//! The one-time-ticket handshake end to end, on the embedded store, on real Redis and
+//! (the tests written with `every_store!`: those whose outcome rests on the store) on a
+//! Redis Cluster: login → mint → connect → welcome, and every way a ticket must fail.
 
 mod support;
 
@@ -29,7 +30,7 @@ fn with_ticket(t: &Ticket, ticket: &str) -> Ticket {
     t
 }
 
-both_stores!(
+every_store!(
     a_minted_ticket_opens_one_socket_with_a_welcome,
     |kind| async move {
         let server = TestServer::builder().store(kind).start().await;
@@ -62,7 +63,7 @@ both_stores!(
     }
 );
 
-both_stores!(a_ticket_is_single_use, |kind| async move {
+every_store!(a_ticket_is_single_use, |kind| async move {
     let server = TestServer::builder().store(kind).start().await;
     let (client, session) = server.login().await;
     let ticket = client.mint_ticket(&session).await.expect("mint");
@@ -74,7 +75,7 @@ both_stores!(a_ticket_is_single_use, |kind| async move {
     assert_eq!(api_error(second), (401, Some(ErrorCode::TicketInvalid)));
 });
 
-both_stores!(
+every_store!(
     racing_upgrades_on_one_ticket_admit_exactly_one,
     |kind| async move {
         // Every racer holds a socket slot of the session (and of its user) while it
@@ -143,7 +144,7 @@ both_stores!(
     }
 );
 
-both_stores!(
+every_store!(
     a_foreign_device_is_refused_and_burns_the_ticket,
     |kind| async move {
         let server = TestServer::builder().store(kind).start().await;
@@ -161,7 +162,7 @@ both_stores!(
     }
 );
 
-both_stores!(
+every_store!(
     a_ticket_minted_before_its_session_ended_opens_nothing,
     |kind| async move {
         let server = TestServer::builder().store(kind).start().await;
@@ -238,7 +239,7 @@ async fn forged_tickets_cost_no_redis_command() {
         .expect("real ticket still works");
 }
 
-both_stores!(
+every_store!(
     one_thousand_connect_close_cycles_leave_the_registry_empty,
     |kind| async move {
         let server = TestServer::builder().store(kind).start().await;
@@ -735,7 +736,7 @@ async fn cors_follows_the_origin_allow_list() {
 
 // A revocation that lands while a socket is being admitted still closes it: the
 // connection is registered before its ticket is consumed.
-both_stores!(
+every_store!(
     a_revocation_racing_an_admission_never_leaves_a_socket_open,
     |kind| async move {
         let server = TestServer::builder().store(kind).start().await;
@@ -869,7 +870,7 @@ async fn close_and_wait(server: &TestServer, mut ws: Ws, left: usize) {
     wait_until(|| server.state.registry.len() == left).await;
 }
 
-both_stores!(
+every_store!(
     a_session_over_its_socket_cap_is_refused_without_burning_the_ticket,
     |kind| async move {
         let server = TestServer::builder()
@@ -902,7 +903,7 @@ both_stores!(
     }
 );
 
-both_stores!(
+every_store!(
     a_user_over_the_socket_cap_is_refused_without_burning_the_ticket,
     |kind| async move {
         let server = TestServer::builder()
@@ -941,7 +942,7 @@ both_stores!(
     }
 );
 
-both_stores!(
+every_store!(
     racing_connects_at_the_session_cap_admit_exactly_the_cap,
     |kind| async move {
         let server = TestServer::builder()
@@ -964,7 +965,7 @@ both_stores!(
     }
 );
 
-both_stores!(
+every_store!(
     racing_first_sockets_of_a_users_sessions_admit_exactly_the_user_cap,
     |kind| async move {
         let server = TestServer::builder()
@@ -992,7 +993,7 @@ both_stores!(
 // The per-device connect quota is charged for admitted sockets only
 // ---------------------------------------------------------------------------------------
 
-both_stores!(
+every_store!(
     replays_of_a_spent_ticket_cost_the_replaying_ip_not_the_victims_connect_quota,
     |kind| async move {
         let server = TestServer::builder()
@@ -1032,7 +1033,7 @@ both_stores!(
     }
 );
 
-both_stores!(
+every_store!(
     a_device_over_its_connect_quota_is_refused_before_its_ticket_is_consumed,
     |kind| async move {
         let server = TestServer::builder()

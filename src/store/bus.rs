@@ -2,7 +2,13 @@
 //! nodes, kept here so that only `store/` talks to Redis.
 //!
 //! - one pub/sub channel (`tg:hub`) on a subscriber connection of its own, resubscribed
-//!   after every reconnect;
+//!   after every reconnect; on a Redis Cluster, sharded pub/sub instead: every node
+//!   subscribes (`SSUBSCRIBE`) to the [`HUB_PARTITIONS`] partition channels, and a
+//!   message is published (`SPUBLISH`) on the partition of its target only. A classic
+//!   `PUBLISH` on a Cluster is copied to every Redis node over the cluster bus; a
+//!   sharded one stays with the shard that owns its slot (the primary and its
+//!   replicas). After a reconnect, a failover or a `MOVED`, fred's subscriber
+//!   resubscribes each partition on the node that owns its slot now;
 //! - a heartbeat sorted set (`tg:nodes`, node id → last beat in unix ms) that tells a
 //!   requester how many answers to wait for.
 //!
@@ -27,7 +33,9 @@ use fred::types::config::Options;
 use fred::types::{Message, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::keys::{HUB_CHANNEL, NODES};
+use super::keys::{
+    hub_partition, hub_partition_channel, Topology, HUB_CHANNEL, HUB_PARTITIONS, NODES,
+};
 use super::redis::{self, RedisStore};
 use super::StoreError;
 
@@ -48,6 +56,8 @@ pub(crate) struct RedisBus {
     ping_limit: Duration,
     /// How long a forced reconnection is waited for.
     reconnect_limit: Duration,
+    /// Classic or sharded pub/sub.
+    topology: Topology,
 }
 
 /// What the receiving side of the bus hears.
@@ -65,6 +75,7 @@ pub(crate) enum BusEvent {
 /// The receiving side of the bus: one subscriber connection.
 pub(crate) struct BusEvents {
     subscriber: SubscriberClient,
+    topology: Topology,
     messages: broadcast::Receiver<Message>,
     reconnects: broadcast::Receiver<fred::prelude::Server>,
 }
@@ -94,8 +105,8 @@ impl RedisBus {
             .await
             .map_err(|_| StoreError::Unavailable("hub subscriber timed out".into()))?
             .map_err(unavailable)?;
-        subscriber
-            .subscribe(HUB_CHANNEL)
+        let topology = redis.topology();
+        subscribe(&subscriber, topology)
             .await
             .map_err(unavailable)?;
         let bus = RedisBus {
@@ -104,30 +115,74 @@ impl RedisBus {
             subscriber: subscriber.clone(),
             ping_limit: redis::unresponsive_after(settings) * 3 / 2,
             reconnect_limit: settings.connect_timeout * 2,
+            topology,
         };
         let events = BusEvents {
             subscriber,
+            topology,
             messages,
             reconnects,
         };
         Ok((bus, events))
     }
 
-    /// Publishes `text` to every node.
+    /// Publishes `text` to every node; on a Cluster on the partition of `target` (the
+    /// user, session or node the message is about), so that the messages of one target
+    /// keep their order.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not take it.
-    pub(crate) async fn publish(&self, text: String) -> Result<(), StoreError> {
-        self.pool
-            .next()
-            .publish::<i64, _, _>(HUB_CHANNEL, text)
-            .await
-            .map(drop)
-            .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+    pub(crate) async fn publish(&self, target: &str, text: String) -> Result<(), StoreError> {
+        match self.topology {
+            Topology::Single => {
+                self.pool
+                    .next()
+                    .publish::<i64, _, _>(HUB_CHANNEL, text)
+                    .await
+            }
+            Topology::Cluster => {
+                let channel = hub_partition_channel(hub_partition(target));
+                self.pool.next().spublish::<i64, _, _>(channel, text).await
+            }
+        }
+        .map(drop)
+        .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+    }
+
+    /// How many channels the hub listens on: 1, or the partitions on a Cluster.
+    pub(crate) fn partitions(&self) -> usize {
+        match self.topology {
+            Topology::Single => 1,
+            Topology::Cluster => HUB_PARTITIONS,
+        }
+    }
+
+    /// Publishes `text` on every channel the hub listens on (every partition on a
+    /// Cluster: a round trip through each of them), [`partitions`](Self::partitions)
+    /// copies in all.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when Redis does not take one of them.
+    pub(crate) async fn publish_on_every_partition(&self, text: String) -> Result<(), StoreError> {
+        match self.topology {
+            Topology::Single => self.publish("", text).await,
+            Topology::Cluster => {
+                let sends = (0..HUB_PARTITIONS).map(|partition| {
+                    self.pool
+                        .next()
+                        .spublish::<i64, _, _>(hub_partition_channel(partition), text.clone())
+                });
+                futures_util::future::try_join_all(sends)
+                    .await
+                    .map(drop)
+                    .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+            }
+        }
     }
 
     /// Appends a push to its user's history and publishes `before + id + after` to
-    /// every node, in one atomic step (see `scripts/push.lua`); answers the id.
+    /// every node, in one atomic step (see `scripts/push.lua`; on a Cluster on the
+    /// user's partition, whose slot the history shares); answers the id.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not take it.
@@ -137,8 +192,12 @@ impl RedisBus {
         before: &str,
         after: &str,
     ) -> Result<String, StoreError> {
+        let channel = match self.topology {
+            Topology::Single => HUB_CHANNEL.to_owned(),
+            Topology::Cluster => hub_partition_channel(hub_partition(push.user_id)),
+        };
         self.store
-            .append_push_announced(push, Some((HUB_CHANNEL, before, after)))
+            .append_push_announced(push, Some((&channel, before, after)))
             .await
     }
 
@@ -209,6 +268,29 @@ impl RedisBus {
     }
 }
 
+/// Subscribes to the hub's channel, or on a Cluster to each partition (one at a time:
+/// channels of different slots cannot share an `SSUBSCRIBE`; fred sends each to the
+/// primary that owns its slot now). Not fred's `resubscribe_all`: it sends a
+/// `SUBSCRIBE` even when it tracks no classic channel, which Redis refuses ("wrong
+/// number of arguments"), so on a Cluster it never succeeded and the hub stopped
+/// hearing messages at the first reconnect.
+async fn subscribe(
+    subscriber: &SubscriberClient,
+    topology: Topology,
+) -> Result<(), fred::error::Error> {
+    match topology {
+        Topology::Single => subscriber.subscribe(HUB_CHANNEL).await,
+        Topology::Cluster => {
+            for partition in 0..HUB_PARTITIONS {
+                subscriber
+                    .ssubscribe(hub_partition_channel(partition))
+                    .await?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// `PING` on `client`'s connection, answered within `limit` (else an
 /// [`ErrorKind::Timeout`] error).
 async fn ping<C: ClientLike>(client: &C, limit: Duration) -> Result<(), fred::error::Error> {
@@ -269,7 +351,7 @@ impl BusEvents {
     async fn resubscribe(&self) {
         let mut delay = Duration::from_millis(100);
         let mut warned = false;
-        while let Err(e) = self.subscriber.resubscribe_all().await {
+        while let Err(e) = subscribe(&self.subscriber, self.topology).await {
             if !warned {
                 tracing::warn!(cause = %e, "hub resubscribe failed; retrying until it works");
                 warned = true;

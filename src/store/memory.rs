@@ -568,7 +568,7 @@ impl Store for MemoryStore {
         let mut entry = self
             .inner
             .entries
-            .entry(keys::push_history(push.user_id))
+            .entry(keys::push_history(push.user_id, keys::Topology::Single))
             .or_insert_with(fresh);
         if !entry.is_live(now) || !matches!(entry.value, Value::Pushes(_)) {
             *entry = fresh();
@@ -608,40 +608,43 @@ impl Store for MemoryStore {
         session_id: &str,
     ) -> Result<PushReplay, StoreError> {
         let since = PushId::parse(since);
-        let replay = self.read_live(&keys::push_history(user_id), |value| {
-            let Value::Pushes(log) = value else {
-                return PushReplay::default();
-            };
-            let (Some(first), Some(last)) = (log.pushes.front(), log.pushes.back()) else {
-                return PushReplay::default();
-            };
-            let last_id = Some(last.1.id.clone());
-            // Everything after `since` is held when `since` is in this epoch, not
-            // newer than the newest, and not older than the push before the oldest.
-            let held = since
-                .as_ref()
-                .is_some_and(|s| s.epoch == log.epoch && s.seq <= last.0 && s.seq + 1 >= first.0);
-            let Some(since) = since.filter(|_| held) else {
-                return PushReplay {
-                    recovered: false,
-                    last_id,
-                    pushes: Vec::new(),
+        let replay = self.read_live(
+            &keys::push_history(user_id, keys::Topology::Single),
+            |value| {
+                let Value::Pushes(log) = value else {
+                    return PushReplay::default();
                 };
-            };
-            let pushes = log
-                .pushes
-                .iter()
-                .filter(|(seq, p)| {
-                    *seq > since.seq && p.session_id.as_deref().is_none_or(|s| s == session_id)
-                })
-                .map(|(_, p)| p.clone())
-                .collect();
-            PushReplay {
-                recovered: true,
-                last_id,
-                pushes,
-            }
-        });
+                let (Some(first), Some(last)) = (log.pushes.front(), log.pushes.back()) else {
+                    return PushReplay::default();
+                };
+                let last_id = Some(last.1.id.clone());
+                // Everything after `since` is held when `since` is in this epoch, not
+                // newer than the newest, and not older than the push before the oldest.
+                let held = since.as_ref().is_some_and(|s| {
+                    s.epoch == log.epoch && s.seq <= last.0 && s.seq + 1 >= first.0
+                });
+                let Some(since) = since.filter(|_| held) else {
+                    return PushReplay {
+                        recovered: false,
+                        last_id,
+                        pushes: Vec::new(),
+                    };
+                };
+                let pushes = log
+                    .pushes
+                    .iter()
+                    .filter(|(seq, p)| {
+                        *seq > since.seq && p.session_id.as_deref().is_none_or(|s| s == session_id)
+                    })
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                PushReplay {
+                    recovered: true,
+                    last_id,
+                    pushes,
+                }
+            },
+        );
         Ok(replay.unwrap_or_default())
     }
 

@@ -150,6 +150,8 @@ pub struct RedisStore {
     push_since: Script,
     url: String,
     settings: RedisSettings,
+    /// Cluster or not: where push histories live, and which pub/sub the hub uses.
+    topology: keys::Topology,
 }
 
 /// The QR login transitions, one script each (`scripts/qr_*.lua`).
@@ -173,6 +175,11 @@ impl RedisStore {
     pub async fn connect(url: &str, settings: RedisSettings) -> Result<Self, StoreError> {
         let config = Config::from_url(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {}", e.details())))?;
+        let topology = if config.server.is_clustered() {
+            keys::Topology::Cluster
+        } else {
+            keys::Topology::Single
+        };
         let pool = build_pool(config, settings).map_err(map_err)?;
         log_connection_events(&pool);
 
@@ -209,6 +216,7 @@ impl RedisStore {
             push_since: Script::from_lua(PUSH_SINCE_LUA),
             url: url.to_owned(),
             settings,
+            topology,
         };
         if let Err(e) = store.load_scripts().await {
             quit(&store.pool).await;
@@ -286,6 +294,11 @@ impl RedisStore {
         &self.pool
     }
 
+    /// Cluster or not (the hub picks sharded or classic pub/sub by it).
+    pub(crate) fn topology(&self) -> keys::Topology {
+        self.topology
+    }
+
     /// The URL and settings this store connected with (the hub's subscriber uses them).
     pub(crate) fn connection(&self) -> (&str, RedisSettings) {
         (&self.url, self.settings)
@@ -318,7 +331,8 @@ impl RedisStore {
 
     /// Appends a push to its user's history (`scripts/push.lua`) and, with
     /// `announce = Some((channel, before, after))`, publishes `before + id + after` on
-    /// `channel` in the same atomic step. Answers the push's id.
+    /// `channel` in the same atomic step (on a Cluster with `SPUBLISH`: `channel` is
+    /// then the user's hub partition, in the history's slot). Answers the push's id.
     pub(crate) async fn append_push_announced(
         &self,
         push: &AppendPush<'_>,
@@ -335,8 +349,13 @@ impl RedisStore {
             channel.to_owned(),
             before.to_owned(),
             after.to_owned(),
+            match self.topology {
+                keys::Topology::Single => "",
+                keys::Topology::Cluster => "sharded",
+            }
+            .to_owned(),
         ];
-        let keys = vec![keys::push_history(push.user_id)];
+        let keys = vec![keys::push_history(push.user_id, self.topology)];
         let answer = self.run(&self.push, keys, args).await?;
         answer
             .as_string()
@@ -753,7 +772,7 @@ impl Store for RedisStore {
         session_id: &str,
     ) -> Result<PushReplay, StoreError> {
         let (epoch, seq) = PushId::parse(since).map_or((String::new(), 0), |s| (s.epoch, s.seq));
-        let keys = vec![keys::push_history(user_id)];
+        let keys = vec![keys::push_history(user_id, self.topology)];
         let args = vec![epoch, seq.to_string(), session_id.to_owned()];
         let answer = self.run(&self.push_since, keys, args).await?;
         let corrupt = || unexpected("push_since", &answer);

@@ -317,6 +317,10 @@ fn node_args(port: u16, dir: &std::path::Path, node_timeout: Duration) -> Vec<St
         "no",
         "--daemonize",
         "no",
+        // A replica's first sync starts at once (the default waits 5 s for more
+        // replicas to share one transfer).
+        "--repl-diskless-sync-delay",
+        "0",
     ]
     .map(str::to_owned)
     .to_vec()

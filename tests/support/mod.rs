@@ -45,6 +45,33 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
+    /// Takes this test's turn on the shared Cluster or Sentinel fixture, and empties it
+    /// (`FLUSHALL` on its primaries); `None` for the other stores.
+    ///
+    /// Nodes started for different tests are different deployments (their own secrets,
+    /// refused by the deployment check) and log in the same users (the one session per
+    /// type policy would revoke another test's sessions), so the tests that start nodes
+    /// on a shared fixture take turns: hold the guard for the whole test.
+    /// [`every_store!`] does it. Store-level tests, which use keys of their own, need not.
+    pub async fn take_turn(self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        static TURN: std::sync::OnceLock<Arc<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+        let primaries: Vec<u16> = match self {
+            StoreKind::Cluster => RedisCluster::shared()
+                .primaries()
+                .iter()
+                .map(|p| p.port())
+                .collect(),
+            StoreKind::Sentinel => vec![RedisSentinel::shared().primary().port()],
+            StoreKind::Memory | StoreKind::Redis => return None,
+        };
+        let turn = TURN.get_or_init(Arc::default).clone().lock_owned().await;
+        for port in primaries {
+            let reply = redis::command_at(port, &["FLUSHALL"]);
+            assert_eq!(reply, redis::Reply::Simple("OK".into()), "FLUSHALL");
+        }
+        Some(turn)
+    }
+
     /// The Redis URL of a shared Cluster or Sentinel fixture (started on first use).
     pub fn shared_url(self) -> Option<String> {
         match self {
@@ -193,6 +220,23 @@ pub async fn two_nodes() -> (TestServer, TestServer) {
     (a, b)
 }
 
+/// Two nodes of one deployment on the Redis (Cluster, Sentinel) at `url`: one data
+/// dir (the same secrets).
+pub async fn two_nodes_at(url: &str) -> (TestServer, TestServer) {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let a = TestServer::builder()
+        .redis_url(url.to_owned())
+        .data_dir(dir.clone())
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .redis_url(url.to_owned())
+        .data_dir(dir)
+        .start()
+        .await;
+    (a, b)
+}
+
 /// A running ticketgate node.
 pub struct TestServer {
     /// Public listener.
@@ -298,7 +342,8 @@ macro_rules! both_stores {
 }
 
 /// [`both_stores!`] plus the shared Redis Cluster: `every_store!(name, |kind| ...)`
-/// expands into `mod name { memory, redis, cluster }`.
+/// expands into `mod name { memory, redis, cluster }`; the cluster test takes its turn
+/// ([`StoreKind::take_turn`]) on an emptied cluster.
 #[macro_export]
 macro_rules! every_store {
     ($name:ident, $body:expr) => {
@@ -314,6 +359,7 @@ macro_rules! every_store {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cluster() {
+                let _turn = StoreKind::Cluster.take_turn().await;
                 ($body)(StoreKind::Cluster).await
             }
         }

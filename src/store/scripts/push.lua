@@ -3,7 +3,8 @@
 -- every node hears the pushes, so every socket of the user gets them in id order,
 -- whichever nodes published them.
 --
--- KEYS[1]  tg:{u:<user>}:pushes     the history (stream, entry ids <seq>-0)
+-- KEYS[1]  tg:{u:<user>}:pushes     the history (stream, entry ids <seq>-0); on a
+--          Cluster tg:{<p>}:pushes:<user>, in the slot of the user's hub partition
 -- ARGV[1]  pushes kept (MAXLEN, exact)
 -- ARGV[2]  TTL in ms after this push
 -- ARGV[3]  a fresh epoch, used when the history is missing
@@ -13,6 +14,8 @@
 -- ARGV[7]  hub channel, or '' to publish nothing
 -- ARGV[8]  hub message text before the id
 -- ARGV[9]  hub message text after the id
+-- ARGV[10] 'sharded' on a Redis Cluster: SPUBLISH (the channel is then in KEYS[1]'s
+--          slot), else PUBLISH
 --
 -- Returns the push id, `<epoch>:<seq>`.
 
@@ -32,6 +35,10 @@ redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], string.format('%d-0', seq),
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local id = epoch .. ':' .. string.format('%d', seq)
 if ARGV[7] ~= '' then
-  redis.call('PUBLISH', ARGV[7], ARGV[8] .. id .. ARGV[9])
+  local publish = 'PUBLISH'
+  if ARGV[10] == 'sharded' then
+    publish = 'SPUBLISH'
+  end
+  redis.call(publish, ARGV[7], ARGV[8] .. id .. ARGV[9])
 end
 return id
