@@ -229,6 +229,32 @@ async fn with_the_wait_on_a_ticket_is_admitted_once_its_consumption_reached_the_
     assert_ne!(rotated.refresh_token, session.refresh_token);
 }
 
+/// The start-up line says when the wait is on, and not when it is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_description_names_the_wait() {
+    use ticketgate::store::redis::{RedisSettings, RedisStore};
+    let redis = RedisServer::start();
+    let off = RedisStore::connect(&redis.url(), RedisSettings::default())
+        .await
+        .expect("connect");
+    assert!(!off.describe().contains("WAIT"), "{}", off.describe());
+    let settings = RedisSettings {
+        wait_replicas: 2,
+        wait_timeout: Duration::from_millis(150),
+        ..RedisSettings::default()
+    };
+    let on = RedisStore::connect(&redis.url(), settings)
+        .await
+        .expect("connect");
+    assert!(
+        on.describe().ends_with(", WAIT 2 replica(s) within 150ms"),
+        "{}",
+        on.describe()
+    );
+    off.close().await;
+    on.close().await;
+}
+
 /// A replica that does not acknowledge: no socket is admitted (503
 /// `store_unavailable`, never a 500), the ticket stays spent, and a refresh rotation is
 /// refused the same way. With the wait off the same setup admits (the control: the

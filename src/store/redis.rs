@@ -226,8 +226,20 @@ impl RedisStore {
     }
 
     /// What this store is, for the start-up line: the mode and its seeds, never the
-    /// credentials (`redis cluster, seeds 10.0.0.1:6379,10.0.0.2:6379`).
+    /// credentials (`redis cluster, seeds 10.0.0.1:6379,10.0.0.2:6379`), and the
+    /// replication wait when it is on (`, WAIT 1 replica(s) within 100ms`).
     pub fn describe(&self) -> String {
+        let wait = match self.settings.wait_replicas {
+            0 => String::new(),
+            n => format!(
+                ", WAIT {n} replica(s) within {}ms",
+                self.settings.wait_timeout.as_millis()
+            ),
+        };
+        format!("{}{wait}", self.describe_mode())
+    }
+
+    fn describe_mode(&self) -> String {
         use fred::types::config::ServerConfig;
 
         let Ok(config) = Config::from_url(&self.url) else {
