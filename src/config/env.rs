@@ -128,8 +128,8 @@ pub const UPSTREAM_NODE_INFLIGHT: &str = "TICKETGATE_UPSTREAM_NODE_INFLIGHT";
 pub const PUSH_HISTORY: &str = "TICKETGATE_PUSH_HISTORY";
 /// How long a user's push history lives after its last push (`0`: no history).
 pub const PUSH_HISTORY_TTL: &str = "TICKETGATE_PUSH_HISTORY_TTL";
-/// Replicas that must acknowledge a consumed ticket or rotated refresh token before the
-/// answer (Redis `WAIT`); `0`: off.
+/// Replicas that must acknowledge a consumed ticket before its socket is admitted
+/// (Redis `WAIT`); `0`: off.
 pub const REDIS_WAIT_REPLICAS: &str = "TICKETGATE_REDIS_WAIT_REPLICAS";
 /// How long the store waits for those acknowledgements.
 pub const REDIS_WAIT_TIMEOUT: &str = "TICKETGATE_REDIS_WAIT_TIMEOUT";

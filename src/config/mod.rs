@@ -238,11 +238,11 @@ pub struct Config {
     /// A user's push history expires this long after its last push; zero turns
     /// history off.
     pub push_history_ttl: Duration,
-    /// Redis replicas that must acknowledge (`WAIT`) a consumed ticket or a rotated
-    /// refresh token before the answer; `0` turns the wait off.
+    /// Redis replicas that must acknowledge (`WAIT`) a consumed ticket before its
+    /// socket is admitted; `0` turns the wait off.
     pub redis_wait_replicas: u32,
     /// How long the store waits for those acknowledgements; fewer in time: 503
-    /// `store_unavailable` (the ticket or token stays spent).
+    /// `store_unavailable` (the ticket stays spent).
     pub redis_wait_timeout: Duration,
 }
 

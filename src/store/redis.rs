@@ -86,8 +86,8 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
-    /// Replicas that must acknowledge a consumed ticket or a rotated refresh token
-    /// (`WAIT`) before the store answers; `0`: no wait. See [`RedisStore`]'s
+    /// Replicas that must acknowledge a consumed ticket (`WAIT`) before the store
+    /// answers an admission; `0`: no wait. See [`RedisStore`]'s
     /// "Replication" section.
     pub wait_replicas: u32,
     /// How long the store waits for those acknowledgements.
@@ -127,15 +127,20 @@ pub enum Deployment {
 ///
 /// Redis replicates asynchronously: a ticket consumed on the primary just before it
 /// fails could still exist on the replica promoted in its place, and be consumed a
-/// second time there. With [`RedisSettings::wait_replicas`] > 0, the two single-use
-/// consumptions that open something (a ticket admitted, a refresh token rotated) are
-/// followed by `WAIT n timeout` on the same connection, in one pipeline with the
-/// script (so the `WAIT` can never land on a fresh connection, where it would have
-/// nothing to wait for and answer at once). Fewer acknowledgements in time and the
-/// store answers [`StoreError::Unavailable`] (503 `store_unavailable`): the ticket or
-/// token stays spent on the primary, and nothing is opened on the strength of a write
-/// a failover could lose. Other writes (nonces, renewals, QR steps, pushes) are not
-/// waited for.
+/// second time there. With [`RedisSettings::wait_replicas`] > 0, an admission (ticket
+/// or resume ticket) is followed by `WAIT n timeout` on the same connection, in one
+/// pipeline with the script (so the `WAIT` can never land on a fresh connection, where
+/// it would have nothing to wait for and answer at once). Fewer acknowledgements in
+/// time and the store answers [`StoreError::Unavailable`] (503 `store_unavailable`):
+/// the ticket stays spent on the primary, and no socket is opened on the strength of a
+/// write a failover could lose.
+///
+/// Refresh rotations are not waited for: a rotation refused after it happened on the
+/// primary would leave the client only its old token, whose retry is reuse (the session
+/// ends unless `TICKETGATE_REFRESH_GRACE` covers it); a rotation a failover loses is
+/// caught by reuse detection instead (the family is revoked when the old and the new
+/// token both show up). Nonces, renewals, QR steps and pushes are not waited for
+/// either.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
     pool: Pool,
@@ -688,8 +693,7 @@ impl Store for RedisStore {
             r.device_id.to_owned(),
         ];
         let keys = vec![keys::session(r.session_id), keys::reused(r.session_id)];
-        let (answer, replicated) = self.run_replicated(&self.rotate, keys, args).await?;
-        match answer {
+        match self.run(&self.rotate, keys, args).await? {
             Value::Integer(1) => Ok(RotateOutcome::Reused),
             Value::Integer(2) => Ok(RotateOutcome::SessionGone),
             Value::Integer(3) => Ok(RotateOutcome::Limit),
@@ -702,9 +706,7 @@ impl Store for RedisStore {
                         fields.insert(k, v);
                     }
                 }
-                let record = parse_session(&fields)?;
-                replicated.check("refresh rotation")?;
-                Ok(RotateOutcome::Rotated(record))
+                parse_session(&fields).map(RotateOutcome::Rotated)
             }
             other => Err(unexpected("rotate", &other)),
         }
