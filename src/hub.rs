@@ -24,7 +24,9 @@
 //!   them (a kick's answer, a session re-check);
 //! - when it has heard no hub message for [`QUIET_LIMIT`], it also sends one to itself
 //!   through Redis and expects it back within [`ECHO_TIMEOUT`]: the whole round trip,
-//!   publish to delivery.
+//!   publish to delivery. On a Redis Cluster this is per partition (sharded channel):
+//!   Redis unsubscribes a node from a partition whose slot moved to another primary,
+//!   without a reconnect, and the partition falls quiet; its echo does not come back.
 //!
 //! A failed check forces the subscriber to reconnect; it subscribes again and the
 //! node re-checks its live sessions. The re-check also runs every
@@ -195,6 +197,10 @@ pub(crate) struct Hub {
     born: Instant,
     /// Milliseconds after `born` when the last hub message was heard.
     last_heard_ms: AtomicU64,
+    /// The same per partition of the bus (one off a Cluster): a partition whose
+    /// subscription was dropped without a reconnect (Redis unsubscribes a sharded
+    /// channel whose slot moved, and fred does not say so) falls quiet on its own.
+    partition_heard_ms: Vec<AtomicU64>,
     /// Wakes the re-check task (shared with it, so that it does not keep the hub alive).
     recheck_now: Arc<Notify>,
     /// On the in-process hub, held from a push's append to its delivery, so that
@@ -209,6 +215,10 @@ impl Hub {
     }
 
     fn new(node_id: String, registry: Registry, transport: Transport) -> Hub {
+        let partitions = match &transport {
+            Transport::Local => 1,
+            Transport::Redis(bus) => bus.partitions(),
+        };
         Hub {
             node_id,
             registry,
@@ -216,6 +226,7 @@ impl Hub {
             pending: DashMap::new(),
             born: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            partition_heard_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
             recheck_now: Arc::new(Notify::new()),
             push_order: tokio::sync::Mutex::new(()),
         }
@@ -269,31 +280,49 @@ impl Hub {
         }
     }
 
-    fn heard(&self) {
+    fn heard(&self, partition: usize) {
         let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_heard_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Checks this node's hub link: a ping on the subscriber's connection and, after a
-    /// quiet spell, a message to this node through Redis.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`] when the subscriber does not answer or the message
-    /// does not come back.
-    async fn check_link(&self, bus: &RedisBus) -> Result<(), StoreError> {
-        bus.ping_subscriber().await?;
-        match self.last_message_age() {
-            Some(age) if age >= QUIET_LIMIT => self.echo(bus).await,
-            _ => Ok(()),
+        if let Some(heard) = self.partition_heard_ms.get(partition) {
+            heard.store(ms, Ordering::Relaxed);
         }
     }
 
-    /// Sends a message to this node alone and waits to hear it: an answer with no
-    /// request behind it, which every node understands and only this one takes.
+    /// The partitions this node has heard nothing on for [`QUIET_LIMIT`].
+    fn quiet_partitions(&self) -> Vec<usize> {
+        let now = self.born.elapsed();
+        self.partition_heard_ms
+            .iter()
+            .enumerate()
+            .filter(|(_, heard)| {
+                let heard = Duration::from_millis(heard.load(Ordering::Relaxed));
+                now.saturating_sub(heard) >= QUIET_LIMIT
+            })
+            .map(|(partition, _)| partition)
+            .collect()
+    }
+
+    /// Checks this node's hub link: a ping on the subscriber's connection and, on each
+    /// partition quiet for a while, a message to this node through Redis.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the subscriber does not answer or a message
+    /// does not come back.
+    async fn check_link(&self, bus: &RedisBus) -> Result<(), StoreError> {
+        bus.ping_subscriber().await?;
+        match self.quiet_partitions() {
+            quiet if quiet.is_empty() => Ok(()),
+            quiet => self.echo(bus, &quiet).await,
+        }
+    }
+
+    /// Sends a message to this node alone on each of `partitions` and waits to hear
+    /// them all: an answer with no request behind it, which every node understands and
+    /// only this one takes.
     ///
     /// When it cannot even be published, Redis is out of reach of the pool, whose own
     /// checks deal with that: the subscriber is not blamed.
-    async fn echo(&self, bus: &RedisBus) -> Result<(), StoreError> {
+    async fn echo(&self, bus: &RedisBus, partitions: &[usize]) -> Result<(), StoreError> {
         let (id, mut rx, _cleanup) = self.await_answers();
         let message = Message::Answer {
             id,
@@ -306,13 +335,15 @@ impl Hub {
         };
         let text =
             serde_json::to_string(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // On a Cluster, through every partition: each may be served by another primary.
-        if let Err(e) = bus.publish_on_every_partition(text).await {
+        let sends = partitions
+            .iter()
+            .map(|&partition| bus.publish_on_partition(partition, text.clone()));
+        if let Err(e) = futures_util::future::try_join_all(sends).await {
             tracing::debug!(cause = %e, "hub echo not published");
             return Ok(());
         }
         let heard_back = tokio::time::timeout(ECHO_TIMEOUT, async {
-            for _ in 0..bus.partitions() {
+            for _ in partitions {
                 rx.recv().await?;
             }
             Some(())
@@ -604,8 +635,8 @@ async fn listen(hub: Weak<Hub>, mut events: BusEvents) {
     while let Some(event) = events.recv().await {
         let Some(hub) = hub.upgrade() else { return };
         match event {
-            BusEvent::Message(text) => {
-                hub.heard();
+            BusEvent::Message(partition, text) => {
+                hub.heard(partition);
                 hub.receive(&text).await;
             }
             BusEvent::Lagged(missed) => {
@@ -656,7 +687,10 @@ async fn watch_link(hub: Weak<Hub>) {
                     );
                     failing = true;
                 }
-                bus.reconnect_subscriber().await;
+                if bus.reconnect_subscriber().await {
+                    tracing::info!("hub subscribed again; re-checking live sessions");
+                    hub.recheck_now.notify_one();
+                }
             }
         }
     }

@@ -232,3 +232,90 @@ async fn a_push_arrives_after_its_partitions_primary_failed_over() {
         assert!(got < delivered, "pushes in order");
     }
 }
+
+/// A slot of a hub partition moves to another primary (resharding): Redis unsubscribes
+/// every node from that partition's channel without closing anything, and fred does
+/// not say so. The partition falls quiet on each node, whose link check then finds its
+/// own message does not come back, reconnects and subscribes again: pushes reach the
+/// socket again within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_slot_moved_is_subscribed_again() {
+    let cluster = RedisCluster::start();
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        // No history: nothing is stored in the partition's slot, so it can move.
+        let node = TestServer::builder()
+            .redis_url(cluster.url())
+            .data_dir(dir.clone())
+            .config(|c| c.push_history = 0)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut ws = socket(b, "bob").await;
+    assert_eq!(push(a, "bob", 1).await.expect("published")["delivered"], 1);
+    assert_eq!(next_push(&mut ws).await.1, 1);
+
+    // bob's partition: the hub channel in the sixteenth of the slot range of "bob".
+    let sixteenth = |slot: u16| usize::from(slot) * 16 / usize::from(support::cluster::SLOTS);
+    let partition = sixteenth(cluster.slot_of("bob"));
+    let channel = cluster
+        .primaries()
+        .into_iter()
+        .flat_map(|p| match p.command(&["PUBSUB", "SHARDCHANNELS"]) {
+            support::redis::Reply::Array(Some(names)) => names,
+            other => panic!("PUBSUB SHARDCHANNELS: {other:?}"),
+        })
+        .filter_map(|name| name.text())
+        .find(|name| sixteenth(cluster.slot_of(name)) == partition)
+        .expect("bob's partition channel is subscribed");
+    let slot = cluster.slot_of(&channel).to_string();
+    let owner = cluster.primary_of_slot(cluster.slot_of(&channel));
+    assert_eq!(
+        owner.command(&["CLUSTER", "COUNTKEYSINSLOT", &slot]),
+        support::redis::Reply::Integer(0),
+        "the slot holds no keys"
+    );
+    let target = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.port() != owner.port())
+        .expect("another primary");
+    let target_id = target.command(&["CLUSTER", "MYID"]).text().expect("id");
+    let mut primaries = vec![target, owner];
+    primaries.extend(cluster.primaries());
+    for node in primaries {
+        let reply = node.command(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+        assert_eq!(reply, support::redis::Reply::Simple("OK".into()));
+    }
+
+    // The first publish after the move may meet a MOVED (503: fred tries a command
+    // once); the next go to the new owner, where no node listens until it notices.
+    // Pushes keep coming meanwhile, so the hub as a whole never falls quiet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 1;
+    let mut lost = 0;
+    loop {
+        n += 1;
+        match push(a, "bob", n).await {
+            Ok(answer) if answer["delivered"] == 1 => break,
+            Ok(_) => lost += 1,
+            Err(503) => {}
+            Err(status) => panic!("publish answered {status}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partition was not subscribed again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(lost > 0, "the move unsubscribed the nodes");
+    loop {
+        let (_, got) = next_push(&mut ws).await;
+        if got == n {
+            break;
+        }
+    }
+}

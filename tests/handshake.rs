@@ -239,7 +239,7 @@ async fn forged_tickets_cost_no_redis_command() {
         .expect("real ticket still works");
 }
 
-every_store!(
+both_stores!(
     one_thousand_connect_close_cycles_leave_the_registry_empty,
     |kind| async move {
         let server = TestServer::builder().store(kind).start().await;
@@ -993,7 +993,7 @@ every_store!(
 // The per-device connect quota is charged for admitted sockets only
 // ---------------------------------------------------------------------------------------
 
-every_store!(
+both_stores!(
     replays_of_a_spent_ticket_cost_the_replaying_ip_not_the_victims_connect_quota,
     |kind| async move {
         let server = TestServer::builder()
@@ -1033,7 +1033,7 @@ every_store!(
     }
 );
 
-every_store!(
+both_stores!(
     a_device_over_its_connect_quota_is_refused_before_its_ticket_is_consumed,
     |kind| async move {
         let server = TestServer::builder()

@@ -34,7 +34,8 @@ use fred::types::{Message, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::keys::{
-    hub_partition, hub_partition_channel, Topology, HUB_CHANNEL, HUB_PARTITIONS, NODES,
+    hub_partition, hub_partition_channel, hub_partition_of_channel, Topology, HUB_CHANNEL,
+    HUB_PARTITIONS, NODES,
 };
 use super::redis::{self, RedisStore};
 use super::StoreError;
@@ -63,8 +64,9 @@ pub(crate) struct RedisBus {
 /// What the receiving side of the bus hears.
 #[derive(Debug)]
 pub(crate) enum BusEvent {
-    /// A message published by some node (this one included).
-    Message(String),
+    /// A message published by some node (this one included), and the partition it came
+    /// on (always 0 off a Cluster).
+    Message(usize, String),
     /// This node fell behind and missed `n` messages.
     Lagged(u64),
     /// The subscriber reconnected and subscribed again: messages published meanwhile
@@ -133,20 +135,11 @@ impl RedisBus {
     /// # Errors
     /// [`StoreError::Unavailable`] when Redis does not take it.
     pub(crate) async fn publish(&self, target: &str, text: String) -> Result<(), StoreError> {
-        match self.topology {
-            Topology::Single => {
-                self.pool
-                    .next()
-                    .publish::<i64, _, _>(HUB_CHANNEL, text)
-                    .await
-            }
-            Topology::Cluster => {
-                let channel = hub_partition_channel(hub_partition(target));
-                self.pool.next().spublish::<i64, _, _>(channel, text).await
-            }
-        }
-        .map(drop)
-        .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+        let partition = match self.topology {
+            Topology::Single => 0,
+            Topology::Cluster => hub_partition(target),
+        };
+        self.publish_on_partition(partition, text).await
     }
 
     /// How many channels the hub listens on: 1, or the partitions on a Cluster.
@@ -157,27 +150,29 @@ impl RedisBus {
         }
     }
 
-    /// Publishes `text` on every channel the hub listens on (every partition on a
-    /// Cluster: a round trip through each of them), [`partitions`](Self::partitions)
-    /// copies in all.
+    /// Publishes `text` on hub partition `partition` (the one channel off a Cluster).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when Redis does not take one of them.
-    pub(crate) async fn publish_on_every_partition(&self, text: String) -> Result<(), StoreError> {
+    /// [`StoreError::Unavailable`] when Redis does not take it.
+    pub(crate) async fn publish_on_partition(
+        &self,
+        partition: usize,
+        text: String,
+    ) -> Result<(), StoreError> {
         match self.topology {
-            Topology::Single => self.publish("", text).await,
-            Topology::Cluster => {
-                let sends = (0..HUB_PARTITIONS).map(|partition| {
-                    self.pool
-                        .next()
-                        .spublish::<i64, _, _>(hub_partition_channel(partition), text.clone())
-                });
-                futures_util::future::try_join_all(sends)
+            Topology::Single => {
+                self.pool
+                    .next()
+                    .publish::<i64, _, _>(HUB_CHANNEL, text)
                     .await
-                    .map(drop)
-                    .map_err(|e| StoreError::Unavailable(e.details().to_string()))
+            }
+            Topology::Cluster => {
+                let channel = hub_partition_channel(partition);
+                self.pool.next().spublish::<i64, _, _>(channel, text).await
             }
         }
+        .map(drop)
+        .map_err(|e| StoreError::Unavailable(e.details().to_string()))
     }
 
     /// Appends a push to its user's history and publishes `before + id + after` to
@@ -261,9 +256,26 @@ impl RedisBus {
     /// Closes the subscriber's connection and opens a new one; the receiving side then
     /// subscribes again and reports [`BusEvent::Resubscribed`]. Does nothing while the
     /// subscriber is already reconnecting.
-    pub(crate) async fn reconnect_subscriber(&self) {
+    ///
+    /// On a Cluster it then subscribes to every partition itself and answers whether
+    /// that worked: a forced reconnection of fred's clustered subscriber reports no
+    /// reconnect, and a partition Redis unsubscribed the node from (its slot moved)
+    /// needs a new `SSUBSCRIBE` on the slot's new owner, connection or not. Off a
+    /// Cluster `false` (the receiving side's reconnect event does it).
+    pub(crate) async fn reconnect_subscriber(&self) -> bool {
         if self.subscriber.is_connected() {
             reconnect(&self.subscriber, self.reconnect_limit).await;
+        }
+        match self.topology {
+            Topology::Single => false,
+            Topology::Cluster => matches!(
+                tokio::time::timeout(
+                    self.reconnect_limit,
+                    subscribe(&self.subscriber, self.topology)
+                )
+                .await,
+                Ok(Ok(()))
+            ),
         }
     }
 }
@@ -329,7 +341,13 @@ impl BusEvents {
             tokio::select! {
                 message = self.messages.recv() => match message {
                     Ok(message) => match message.value.as_string() {
-                        Some(text) => return Some(BusEvent::Message(text)),
+                        Some(text) => {
+                            let partition = match self.topology {
+                                Topology::Single => 0,
+                                Topology::Cluster => hub_partition_of_channel(&message.channel),
+                            };
+                            return Some(BusEvent::Message(partition, text));
+                        }
                         // Not ours: every hub message is text.
                         None => continue,
                     },

@@ -119,6 +119,12 @@ pub(crate) fn hub_partition_channel(partition: usize) -> String {
     format!("tg:hub:{{{}}}", hub_partition_tag(partition))
 }
 
+/// The partition whose channel this is (by its slot: partition `p`'s channel is in the
+/// `p`th sixteenth of the slot range).
+pub(crate) fn hub_partition_of_channel(channel: &str) -> usize {
+    usize::from(fred::util::redis_keyslot(channel.as_bytes())) * HUB_PARTITIONS / SLOTS
+}
+
 /// The hash tag of partition `p`: the smallest number whose slot falls in the `p`th
 /// sixteenth of the slot range, so the partitions' slots spread evenly over the range
 /// (and over the primaries, which own contiguous ranges).
@@ -153,6 +159,7 @@ mod tests {
             assert_eq!(channel, format!("tg:hub:{{{tag}}}"));
             let slot = usize::from(fred::util::redis_keyslot(channel.as_bytes()));
             assert_eq!(slot / width, p, "{channel} is in slot {slot}");
+            assert_eq!(hub_partition_of_channel(&channel), p);
         }
     }
 

@@ -608,43 +608,41 @@ impl Store for MemoryStore {
         session_id: &str,
     ) -> Result<PushReplay, StoreError> {
         let since = PushId::parse(since);
-        let replay = self.read_live(
-            &keys::push_history(user_id, keys::Topology::Single),
-            |value| {
-                let Value::Pushes(log) = value else {
-                    return PushReplay::default();
-                };
-                let (Some(first), Some(last)) = (log.pushes.front(), log.pushes.back()) else {
-                    return PushReplay::default();
-                };
-                let last_id = Some(last.1.id.clone());
-                // Everything after `since` is held when `since` is in this epoch, not
-                // newer than the newest, and not older than the push before the oldest.
-                let held = since.as_ref().is_some_and(|s| {
-                    s.epoch == log.epoch && s.seq <= last.0 && s.seq + 1 >= first.0
-                });
-                let Some(since) = since.filter(|_| held) else {
-                    return PushReplay {
-                        recovered: false,
-                        last_id,
-                        pushes: Vec::new(),
-                    };
-                };
-                let pushes = log
-                    .pushes
-                    .iter()
-                    .filter(|(seq, p)| {
-                        *seq > since.seq && p.session_id.as_deref().is_none_or(|s| s == session_id)
-                    })
-                    .map(|(_, p)| p.clone())
-                    .collect();
-                PushReplay {
-                    recovered: true,
+        let key = keys::push_history(user_id, keys::Topology::Single);
+        let replay = self.read_live(&key, |value| {
+            let Value::Pushes(log) = value else {
+                return PushReplay::default();
+            };
+            let (Some(first), Some(last)) = (log.pushes.front(), log.pushes.back()) else {
+                return PushReplay::default();
+            };
+            let last_id = Some(last.1.id.clone());
+            // Everything after `since` is held when `since` is in this epoch, not
+            // newer than the newest, and not older than the push before the oldest.
+            let held = since
+                .as_ref()
+                .is_some_and(|s| s.epoch == log.epoch && s.seq <= last.0 && s.seq + 1 >= first.0);
+            let Some(since) = since.filter(|_| held) else {
+                return PushReplay {
+                    recovered: false,
                     last_id,
-                    pushes,
-                }
-            },
-        );
+                    pushes: Vec::new(),
+                };
+            };
+            let pushes = log
+                .pushes
+                .iter()
+                .filter(|(seq, p)| {
+                    *seq > since.seq && p.session_id.as_deref().is_none_or(|s| s == session_id)
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            PushReplay {
+                recovered: true,
+                last_id,
+                pushes,
+            }
+        });
         Ok(replay.unwrap_or_default())
     }
 
