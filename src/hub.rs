@@ -139,6 +139,8 @@ impl Op {
                 ..
             } => id,
             Op::Connections { user_id } => user_id,
+            // About no one in particular: any one partition serves.
+            Op::Overview => "",
         }
     }
 }

@@ -145,7 +145,12 @@ async fn open_store(
     let node_id = config.node_id.clone();
     match &config.redis_url {
         Some(url) => {
-            let redis = RedisStore::connect(url, RedisSettings::default()).await?;
+            let settings = RedisSettings {
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: config.redis_wait_timeout,
+                ..RedisSettings::default()
+            };
+            let redis = RedisStore::connect(url, settings).await?;
             let joined = redis.join_deployment(fingerprint).await;
             match joined {
                 Ok(Deployment::Founded | Deployment::Joined) => {}

@@ -130,3 +130,8 @@ pub const PUSH_HISTORY: &str = "TICKETGATE_PUSH_HISTORY";
 pub const PUSH_HISTORY_TTL: &str = "TICKETGATE_PUSH_HISTORY_TTL";
 /// The demo page at `/demo` on the public listener: `on` (the default) or `off`.
 pub const DEMO: &str = "TICKETGATE_DEMO";
+/// Replicas that must acknowledge a consumed ticket before its socket is admitted
+/// (Redis `WAIT`); `0`: off.
+pub const REDIS_WAIT_REPLICAS: &str = "TICKETGATE_REDIS_WAIT_REPLICAS";
+/// How long the store waits for those acknowledgements.
+pub const REDIS_WAIT_TIMEOUT: &str = "TICKETGATE_REDIS_WAIT_TIMEOUT";

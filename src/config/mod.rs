@@ -240,6 +240,12 @@ pub struct Config {
     pub push_history_ttl: Duration,
     /// Serve the demo page at `/demo` on the public listener (PROTOCOL §11).
     pub demo: bool,
+    /// Redis replicas that must acknowledge (`WAIT`) a consumed ticket before its
+    /// socket is admitted; `0` turns the wait off.
+    pub redis_wait_replicas: u32,
+    /// How long the store waits for those acknowledgements; fewer in time: 503
+    /// `store_unavailable` (the ticket stays spent).
+    pub redis_wait_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -273,9 +279,15 @@ impl fmt::Debug for Config {
             .field("push_history", &self.push_history)
             .field("push_history_ttl", &self.push_history_ttl)
             .field("demo", &self.demo)
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
+            .field("redis_wait_timeout", &self.redis_wait_timeout)
             .finish()
     }
 }
+
+/// The longest replication wait: with a round trip it must fit in the store's command
+/// timeout (1 s).
+const MAX_REDIS_WAIT: Duration = Duration::from_millis(500);
 
 /// Hides a password in a Redis URL (`redis://:secret@h` → `redis://:***@h`).
 fn redact_url(url: &str) -> String {
@@ -375,6 +387,8 @@ impl Config {
             push_history: 100,
             push_history_ttl: Duration::from_secs(24 * 3600),
             demo: true,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_millis(100),
         }
     }
 
@@ -484,6 +498,7 @@ impl Config {
                 ));
             }
         }
+        errors.extend(self.validate_wait(name));
         if let Some(url) = &self.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 errors.push(format!(
@@ -497,6 +512,30 @@ impl Config {
             errors.push(format!(
                 "{}: the admin key must be at least 16 characters",
                 name(env::ADMIN_KEY)
+            ));
+        }
+        errors
+    }
+
+    /// The replication wait's checks: it needs Redis, and its timeout must fit, with a
+    /// round trip, in the store's one-second command timeout.
+    fn validate_wait(&self, name: &dyn Fn(&str) -> String) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.redis_wait_replicas == 0 {
+            return errors;
+        }
+        if self.redis_url.is_none() {
+            errors.push(format!(
+                "{} needs {}: the embedded store has no replicas",
+                name(env::REDIS_WAIT_REPLICAS),
+                name(env::REDIS_URL)
+            ));
+        }
+        if self.redis_wait_timeout.is_zero() || self.redis_wait_timeout > MAX_REDIS_WAIT {
+            errors.push(format!(
+                "{} must be between 1ms and {}ms",
+                name(env::REDIS_WAIT_TIMEOUT),
+                MAX_REDIS_WAIT.as_millis()
             ));
         }
         errors

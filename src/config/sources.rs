@@ -139,6 +139,8 @@ pub(super) fn read(
             parse_duration_or_off,
         ),
         demo: src.get(env::DEMO, d.demo, parse_on_off),
+        redis_wait_replicas: src.get(env::REDIS_WAIT_REPLICAS, d.redis_wait_replicas, parse_u32),
+        redis_wait_timeout: src.get(env::REDIS_WAIT_TIMEOUT, d.redis_wait_timeout, dur),
     };
     src.refuse_unknown_keys(file);
     let origins = Origins(src.origins);
@@ -505,6 +507,43 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("TICKETGATE_DEMO: `yes` is not `on` or `off`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_replication_wait_is_off_by_default_needs_redis_and_a_short_timeout() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.redis_wait_replicas, 0);
+        let url = (env::REDIS_URL, "redis://127.0.0.1:6379");
+        let c = load(&[
+            url,
+            (env::REDIS_WAIT_REPLICAS, "1"),
+            (env::REDIS_WAIT_TIMEOUT, "50ms"),
+        ])
+        .expect("wait on");
+        assert_eq!(c.redis_wait_replicas, 1);
+        assert_eq!(c.redis_wait_timeout, std::time::Duration::from_millis(50));
+        let err = load(&[(env::REDIS_WAIT_REPLICAS, "1")]).expect_err("no redis");
+        assert!(
+            err.to_string()
+                .contains("TICKETGATE_REDIS_WAIT_REPLICAS needs TICKETGATE_REDIS_URL"),
+            "{err}"
+        );
+        let err = load(&[
+            url,
+            (env::REDIS_WAIT_REPLICAS, "1"),
+            (env::REDIS_WAIT_TIMEOUT, "2s"),
+        ])
+        .expect_err("too long");
+        assert!(
+            err.to_string()
+                .contains("TICKETGATE_REDIS_WAIT_TIMEOUT must be between 1ms and 500ms"),
+            "{err}"
+        );
+        let err = load(&[(env::REDIS_WAIT_REPLICAS, "some")]).expect_err("not a number");
+        assert!(
+            err.to_string().contains("TICKETGATE_REDIS_WAIT_REPLICAS"),
             "{err}"
         );
     }

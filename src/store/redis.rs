@@ -86,6 +86,12 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// How long opening one connection may take.
     pub connect_timeout: Duration,
+    /// Replicas that must acknowledge a consumed ticket (`WAIT`) before the store
+    /// answers an admission; `0`: no wait. See [`RedisStore`]'s
+    /// "Replication" section.
+    pub wait_replicas: u32,
+    /// How long the store waits for those acknowledgements.
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisSettings {
@@ -94,6 +100,8 @@ impl Default for RedisSettings {
             pool_size: 4,
             command_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -114,6 +122,25 @@ pub enum Deployment {
 }
 
 /// The store on Redis. Cloning is cheap and shares the pool.
+///
+/// # Replication
+///
+/// Redis replicates asynchronously: a ticket consumed on the primary just before it
+/// fails could still exist on the replica promoted in its place, and be consumed a
+/// second time there. With [`RedisSettings::wait_replicas`] > 0, an admission (ticket
+/// or resume ticket) is followed by `WAIT n timeout` on the same connection, in one
+/// pipeline with the script (so the `WAIT` can never land on a fresh connection, where
+/// it would have nothing to wait for and answer at once). Fewer acknowledgements in
+/// time and the store answers [`StoreError::Unavailable`] (503 `store_unavailable`):
+/// the ticket stays spent on the primary, and no socket is opened on the strength of a
+/// write a failover could lose.
+///
+/// Refresh rotations are not waited for: a rotation refused after it happened on the
+/// primary would leave the client only its old token, whose retry is reuse (the session
+/// ends unless `TICKETGATE_REFRESH_GRACE` covers it); a rotation a failover loses is
+/// caught by reuse detection instead (the family is revoked when the old and the new
+/// token both show up). Nonces, renewals, QR steps and pushes are not waited for
+/// either.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
     pool: Pool,
@@ -204,8 +231,20 @@ impl RedisStore {
     }
 
     /// What this store is, for the start-up line: the mode and its seeds, never the
-    /// credentials (`redis cluster, seeds 10.0.0.1:6379,10.0.0.2:6379`).
+    /// credentials (`redis cluster, seeds 10.0.0.1:6379,10.0.0.2:6379`), and the
+    /// replication wait when it is on (`, WAIT 1 replica(s) within 100ms`).
     pub fn describe(&self) -> String {
+        let wait = match self.settings.wait_replicas {
+            0 => String::new(),
+            n => format!(
+                ", WAIT {n} replica(s) within {}ms",
+                self.settings.wait_timeout.as_millis()
+            ),
+        };
+        format!("{}{wait}", self.describe_mode())
+    }
+
+    fn describe_mode(&self) -> String {
         use fred::types::config::ServerConfig;
 
         let Ok(config) = Config::from_url(&self.url) else {
@@ -341,6 +380,81 @@ impl RedisStore {
             .ok_or_else(|| unexpected("push", &answer))
     }
 
+    /// Like [`run`](Self::run), then, with the replication wait on, `WAIT` on the same
+    /// connection in the same pipeline: the script's answer, and whether the wait (if
+    /// any) was acknowledged by enough replicas.
+    async fn run_replicated(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<(Value, Replicated), StoreError> {
+        let wanted = self.settings.wait_replicas;
+        if wanted == 0 {
+            return Ok((self.run(script, keys, args).await?, Replicated::NotAsked));
+        }
+        use fred::types::{ClusterHash, CustomCommand};
+        // Every key of one call shares a hash tag: the first key's slot is the node
+        // the script runs on, and the one `WAIT` must ask.
+        let slot = keys
+            .first()
+            .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+        let client = self.pool.next_connected();
+        let mut reloaded = false;
+        loop {
+            let pipeline = client.pipeline();
+            let mut eval: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+            eval.push(script.sha1().clone().into());
+            eval.push(Value::Integer(keys.len() as i64));
+            eval.extend(keys.iter().map(|k| Value::from(k.as_str())));
+            eval.extend(args.iter().map(|a| Value::from(a.as_str())));
+            let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
+            let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
+            let timeout_ms = i64::try_from(self.settings.wait_timeout.as_millis())
+                .unwrap_or(1)
+                .max(1);
+            pipeline
+                .custom::<(), _>(evalsha, eval)
+                .await
+                .map_err(map_err)?;
+            pipeline
+                .custom::<(), _>(
+                    wait,
+                    vec![
+                        Value::Integer(i64::from(wanted)),
+                        Value::Integer(timeout_ms),
+                    ],
+                )
+                .await
+                .map_err(map_err)?;
+            let mut answers = pipeline.try_all::<Value>().await.into_iter();
+            let answer = answers
+                .next()
+                .unwrap_or_else(|| Err(FredError::new(ErrorKind::Unknown, "empty pipeline")));
+            let acked = answers.next();
+            match answer {
+                Err(e) if e.details().starts_with("NOSCRIPT") && !reloaded => {
+                    reloaded = true;
+                    script.load(client).await.map_err(map_err)?;
+                }
+                Err(e) => return Err(map_err(e)),
+                Ok(answer) => {
+                    let acked = match acked {
+                        Some(Ok(Value::Integer(n))) => n,
+                        Some(Err(e)) => return Err(map_err(e)),
+                        _ => return Err(unexpected("wait", &Value::Null)),
+                    };
+                    let replicated = if acked >= i64::from(wanted) {
+                        Replicated::Acknowledged
+                    } else {
+                        Replicated::Short { acked, wanted }
+                    };
+                    return Ok((answer, replicated));
+                }
+            }
+        }
+    }
+
     /// `EVALSHA`, with one `SCRIPT LOAD` and retry on `NOSCRIPT`.
     async fn run(
         &self,
@@ -352,6 +466,29 @@ impl RedisStore {
             .evalsha_with_reload(self.pool.next_connected(), keys, args)
             .await
             .map_err(map_err)
+    }
+}
+
+/// What the replication wait found after a single-use write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replicated {
+    /// The wait is off.
+    NotAsked,
+    /// Enough replicas acknowledged the write.
+    Acknowledged,
+    /// Fewer than `wanted` replicas acknowledged it in time.
+    Short { acked: i64, wanted: u32 },
+}
+
+impl Replicated {
+    /// `Ok` unless the write may be lost in a failover.
+    fn check(self, what: &str) -> Result<(), StoreError> {
+        match self {
+            Replicated::NotAsked | Replicated::Acknowledged => Ok(()),
+            Replicated::Short { acked, wanted } => Err(StoreError::Unavailable(format!(
+                "{what} acknowledged by {acked} of {wanted} replicas in time"
+            ))),
+        }
     }
 }
 
@@ -500,17 +637,24 @@ impl Store for RedisStore {
             keys::session(admit.session_id),
         ];
         let args = vec![admit.device_id.to_owned()];
-        match self.run(&self.admit, keys, args).await? {
-            Value::Integer(0) => Ok(AdmitOutcome::Unknown),
-            Value::Integer(1) => Ok(AdmitOutcome::DeviceMismatch),
-            Value::Integer(2) => Ok(AdmitOutcome::SessionGone),
-            Value::String(grant) => TicketGrant::decode(&grant).map(AdmitOutcome::Admitted),
-            Value::Bytes(grant) => std::str::from_utf8(&grant)
-                .map_err(|_| StoreError::Corrupt("ticket grant is not UTF-8".into()))
-                .and_then(TicketGrant::decode)
-                .map(AdmitOutcome::Admitted),
-            other => Err(unexpected("admit", &other)),
+        let (answer, replicated) = self.run_replicated(&self.admit, keys, args).await?;
+        let outcome = match answer {
+            Value::Integer(0) => AdmitOutcome::Unknown,
+            Value::Integer(1) => AdmitOutcome::DeviceMismatch,
+            Value::Integer(2) => AdmitOutcome::SessionGone,
+            Value::String(grant) => AdmitOutcome::Admitted(TicketGrant::decode(&grant)?),
+            Value::Bytes(grant) => AdmitOutcome::Admitted(
+                std::str::from_utf8(&grant)
+                    .map_err(|_| StoreError::Corrupt("ticket grant is not UTF-8".into()))
+                    .and_then(TicketGrant::decode)?,
+            ),
+            other => return Err(unexpected("admit", &other)),
+        };
+        // Only an admission opens something; a refusal stays a refusal.
+        if matches!(outcome, AdmitOutcome::Admitted(_)) {
+            replicated.check("ticket consumption")?;
         }
+        Ok(outcome)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
