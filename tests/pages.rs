@@ -74,7 +74,7 @@ async fn the_demo_page_and_its_assets_are_served_under_the_policy() {
     for (path, kind) in [
         ("/demo/app.js", "text/javascript; charset=utf-8"),
         ("/demo/live.js", "text/javascript; charset=utf-8"),
-        ("/demo/app.css", "text/css; charset=utf-8"),
+        ("/demo/page.css", "text/css; charset=utf-8"),
         ("/demo/client/index.js", "text/javascript; charset=utf-8"),
     ] {
         let asset = get(format!("{}{path}", server.url())).await;
@@ -206,6 +206,14 @@ async fn the_admin_page_needs_no_key_but_every_call_it_makes_does() {
     assert_eq!(script.status, 200);
     assert!(script.text().contains("sessionStorage"));
     assert!(!script.text().contains("localStorage"));
+    // The stylesheet both pages share, under the admin listener's own prefix.
+    let style = get(format!("{base}/admin/page.css")).await;
+    assert_eq!(style.status, 200);
+    assert_eq!(
+        style.header("content-type"),
+        Some("text/css; charset=utf-8")
+    );
+    assert_guarded(&style, "/admin/page.css");
     let http = reqwest::Client::new();
     for path in [
         "/admin/v1/connections",

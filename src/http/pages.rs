@@ -6,6 +6,7 @@
 //!   GET /demo, /demo/      pages/demo/index.html   GET /admin, /admin/   pages/admin/index.html
 //!   GET /demo/<asset>      pages/demo/<asset>      GET /admin/<asset>    pages/admin/<asset>
 //!   GET /demo/client/<f>   client-sdk/js/src/<f>
+//!   GET /demo/page.css     pages/shared/page.css   GET /admin/page.css   pages/shared/page.css
 //! ```
 //!
 //! Every answer of these routes, a 404 included, carries a strict
@@ -47,6 +48,12 @@ struct ClientAssets;
 #[folder = "pages/admin/"]
 struct AdminAssets;
 
+/// What both pages use (the stylesheet), served under each page's own prefix: the
+/// pages live on different listeners, and a page's policy admits its own origin only.
+#[derive(RustEmbed)]
+#[folder = "pages/shared/"]
+struct SharedAssets;
+
 /// The policy of every page answer. `default-src 'none'`: whatever is not named here
 /// (fonts, frames, workers, objects) is refused. `'self'` in `connect-src` covers the
 /// WebSocket of the same host and port (CSP Level 3).
@@ -83,7 +90,7 @@ async fn demo_index(headers: HeaderMap) -> Response {
 }
 
 async fn demo_asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
-    lookup::<DemoAssets>(&path, &headers)
+    page_asset::<DemoAssets>(&path, &headers)
 }
 
 async fn client_asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
@@ -95,7 +102,7 @@ async fn admin_index(headers: HeaderMap) -> Response {
 }
 
 async fn admin_asset(Path(asset): Path<String>, headers: HeaderMap) -> Response {
-    lookup::<AdminAssets>(&asset, &headers)
+    page_asset::<AdminAssets>(&asset, &headers)
 }
 
 /// The embedded asset `path` of `A`, or 404 for a name that is not a plain relative
@@ -105,6 +112,14 @@ fn lookup<A: RustEmbed>(path: &str, headers: &HeaderMap) -> Response {
         return ApiError::NotFound.into_response();
     }
     serve(A::get(path), path, headers)
+}
+
+/// A page's asset: its own, or one both pages share.
+fn page_asset<A: RustEmbed>(path: &str, headers: &HeaderMap) -> Response {
+    if is_plain_relative(path) && A::get(path).is_none() {
+        return lookup::<SharedAssets>(path, headers);
+    }
+    lookup::<A>(path, headers)
 }
 
 /// `a/b.js`, not `../x`, `/x`, `a//b`, `a\b` or anything with other characters.
