@@ -386,6 +386,16 @@ impl Hub {
             .await;
     }
 
+    /// Leaves the deployment's heartbeat set; for a node whose sockets are closed and
+    /// whose background loops (the heartbeat among them) have stopped. Without it, every
+    /// request of the other nodes would wait [`ANSWER_TIMEOUT`] for this node's answer
+    /// until its last beat aged out.
+    pub(crate) async fn leave(&self) {
+        if let Transport::Redis(bus) = &self.transport {
+            bus.leave(&self.node_id).await;
+        }
+    }
+
     async fn live_nodes(&self) -> usize {
         match &self.transport {
             Transport::Local => 1,

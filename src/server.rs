@@ -421,6 +421,9 @@ impl Server {
                 "grace period over with tasks still running"
             );
         }
+        // The heartbeat stopped with the background loops: leave the set now rather
+        // than have the other nodes wait on this one until it ages out.
+        state.hub.leave().await;
         tracing::info!("stopped");
     }
 }

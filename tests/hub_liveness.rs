@@ -115,3 +115,43 @@ async fn a_node_whose_redis_links_freeze_still_closes_kicked_sockets() {
     );
     drop(proxy);
 }
+
+/// The members of the heartbeat set (`tg:nodes`).
+fn heartbeat_members(redis: &Mutex<RedisServer>) -> Vec<String> {
+    match redis
+        .lock()
+        .expect("redis lock")
+        .command(&["ZRANGE", "tg:nodes", "0", "-1"])
+    {
+        support::redis::Reply::Array(Some(items)) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                support::redis::Reply::Bulk(Some(bytes)) => String::from_utf8(bytes).ok(),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("ZRANGE answered {other:?}"),
+    }
+}
+
+/// A node that stops leaves the heartbeat set on its way out: the other nodes count the
+/// answers to wait for from that set, and would otherwise wait out every request's
+/// answer timeout for the stopped node until its last heartbeat aged out (three beats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_leaves_the_heartbeat_set_at_once() {
+    let (a, b) = support::two_nodes().await;
+    let redis = a.redis.clone().expect("a Redis-backed node");
+    let (a_id, b_id) = (a.config.node_id.clone(), b.config.node_id.clone());
+    support::wait_until(|| {
+        let members = heartbeat_members(&redis);
+        members.contains(&a_id) && members.contains(&b_id)
+    })
+    .await;
+    b.stop().await;
+    let members = heartbeat_members(&redis);
+    assert!(
+        !members.contains(&b_id),
+        "the stopped node is still counted: {members:?}"
+    );
+    assert!(members.contains(&a_id), "{members:?}");
+}

@@ -209,6 +209,16 @@ impl RedisBus {
             .await;
     }
 
+    /// Takes `node_id` out of the heartbeat set (a node on its way out), so that other
+    /// nodes stop counting on its answers at once. Best effort: if Redis does not
+    /// answer, the entry ages out as a silent node's does.
+    pub(crate) async fn leave(&self, node_id: &str) {
+        let removed: Result<i64, _> = self.pool.zrem(NODES, node_id).await;
+        if let Err(e) = removed {
+            tracing::debug!(cause = %e, "leaving the heartbeat set failed; it ages out");
+        }
+    }
+
     /// How many nodes beat since `since_ms` (at least 1: this one). When Redis does not
     /// answer, 1.
     pub(crate) async fn live_nodes(&self, since_ms: i64) -> usize {
