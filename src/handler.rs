@@ -328,6 +328,9 @@ impl Pusher {
                 data,
             )
             .await?;
+        let hot = crate::metrics::hot();
+        hot.pushes.increment(1);
+        hot.push_deliveries.increment(delivered);
         Ok(Pushed { id, delivered })
     }
 }

@@ -145,6 +145,10 @@ pub(crate) struct Hot {
     pub(crate) push_acks: Counter,
     /// `ticketgate_push_recoveries_total{recovered}`: `[false, true]`.
     recoveries: [Counter; 2],
+    /// `ticketgate_pushes_total`.
+    pub(crate) pushes: Counter,
+    /// `ticketgate_push_deliveries_total`.
+    pub(crate) push_deliveries: Counter,
 }
 
 impl Hot {
@@ -194,6 +198,8 @@ const HUB_AGE: &str = "ticketgate_hub_last_message_age_seconds";
 const QR: &str = "ticketgate_qr_total";
 const PUSH_ACKS: &str = "ticketgate_push_acks_total";
 const RECOVERIES: &str = "ticketgate_push_recoveries_total";
+const PUSHES: &str = "ticketgate_pushes_total";
+const PUSH_DELIVERIES: &str = "ticketgate_push_deliveries_total";
 
 /// The events of a QR login, the `event` label of `ticketgate_qr_total`.
 pub(crate) const QR_EVENTS: [&str; 5] = ["created", "scanned", "confirmed", "expired", "refused"];
@@ -216,6 +222,8 @@ pub(crate) fn hot() -> &'static Hot {
             qr: QR_EVENTS.map(|event| metrics::counter!(QR, "event" => event)),
             push_acks: metrics::counter!(PUSH_ACKS),
             recoveries: ["false", "true"].map(|r| metrics::counter!(RECOVERIES, "recovered" => r)),
+            pushes: metrics::counter!(PUSHES),
+            push_deliveries: metrics::counter!(PUSH_DELIVERIES),
         }
     })
 }
@@ -331,6 +339,14 @@ fn describe() {
     describe_counter!(
         RECOVERIES,
         "Connects with since, by whether the push history still held everything after it."
+    );
+    describe_counter!(
+        PUSHES,
+        "Pushes published from this node (admin publish and handlers), kept in history or not."
+    );
+    describe_counter!(
+        PUSH_DELIVERIES,
+        "Sockets on every node that the pushes published from this node reached at once."
     );
     describe_gauge!(CONNECTIONS, "Sockets open on this node.");
     describe_gauge!(SESSIONS, "Sessions with at least one socket on this node.");

@@ -127,7 +127,7 @@ async fn fresh_node() -> Node {
 }
 
 /// Every family an operator's dashboard reads, with its type.
-const FAMILIES: [(&str, &str); 19] = [
+const FAMILIES: [(&str, &str); 21] = [
     ("ticketgate_logins_total", "counter"),
     ("ticketgate_login_duration_seconds", "histogram"),
     ("ticketgate_mints_total", "counter"),
@@ -147,6 +147,8 @@ const FAMILIES: [(&str, &str); 19] = [
     ("ticketgate_qr_total", "counter"),
     ("ticketgate_push_acks_total", "counter"),
     ("ticketgate_push_recoveries_total", "counter"),
+    ("ticketgate_pushes_total", "counter"),
+    ("ticketgate_push_deliveries_total", "counter"),
 ];
 
 /// The close codes the server sends (PROTOCOL: close codes).
@@ -454,6 +456,37 @@ async fn a_kick_counts_a_close_under_4503() {
     assert_eq!(
         grew(&before, &after, "ticketgate_closes_total{code=\"1001\"}"),
         0.0
+    );
+    server.stop().await;
+}
+
+/// A published push counts once on the publishing node, with the sockets it reached;
+/// a push to a user with no live socket counts as published, reaching none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_push_counts_with_the_sockets_it_reached() {
+    let _turn = TURN.lock().await;
+    let server = TestServer::builder().start().await;
+    let (client, session) = server.login().await;
+    let ticket = client.mint_ticket(&session).await.expect("mint");
+    let (_ws, welcome) = client.connect(&session, &ticket).await.expect("admitted");
+    let before = scrape_node(&server).await;
+
+    for user in [welcome.user_id.as_str(), "nobody-online"] {
+        let published = reqwest::Client::new()
+            .post(format!("http://{}/admin/v1/publish", server.admin_addr))
+            .bearer_auth(server.config.admin_key.as_deref().expect("admin key"))
+            .json(&serde_json::json!({"user_id": user, "topic": "t", "data": 1}))
+            .send()
+            .await
+            .expect("publish answered");
+        assert_eq!(published.status(), 200);
+    }
+
+    let after = scrape_node(&server).await;
+    assert_eq!(grew(&before, &after, "ticketgate_pushes_total"), 2.0);
+    assert_eq!(
+        grew(&before, &after, "ticketgate_push_deliveries_total"),
+        1.0
     );
     server.stop().await;
 }

@@ -19,6 +19,8 @@ const HEADLINES = [
   ["Replaced (4509)", "ticketgate_closes_total", { code: "4509" }],
   ["Expired (4004)", "ticketgate_closes_total", { code: "4004" }],
   ["QR logins confirmed", "ticketgate_qr_total", { event: "confirmed" }],
+  ["Pushes published", "ticketgate_pushes_total", {}],
+  ["Push deliveries", "ticketgate_push_deliveries_total", {}],
   ["Push acks", "ticketgate_push_acks_total", {}],
   ["Push recoveries", "ticketgate_push_recoveries_total", { recovered: "true" }],
 ];
