@@ -534,28 +534,34 @@ both_stores!(
     }
 );
 
+/// A `login_this` QR of a new device of `client_type`, scanned and confirmed by a
+/// logged-in phone; the new device's poll with `"refresh_in_cookie": true`.
+async fn confirmed_poll_in_cookie_mode(
+    server: &TestServer,
+    client_type: ClientType,
+    client_type_name: &str,
+) -> reqwest::Response {
+    let (phone, phone_session) = server.login().await;
+    let pc = server.client();
+    let qr = pc.qr_create_login_this(client_type).await.expect("create");
+    phone
+        .qr_scan(Some(&phone_session), &qr.qr_id)
+        .await
+        .expect("scan");
+    phone
+        .qr_confirm(&phone_session, &qr.qr_id)
+        .await
+        .expect("confirm");
+    let mut body = poll_body(&qr, pc.device_id(), client_type_name);
+    body["refresh_in_cookie"] = json!(true);
+    raw_poll(server, &qr.qr_id, body).await
+}
+
 both_stores!(
     a_web_device_polls_in_cookie_mode_and_gets_the_refresh_token_as_a_cookie,
     |kind| async move {
         let server = server(kind).await;
-        let (phone, phone_session) = server.login().await;
-        let pc = server.client();
-        let qr = pc
-            .qr_create_login_this(ClientType::Web)
-            .await
-            .expect("create");
-        phone
-            .qr_scan(Some(&phone_session), &qr.qr_id)
-            .await
-            .expect("scan");
-        phone
-            .qr_confirm(&phone_session, &qr.qr_id)
-            .await
-            .expect("confirm");
-
-        let mut body = poll_body(&qr, pc.device_id(), "web");
-        body["refresh_in_cookie"] = json!(true);
-        let response = raw_poll(&server, &qr.qr_id, body).await;
+        let response = confirmed_poll_in_cookie_mode(&server, ClientType::Web, "web").await;
         assert_eq!(response.status(), 200);
         let cookie = response
             .headers()
@@ -579,23 +585,7 @@ both_stores!(
     cookie_mode_on_a_qr_poll_is_for_web_devices_only,
     |kind| async move {
         let server = server(kind).await;
-        let (phone, phone_session) = server.login().await;
-        let pc = server.client();
-        let qr = pc
-            .qr_create_login_this(ClientType::Mobile)
-            .await
-            .expect("create");
-        phone
-            .qr_scan(Some(&phone_session), &qr.qr_id)
-            .await
-            .expect("scan");
-        phone
-            .qr_confirm(&phone_session, &qr.qr_id)
-            .await
-            .expect("confirm");
-        let mut body = poll_body(&qr, pc.device_id(), "mobile");
-        body["refresh_in_cookie"] = json!(true);
-        let response = raw_poll(&server, &qr.qr_id, body).await;
+        let response = confirmed_poll_in_cookie_mode(&server, ClientType::Mobile, "mobile").await;
         assert_eq!(response.status(), 200);
         assert!(response.headers().get("set-cookie").is_none());
         let answer: Value = response.json().await.expect("json");
