@@ -311,17 +311,9 @@ fn node_args(port: u16, dir: &std::path::Path, node_timeout: Duration) -> Vec<St
         "nodes.conf",
         "--cluster-node-timeout",
         &node_timeout.as_millis().to_string(),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        // A replica's first sync starts at once (the default waits 5 s for more
-        // replicas to share one transfer).
-        "--repl-diskless-sync-delay",
-        "0",
     ]
-    .map(str::to_owned)
-    .to_vec()
+    .iter()
+    .chain(&super::process::THROWAWAY_SERVER_ARGS)
+    .map(|&arg| arg.to_owned())
+    .collect()
 }

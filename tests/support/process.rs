@@ -20,6 +20,20 @@ use std::{
 
 use super::redis::{try_command_at, Reply};
 
+/// Arguments of every throwaway server of the fixtures: nothing on disk, in the
+/// foreground, and a replica's first sync at once (the default waits 5 s for more
+/// replicas to share one transfer).
+pub const THROWAWAY_SERVER_ARGS: [&str; 8] = [
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--daemonize",
+    "no",
+    "--repl-diskless-sync-delay",
+    "0",
+];
+
 /// How long a process may take to answer `PING` after it starts.
 const STARTUP_LIMIT: Duration = Duration::from_secs(10);
 /// Cluster nodes listen on `port + 10000` too (the cluster bus).

@@ -217,19 +217,11 @@ fn server_args(port: u16, dir: &std::path::Path) -> Vec<String> {
         "127.0.0.1",
         "--dir",
         &dir,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        // A replica's first sync starts at once (the default waits 5 s for more
-        // replicas to share one transfer).
-        "--repl-diskless-sync-delay",
-        "0",
     ]
-    .map(str::to_owned)
-    .to_vec()
+    .iter()
+    .chain(&super::process::THROWAWAY_SERVER_ARGS)
+    .map(|&arg| arg.to_owned())
+    .collect()
 }
 
 fn sentinel_conf(port: u16, dir: &std::path::Path, primary: u16) -> String {
