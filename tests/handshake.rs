@@ -598,18 +598,7 @@ fn data_commands(
 /// deployment admits it without a mint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_hands_out_resume_tickets_that_another_node_admits() {
-    let redis = Arc::new(std::sync::Mutex::new(support::RedisServer::start()));
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let a = TestServer::builder()
-        .redis(redis.clone())
-        .data_dir(dir.clone())
-        .start()
-        .await;
-    let b = TestServer::builder()
-        .redis(redis)
-        .data_dir(dir)
-        .start()
-        .await;
+    let (a, b) = support::two_nodes().await;
     let (client, session) = a.login().await;
     let ticket = client.mint_ticket(&session).await.expect("mint");
     let (mut ws, _) = client.connect(&session, &ticket).await.expect("connect");

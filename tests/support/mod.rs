@@ -206,34 +206,23 @@ impl Builder {
 /// Two nodes of one deployment: one Redis, one data dir (the same secrets).
 pub async fn two_nodes() -> (TestServer, TestServer) {
     let redis = Arc::new(Mutex::new(RedisServer::start()));
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let a = TestServer::builder()
-        .redis(redis.clone())
-        .data_dir(dir.clone())
-        .start()
-        .await;
-    let b = TestServer::builder()
-        .redis(redis)
-        .data_dir(dir)
-        .start()
-        .await;
-    (a, b)
+    two_nodes_with(|b| b.redis(redis.clone())).await
 }
 
 /// Two nodes of one deployment on the Redis (Cluster, Sentinel) at `url`: one data
 /// dir (the same secrets).
 pub async fn two_nodes_at(url: &str) -> (TestServer, TestServer) {
+    two_nodes_with(|b| b.redis_url(url.to_owned())).await
+}
+
+/// Two nodes sharing one data dir, each built by `store` (which names their store).
+async fn two_nodes_with(store: impl Fn(Builder) -> Builder) -> (TestServer, TestServer) {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let a = TestServer::builder()
-        .redis_url(url.to_owned())
+    let a = store(TestServer::builder())
         .data_dir(dir.clone())
         .start()
         .await;
-    let b = TestServer::builder()
-        .redis_url(url.to_owned())
-        .data_dir(dir)
-        .start()
-        .await;
+    let b = store(TestServer::builder()).data_dir(dir).start().await;
     (a, b)
 }
 
